@@ -1,0 +1,46 @@
+# xenkdump developer entry points.  See README.md.
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+SYSPY := /usr/bin/python3
+SIM_HOST ?= /var/tmp/xenkdump-demo/host.yaml
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test check lint e2e bench demo purgatory clean
+
+# The main job on a machine without Xen: a simulated host, run with Debian's python3.
+demo:
+	bash scripts/demo.sh
+
+# Installs what the tests need (apt, venv, kernel, purgatory) and runs the fast tiers.
+setup:
+	bash scripts/setup-test-env.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check daemon bindings tests bench
+	$(PY) -m ruff format --check daemon bindings tests bench
+	$(PY) -m mypy
+
+# Real Xen 4.17 under QEMU (installs its own packages; about a minute a scenario).
+e2e: setup
+	$(PY) -m pytest -q -m e2e tests/e2e
+
+# Everything: what CI runs (.ci/run).
+check: setup
+	$(PY) -m ruff check daemon bindings tests bench
+	$(PY) -m ruff format --check daemon bindings tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m e2e tests/e2e
+
+bench: setup
+	$(PY) bench/load.py
+
+purgatory:
+	$(MAKE) -s -C purgatory
+
+clean:
+	$(MAKE) -s -C purgatory clean
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Hypervisor access: one narrow port (``port.Hypervisor``) and its adapters."""

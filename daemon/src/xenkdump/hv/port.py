@@ -1,0 +1,185 @@
+"""The hypervisor port: the one narrow interface through which xenkdump talks to Xen.
+
+Two adapters implement it and pass the same contract tests
+(tests/contract/): ``xenkdump.hv.xen.XenHypervisor`` (libxenctrl through
+cffi) and ``xenkdump.hv.sim.SimulatedHypervisor`` (a faithful model of Xen's
+kexec_op).  Everything else in xenkdump depends only on this module.
+
+Values and names follow Xen's public/kexec.h and xen-kexec-abi.md (§1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+PAGE_SIZE = 4096
+
+# public/kexec.h: image types.
+KEXEC_TYPE_DEFAULT = 0
+KEXEC_TYPE_CRASH = 1
+
+# public/kexec.h: get_range ids.
+KEXEC_RANGE_MA_CRASH = 0
+KEXEC_RANGE_MA_XEN = 1
+KEXEC_RANGE_MA_CPU = 2
+KEXEC_RANGE_MA_VMCOREINFO = 6
+
+# xen/kimage.h: load rejects nr_segments >= KEXEC_SEGMENT_MAX.
+KEXEC_SEGMENT_MAX = 16
+MAX_SEGMENTS = KEXEC_SEGMENT_MAX - 1
+
+# ELF machine numbers Xen accepts as `arch` (§1.3).
+EM_386 = 3
+EM_X86_64 = 62
+
+# E820 types (xenctrl.h; PMEM/PRAM as kexec-tools defines them).
+E820_RAM = 1
+E820_RESERVED = 2
+E820_ACPI = 3
+E820_NVS = 4
+E820_UNUSABLE = 5
+E820_PMEM = 7
+E820_PRAM = 12
+
+# Xen versions this project can drive: segment load exists from 4.4 (§1.7).
+MIN_XEN_VERSION = (4, 4)
+
+
+@dataclass(frozen=True, order=True)
+class AddressRange:
+    """A machine-address range [start, start + size)."""
+
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        """First address past the range."""
+        return self.start + self.size
+
+    def contains(self, start: int, size: int) -> bool:
+        return self.start <= start and start + size <= self.end
+
+    def overlaps(self, start: int, size: int) -> bool:
+        return start < self.end and self.start < start + size
+
+
+@dataclass(frozen=True, order=True)
+class E820Entry:
+    """One entry of Xen's machine memory map (libxenctrl's packed e820entry)."""
+
+    addr: int
+    size: int
+    type: int
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One kexec segment (xen_kexec_segment_t).
+
+    ``buf`` None is a NULL-buffer segment: Xen maps it but never writes it.
+    ``buf_size`` is ``len(buf)``; ``dest_size`` is ``memsz``.
+    """
+
+    buf: bytes | None
+    dest: int
+    memsz: int
+
+    @property
+    def bufsz(self) -> int:
+        return 0 if self.buf is None else len(self.buf)
+
+    @property
+    def end(self) -> int:
+        return self.dest + self.memsz
+
+
+@dataclass(frozen=True)
+class PhysInfo:
+    """The stable leading fields of xen_sysctl_physinfo (offsets 0-28, §2.5)."""
+
+    threads_per_core: int
+    cores_per_socket: int
+    nr_cpus: int
+    max_cpu_id: int
+    nr_nodes: int
+    max_node_id: int
+    cpu_khz: int
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    """What xenkdump needs from Xen.  Every failure raises HypervisorError."""
+
+    name: str
+
+    def xen_version(self) -> tuple[int, int]:
+        """(major, minor) from XENVER_version."""
+        ...
+
+    def xen_extraversion(self) -> str:
+        """XENVER_extraversion, e.g. ".7" (for display)."""
+        ...
+
+    def xen_command_line(self) -> str:
+        """Xen's own boot command line (XENVER_commandline); "" if unavailable."""
+        ...
+
+    def crash_range(self) -> AddressRange:
+        """KEXEC_RANGE_MA_CRASH.  size == 0 when Xen reserved no crash area."""
+        ...
+
+    def xen_range(self) -> AddressRange:
+        """KEXEC_RANGE_MA_XEN: Xen's own image."""
+        ...
+
+    def vmcoreinfo_range(self) -> AddressRange:
+        """KEXEC_RANGE_MA_VMCOREINFO: Xen's VMCOREINFO_XEN note buffer."""
+        ...
+
+    def cpu_note_range(self, cpu: int) -> AddressRange:
+        """KEXEC_RANGE_MA_CPU for physical CPU ``cpu`` (ERANGE past max_cpus)."""
+        ...
+
+    def max_cpus(self) -> int:
+        """xc_get_max_cpus(): max_cpu_id + 1."""
+        ...
+
+    def physinfo(self) -> PhysInfo:
+        ...
+
+    def machine_memory_map(self) -> list[E820Entry]:
+        """Xen's machine e820 (the crash area still shows as RAM there)."""
+        ...
+
+    def kexec_load(self, type: int, arch: int, entry: int, segments: Sequence[Segment]) -> None:
+        """KEXEC_CMD_kexec_load.  Segment data is passed in hypercall-safe memory."""
+        ...
+
+    def kexec_unload(self, type: int) -> None:
+        ...
+
+    def kexec_status(self, type: int) -> int:
+        """Xen's raw status answer: the PARITY of load and unload calls (§1.8 D1)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+    def __enter__(self) -> Self:
+        ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ...

@@ -1,0 +1,42 @@
+"""Choose a hypervisor adapter from a ``--hypervisor`` value: ``xen`` or ``sim[:FILE]``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xenkdump.errors import InputError
+from xenkdump.hv.port import Hypervisor
+
+# Where a simulated host lives when `sim` is given without a file.
+DEFAULT_SIM_HOST = Path(os.environ.get("XENKDUMP_SIM_HOST", "/var/lib/xenkdump/sim/host.yaml"))
+
+
+def xen_present() -> bool:
+    """True on a Xen domain with the privcmd interface (dom0 or a driver domain)."""
+    return Path("/proc/xen").exists() or Path("/dev/xen/privcmd").exists()
+
+
+def default_spec() -> str:
+    if xen_present():
+        return "xen"
+    raise InputError(
+        "no Xen found (/proc/xen and /dev/xen/privcmd are absent): "
+        "use --hypervisor sim[:FILE] to work on a simulated host"
+    )
+
+
+def open_hypervisor(spec: str | None) -> Hypervisor:
+    """Open the adapter named by ``spec`` (None: xen if present, else an error)."""
+    if spec is None:
+        spec = default_spec()
+    kind, _, arg = spec.partition(":")
+    if kind == "xen" and not arg:
+        from xenkdump.hv.xen import XenHypervisor
+
+        return XenHypervisor.open()
+    if kind == "sim":
+        from xenkdump.hv.sim import SimulatedHypervisor
+
+        return SimulatedHypervisor.open(Path(arg) if arg else DEFAULT_SIM_HOST)
+    raise InputError(f"--hypervisor: expected 'xen' or 'sim[:FILE]', got {spec!r}")
