@@ -1,0 +1,1 @@
+"""Package data: purgatory.bin, built from purgatory/ by `make purgatory`."""

@@ -1,0 +1,281 @@
+"""xenkdump's own purgatory: the shipped flat binary and its parameter block.
+
+The purgatory is the first code Xen runs at a crash (xen-kexec-abi.md §3.6).  It
+sets up its own GDT, selectors and stack, verifies the SHA-256 of every region
+listed here, copies low memory to the backup area and only then enters the
+Linux 64-bit entry with %rsi = boot_params (§5.4).  Its sources are in
+purgatory/ (see purgatory/README.md); ``make purgatory`` installs the binary as
+package data next to this module.
+
+Binary layout (little endian), all offsets relative to the segment start:
+
+* ``xk_header`` at 0: a ``jmp`` to the entry, magic ``XKPURG01``, version and
+  the offsets and sizes below.
+* ``xk_params`` at ``params_offset`` (0x40): filled in by :func:`build_purgatory`.
+* Code from ``code_offset`` for ``code_size`` bytes, then data; the file ends at
+  ``file_size``; the segment needs ``memsz`` bytes (bss and a 4 KiB stack).
+
+Pure: values in, bytes out.  The only I/O is reading the package data blob.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Final
+
+from xenkdump.errors import ImageError, PlanError
+
+MAX_REGIONS: Final = 16
+MAGIC: Final = b"XKPURG01"
+VERSION: Final = 1
+PAGE_SIZE: Final = 4096
+_U64_MAX: Final = (1 << 64) - 1
+_RESOURCE: Final = ("image", "data", "purgatory.bin")
+
+
+def _struct(fields: Sequence[tuple[str, str]], size: int) -> struct.Struct:
+    """A little-endian struct from a ``(name, format)`` table, size asserted."""
+    s = struct.Struct("<" + "".join(fmt for _, fmt in fields))
+    assert s.size == size, f"struct size {s.size} != {size}"
+    return s
+
+
+# struct xk_header (purgatory/entry.S); field names as in the source.
+XK_HEADER_FIELDS: Final = (
+    ("jmp", "8s"),  # 0x00 jmp purgatory_start, zero padded
+    ("magic", "8s"),  # 0x08 "XKPURG01"
+    ("version", "I"),  # 0x10
+    ("header_size", "I"),  # 0x14
+    ("params_offset", "I"),  # 0x18
+    ("params_size", "I"),  # 0x1C
+    ("entry_offset", "I"),  # 0x20
+    ("code_offset", "I"),  # 0x24
+    ("code_size", "I"),  # 0x28
+    ("file_size", "I"),  # 0x2C bytes in purgatory.bin
+    ("memsz", "I"),  # 0x30 page-rounded segment size incl. bss and stack
+    ("max_regions", "I"),  # 0x34
+    ("reserved", "Q"),  # 0x38
+)
+XK_HEADER: Final = _struct(XK_HEADER_FIELDS, 0x40)
+
+# struct xk_region (purgatory/purgatory.h)
+XK_REGION_FIELDS: Final = (
+    ("start", "Q"),
+    ("size", "Q"),
+    ("sha256", "32s"),
+)
+XK_REGION: Final = _struct(XK_REGION_FIELDS, 48)
+
+# struct xk_params (purgatory/purgatory.h), followed by regions[MAX_REGIONS].
+XK_PARAMS_FIELDS: Final = (
+    ("kernel_entry", "Q"),  # 0x00
+    ("boot_params", "Q"),  # 0x08 -> %rsi
+    ("backup_src", "Q"),  # 0x10
+    ("backup_dst", "Q"),  # 0x18
+    ("backup_size", "Q"),  # 0x20 0 = no backup
+    ("serial_port", "I"),  # 0x28 UART I/O base, 0 = silent
+    ("nr_regions", "I"),  # 0x2C
+)
+XK_PARAMS: Final = _struct(XK_PARAMS_FIELDS, 0x30)
+XK_PARAMS_SIZE: Final = XK_PARAMS.size + MAX_REGIONS * XK_REGION.size
+
+
+class PurgatoryMissing(ImageError):  # noqa: N818 -- the name the planner and CLI use
+    """The purgatory binary was not built or not installed."""
+
+
+@dataclass(frozen=True)
+class PurgatoryHeader:
+    """The decoded ``xk_header`` of a purgatory binary."""
+
+    version: int
+    header_size: int
+    params_offset: int
+    params_size: int
+    entry_offset: int
+    code_offset: int
+    code_size: int
+    file_size: int
+    memsz: int
+    max_regions: int
+
+
+@dataclass(frozen=True)
+class VerifiedRegion:
+    """A region the purgatory hashes before it jumps.
+
+    ``sha256`` is the digest of the region's bytes as Xen leaves them: the
+    segment's buffer followed by zeros up to its dest_size (xen-kexec-abi.md §4.7).
+    """
+
+    start: int
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class PurgatoryParams:
+    """What the purgatory needs to know; see ``struct xk_params``."""
+
+    kernel_entry: int
+    boot_params: int
+    regions: Sequence[VerifiedRegion]
+    backup_src: int = 0
+    backup_dst: int = 0
+    backup_size: int = 0
+    serial_port: int = 0  # 0 = silent; 0x3F8 = COM1
+
+    def __post_init__(self) -> None:
+        # A tuple, so that equal parameters compare equal whatever sequence was given.
+        object.__setattr__(self, "regions", tuple(self.regions))
+
+
+def parse_header(blob: bytes, name: str = "purgatory.bin") -> PurgatoryHeader:
+    """Decode and check the header of a purgatory binary or segment."""
+    if len(blob) < XK_HEADER.size:
+        raise ImageError(f"{name}: expected at least {XK_HEADER.size} bytes, found {len(blob)}")
+    values = dict(zip((n for n, _ in XK_HEADER_FIELDS), XK_HEADER.unpack_from(blob), strict=True))
+    if values["magic"] != MAGIC:
+        raise ImageError(f"{name}: magic: expected {MAGIC!r}, found {values['magic']!r}")
+    if values["version"] != VERSION:
+        raise ImageError(f"{name}: version: expected {VERSION}, found {values['version']}")
+    hdr = PurgatoryHeader(
+        **{k: v for k, v in values.items() if k not in ("jmp", "magic", "reserved")}
+    )
+    checks = (
+        ("header_size", hdr.header_size, XK_HEADER.size),
+        ("params_size", hdr.params_size, XK_PARAMS_SIZE),
+        ("max_regions", hdr.max_regions, MAX_REGIONS),
+    )
+    for field, found, expected in checks:
+        if found != expected:
+            raise ImageError(f"{name}: {field}: expected {expected:#x}, found {found:#x}")
+    if hdr.params_offset < hdr.header_size or hdr.params_offset + hdr.params_size > hdr.file_size:
+        raise ImageError(f"{name}: params_offset {hdr.params_offset:#x} outside the file")
+    if not hdr.code_offset <= hdr.entry_offset < hdr.code_offset + hdr.code_size:
+        raise ImageError(f"{name}: entry_offset {hdr.entry_offset:#x} outside the code")
+    if hdr.file_size > len(blob):
+        raise ImageError(f"{name}: file_size: expected at most {len(blob)}, found {hdr.file_size}")
+    if hdr.memsz % PAGE_SIZE or hdr.memsz < hdr.file_size:
+        raise ImageError(f"{name}: memsz: expected a page multiple >= file_size, found {hdr.memsz}")
+    return hdr
+
+
+@cache
+def purgatory_blob() -> bytes:
+    """The shipped purgatory binary (package data), header checked."""
+    ref = resources.files("xenkdump").joinpath(*_RESOURCE)
+    try:
+        blob = ref.read_bytes()
+    except FileNotFoundError:
+        raise PurgatoryMissing(
+            f"{'/'.join(_RESOURCE)}: purgatory binary not found in the xenkdump package; "
+            "run `make purgatory`"
+        ) from None
+    hdr = parse_header(blob, "/".join(_RESOURCE))
+    if hdr.file_size != len(blob):
+        raise ImageError(
+            f"{'/'.join(_RESOURCE)}: size: expected {hdr.file_size} bytes, found {len(blob)}"
+        )
+    return blob
+
+
+def purgatory_header() -> PurgatoryHeader:
+    """The header of the shipped binary."""
+    return parse_header(purgatory_blob())
+
+
+def purgatory_memsz() -> int:
+    """Page-rounded segment size the purgatory needs (code, data, bss, stack)."""
+    return purgatory_header().memsz
+
+
+def _check_u64(field: str, value: int) -> None:
+    if not 0 <= value <= _U64_MAX:
+        raise PlanError(f"purgatory {field}: expected 0..2^64-1, found {value:#x}")
+
+
+def _encode_params(params: PurgatoryParams) -> bytes:
+    regions = list(params.regions)
+    if len(regions) > MAX_REGIONS:
+        raise PlanError(f"purgatory regions: expected at most {MAX_REGIONS}, found {len(regions)}")
+    if params.kernel_entry == 0:
+        raise PlanError("purgatory kernel_entry: expected a non-zero address, found 0")
+    for field in ("kernel_entry", "boot_params", "backup_src", "backup_dst", "backup_size"):
+        _check_u64(field, getattr(params, field))
+    if not 0 <= params.serial_port <= 0xFFFF:
+        raise PlanError(
+            f"purgatory serial_port: expected an I/O port 0..0xffff, found {params.serial_port:#x}"
+        )
+    out = bytearray(
+        XK_PARAMS.pack(
+            params.kernel_entry,
+            params.boot_params,
+            params.backup_src,
+            params.backup_dst,
+            params.backup_size,
+            params.serial_port,
+            len(regions),
+        )
+    )
+    for i, r in enumerate(regions):
+        _check_u64(f"regions[{i}].start", r.start)
+        _check_u64(f"regions[{i}].size", r.size)
+        _check_u64(f"regions[{i}] end", r.start + r.size)
+        if len(r.sha256) != 32:
+            raise PlanError(
+                f"purgatory regions[{i}].sha256: expected 32 bytes, found {len(r.sha256)}"
+            )
+        out += XK_REGION.pack(r.start, r.size, bytes(r.sha256))
+    out += bytes(XK_REGION.size * (MAX_REGIONS - len(regions)))
+    assert len(out) == XK_PARAMS_SIZE
+    return bytes(out)
+
+
+def build_purgatory(
+    params: PurgatoryParams, load_addr: int, blob: bytes | None = None
+) -> tuple[bytes, int]:
+    """Fill the parameter block; return (segment bytes, entry address).
+
+    The code is position independent, so only ``params`` changes the bytes;
+    ``load_addr`` (page aligned, as Xen requires of dest_maddr, §3.1) gives the
+    entry address.  The segment's dest_size must be :func:`purgatory_memsz`.
+    """
+    if blob is None:
+        blob = purgatory_blob()
+    hdr = parse_header(blob)
+    if load_addr % PAGE_SIZE or not 0 <= load_addr <= _U64_MAX - hdr.memsz:
+        raise PlanError(
+            f"purgatory load_addr: expected a page-aligned address, found {load_addr:#x}"
+        )
+    seg = bytearray(blob[: hdr.file_size])
+    seg[hdr.params_offset : hdr.params_offset + XK_PARAMS_SIZE] = _encode_params(params)
+    return bytes(seg), load_addr + hdr.entry_offset
+
+
+def parse_params(segment: bytes) -> PurgatoryParams:
+    """Read the parameter block back from a built segment."""
+    hdr = parse_header(segment, "purgatory segment")
+    off = hdr.params_offset
+    kernel_entry, boot_params, bsrc, bdst, bsize, port, nr = XK_PARAMS.unpack_from(segment, off)
+    if nr > MAX_REGIONS:
+        raise ImageError(
+            f"purgatory segment: nr_regions: expected at most {MAX_REGIONS}, found {nr}"
+        )
+    regions = tuple(
+        VerifiedRegion(*XK_REGION.unpack_from(segment, off + XK_PARAMS.size + i * XK_REGION.size))
+        for i in range(nr)
+    )
+    return PurgatoryParams(
+        kernel_entry=kernel_entry,
+        boot_params=boot_params,
+        regions=regions,
+        backup_src=bsrc,
+        backup_dst=bdst,
+        backup_size=bsize,
+        serial_port=port,
+    )
