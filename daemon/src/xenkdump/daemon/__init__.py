@@ -1,0 +1,1 @@
+"""xenkdumpd: the engine (sans-I/O decisions), executor, core, watchers and entry point."""

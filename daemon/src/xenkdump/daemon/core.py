@@ -1,0 +1,356 @@
+"""DaemonCore: the running daemon's state and requests, between the engine and its callers.
+
+Callers (the D-Bus service, signal handlers, watchers) use only this class.  It feeds
+events to the sans-I/O engine (engine.py), runs the Load/Unload actions the engine
+returns in a worker thread through the executor, feeds their results back, and
+publishes a StatusSnapshot after every change.  Everything here runs on the asyncio
+loop; ``status()`` never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from xenkdump import __version__
+from xenkdump.daemon import engine as ev
+from xenkdump.daemon.engine import State
+from xenkdump.daemon.executor import Executor
+from xenkdump.daemon.notify import (
+    MESSAGE_ID_LOADED,
+    MESSAGE_ID_RELOAD_FAILED,
+    MESSAGE_ID_UNLOADED,
+)
+from xenkdump.errors import ConfigError, InputError, OperationError, XenkdumpError
+from xenkdump.hv.port import Hypervisor
+from xenkdump.settings.load import load_settings
+from xenkdump.settings.model import Settings
+
+log = logging.getLogger("xenkdump.daemon")
+
+__all__ = ["BusyError", "DaemonCore", "State", "StatusSnapshot"]
+
+
+class BusyError(OperationError):
+    """A reload or unload is already running and the caller asked not to wait."""
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    state: State
+    state_reason: str
+    crash_kernel: str
+    initrd: str
+    command_line: str
+    image_sha256: str
+    loaded_at: int  # microseconds since the epoch, 0 if none
+    last_reload_reason: str
+    last_error: str
+    crash_region: tuple[int, int]  # (start, size)
+    crash_region_used: tuple[int, int]  # the half in use (start, size), (0, 0) if none
+    required_bytes: int
+    xen_version: str
+    daemon_version: str
+    config_digest: str
+    generation: int
+    fallback_unload: bool
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["state"] = str(self.state)
+        return out
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        return f"{self.state}: {self.state_reason}"
+
+
+Subscriber = Callable[[StatusSnapshot, StatusSnapshot], None]
+
+_LOG_LEVEL = {
+    ev.LogKind.LOADED: (logging.INFO, MESSAGE_ID_LOADED),
+    ev.LogKind.RELOAD_FAILED: (logging.ERROR, MESSAGE_ID_RELOAD_FAILED),
+    ev.LogKind.UNLOADED: (logging.WARNING, MESSAGE_ID_UNLOADED),
+    ev.LogKind.INFO: (logging.INFO, None),
+    ev.LogKind.WARNING: (logging.WARNING, None),
+}
+
+
+def _flag(options: Mapping[str, object], name: str, default: bool) -> bool:
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise InputError(f"option {name!r}: expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _text(options: Mapping[str, object], name: str) -> str | None:
+    value = options.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"option {name!r}: expected a string, got {type(value).__name__}")
+    return value
+
+
+RELOAD_OPTIONS = frozenset({"force", "kernel", "initrd", "cmdline", "wait", "reason"})
+UNLOAD_OPTIONS = frozenset({"wait"})
+
+
+class DaemonCore:
+    def __init__(
+        self,
+        hv: Hypervisor,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        release: str | None = None,
+    ) -> None:
+        self.hv = hv
+        self.settings = settings
+        self.config_path = config_path
+        self.engine = ev.Engine()
+        self.executor = Executor(hv, settings, release=release)
+        self._subscribers: list[Subscriber] = []
+        self._settings_listeners: list[Callable[[Settings], None]] = []
+        self._tickets = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[StatusSnapshot]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._host_seen = ""
+        self._snapshot = self._make_snapshot()
+
+    # ---- the API the D-Bus service uses ----
+
+    def status(self) -> StatusSnapshot:
+        return self._snapshot
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """``callback(old, new)`` after every change of the snapshot."""
+        self._subscribers.append(callback)
+
+    async def reload(self, reason: str, options: Mapping[str, object]) -> StatusSnapshot:
+        """Re-read the configuration, then load if anything changed (or ``force``).
+
+        Raises ConfigError (the file is invalid: nothing changes), the builder's
+        ImageError/PlanError, HypervisorError, or BusyError when work is running and
+        ``wait`` is False.
+        """
+        unknown = sorted(set(options) - RELOAD_OPTIONS)
+        if unknown:
+            raise InputError(
+                f"option {unknown[0]!r}: unknown (expected one of {sorted(RELOAD_OPTIONS)})"
+            )
+        force = _flag(options, "force", False)
+        wait = _flag(options, "wait", True)
+        reason = _text(options, "reason") or reason
+        overrides = ev.Overrides(
+            _text(options, "kernel"), _text(options, "initrd"), _text(options, "cmdline")
+        )
+        if overrides == ev.Overrides():
+            over: ev.Overrides | None = None
+        else:
+            over = overrides
+        if not wait and self.engine.busy is not None:
+            raise BusyError(f"a {type(self.engine.busy).__name__.lower()} is already running")
+        if self._reread_config():
+            self._feed(ev.ConfigAccepted())
+        ticket = next(self._tickets)
+        future: asyncio.Future[StatusSnapshot] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = future
+        self._feed(ev.ReloadRequested(reason, force=force, overrides=over, ticket=ticket))
+        return await future
+
+    async def unload(self, options: Mapping[str, object]) -> StatusSnapshot:
+        """Unload the crash image (the daemon then stays unloaded until a Reload)."""
+        unknown = sorted(set(options) - UNLOAD_OPTIONS)
+        if unknown:
+            raise InputError(
+                f"option {unknown[0]!r}: unknown (expected one of {sorted(UNLOAD_OPTIONS)})"
+            )
+        if not _flag(options, "wait", True) and self.engine.busy is not None:
+            raise BusyError(f"a {type(self.engine.busy).__name__.lower()} is already running")
+        ticket = next(self._tickets)
+        future: asyncio.Future[StatusSnapshot] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = future
+        self._feed(ev.UnloadRequested("unload requested", ticket=ticket))
+        return await future
+
+    # ---- what the daemon's own watchers call ----
+
+    async def start(self) -> StatusSnapshot:
+        """The first reconcile: check our record against Xen, adopt or load; wait for it."""
+        event = await asyncio.to_thread(self.executor.check_record)
+        log.info(
+            "start-up: record %s%s",
+            event.record.value,
+            f" ({event.detail})" if event.detail else "",
+        )
+        self._feed(event)
+        await self.wait_idle()
+        rec = self.executor.record
+        self._host_seen = rec.host_fingerprint if rec is not None else ""
+        return self._snapshot
+
+    async def wait_idle(self) -> None:
+        while self.engine.busy is not None or self._tasks:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def files_changed(self, reason: str) -> None:
+        self._feed(ev.Changed(ev.Change.FILES, reason))
+
+    def config_changed(self, reason: str, *, request: bool = False) -> None:
+        """The config file changed on disk (or SIGHUP, ``request``): re-read it.
+
+        An accepted file that differs reloads when the inputs changed; a rejected one
+        keeps the old settings and the image.  SIGHUP also re-checks the files.
+        """
+        try:
+            changed = self._reread_config()
+        except ConfigError:
+            return
+        if changed:
+            self._feed(ev.Changed(ev.Change.CONFIG, reason))
+        elif request:
+            self._feed(ev.ReloadRequested(reason))
+
+    async def check_host(self) -> None:
+        """Compare Xen's CPUs and memory map with the last seen fingerprint (§2.5)."""
+        if self.engine.busy is not None or self.engine.starting:
+            return  # the running load gathers the host itself
+        try:
+            fingerprint = await asyncio.to_thread(self.executor.host_fingerprint)
+        except XenkdumpError as exc:
+            log.warning("host topology check failed: %s", exc)
+            return
+        if fingerprint != self._host_seen:
+            old, self._host_seen = self._host_seen, fingerprint
+            self._feed(
+                ev.Changed(
+                    ev.Change.HOST,
+                    f"host CPUs or memory map changed ({old[:12]} -> {fingerprint[:12]})",
+                )
+            )
+
+    def on_settings(self, callback: Callable[[Settings], None]) -> None:
+        """``callback(settings)`` whenever a new configuration is accepted."""
+        self._settings_listeners.append(callback)
+
+    async def close(self) -> None:
+        """Wait for running work (a load is never abandoned half-way) and stop."""
+        await self.wait_idle()
+
+    # ---- internals ----
+
+    def _reread_config(self) -> bool:
+        """Re-read the config file; True if it was accepted and differs (or heals a rejection).
+
+        A rejected file raises ConfigError after telling the engine; the old settings stay.
+        """
+        if self.config_path is None:
+            return False
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            self._feed(ev.ConfigRejected(str(exc)))
+            raise
+        healed = self.engine.config_error is not None
+        if new.digest == self.settings.digest:
+            return healed
+        self.settings = new
+        self.executor.set_settings(new)
+        for callback in self._settings_listeners:
+            callback(new)
+        log.info("configuration %s accepted (sha256 %s)", self.config_path, new.digest[:12])
+        return True
+
+    def _feed(self, event: ev.Event) -> None:
+        for action in self.engine.handle(event):
+            if isinstance(action, ev.Log):
+                level, message_id = _LOG_LEVEL[action.kind]
+                extra = {"MESSAGE_ID": message_id} if message_id is not None else None
+                log.log(level, "%s", action.message, extra=extra)
+            else:
+                task = asyncio.get_running_loop().create_task(self._run(action))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+        self._publish()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks and self.engine.busy is None:
+            self._idle.set()
+
+    async def _run(self, action: ev.Load | ev.Unload) -> None:
+        error: BaseException | None = None
+        result: ev.Event
+        try:
+            if isinstance(action, ev.Load):
+                result = await asyncio.to_thread(self.executor.load, action)
+            else:
+                await asyncio.to_thread(self.executor.unload)
+                result = ev.UnloadDone()
+        except XenkdumpError as exc:
+            error = exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            error = InputError(f"{where}{exc.strerror or exc}")
+        except Exception as exc:  # a bug: report it, keep the daemon and the image
+            log.exception("internal error while running %s", action)
+            error = OperationError(f"internal error: {exc!r}")
+        if error is not None:
+            if isinstance(action, ev.Load):
+                armed = await asyncio.to_thread(self.executor.after_failure)
+                result = ev.LoadFailed(str(error), armed_after=armed)
+            else:
+                await asyncio.to_thread(self.executor.after_failure)
+                result = ev.UnloadFailed(str(error))
+        self._feed(result)
+        for ticket in action.tickets:
+            future = self._waiters.pop(ticket, None)
+            if future is None or future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(self._snapshot)
+
+    def _make_snapshot(self) -> StatusSnapshot:
+        rec = self.executor.record
+        crash = self.executor.crash_range
+        used = self.executor.used_range() if rec is not None else None
+        return StatusSnapshot(
+            state=self.engine.state,
+            state_reason=self.engine.state_reason,
+            crash_kernel=rec.kernel if rec else "",
+            initrd=(rec.initrd or "") if rec else "",
+            command_line=rec.cmdline if rec else "",
+            image_sha256=rec.image_sha256 if rec else "",
+            loaded_at=int(rec.loaded_at * 1_000_000) if rec else 0,
+            last_reload_reason=rec.reason if rec else self.engine.last_reason,
+            last_error=self.engine.last_error,
+            crash_region=(crash.start, crash.size),
+            crash_region_used=(used.start, used.size) if used else (0, 0),
+            required_bytes=rec.required_bytes if rec else 0,
+            xen_version=self.executor.xen_version,
+            daemon_version=__version__,
+            config_digest=self.settings.digest,
+            generation=rec.generation if rec else 0,
+            fallback_unload=rec.fallback_unload if rec else False,
+        )
+
+    def _publish(self) -> None:
+        new = self._make_snapshot()
+        old, self._snapshot = self._snapshot, new
+        if new == old:
+            return
+        for callback in list(self._subscribers):
+            try:
+                callback(old, new)
+            except Exception:
+                log.exception("status subscriber %r failed", callback)

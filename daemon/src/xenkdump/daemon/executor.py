@@ -1,0 +1,196 @@
+"""Carries out the engine's actions through the hypervisor port and the image builder.
+
+Every method here blocks (file reads, hashing, hypercalls): the daemon calls them in a
+worker thread (asyncio.to_thread), one at a time (the engine keeps one outstanding).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from xenkdump.daemon import kernels
+from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, Scope, Start
+from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange, Hypervisor
+from xenkdump.image import loader, planner
+from xenkdump.image.planner import HostFacts, ImageInputs
+from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
+from xenkdump.state.record import LoadRecord, RecordStore
+
+log = logging.getLogger(__name__)
+
+
+def boot_time() -> float:
+    """When this (dom0) system booted, in seconds since the epoch (/proc/stat btime)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """The inputs of the armed image, kept in memory for header-only rebuilds."""
+
+    generation: int
+    inputs: ImageInputs
+
+
+class Executor:
+    def __init__(self, hv: Hypervisor, settings: Settings, *, release: str | None = None) -> None:
+        self.hv = hv
+        self.settings = settings
+        self.release = release
+        self.store = RecordStore(settings.state_dir)
+        self.record: LoadRecord | None = None  # what the store said after our last action
+        self.crash_range = hv.crash_range()
+        major, minor = hv.xen_version()
+        self.xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
+        self._cached: _Cached | None = None
+        self.files_read = 0  # how many times kernel/initrd were read (header-only reloads do not)
+
+    def set_settings(self, settings: Settings) -> None:
+        # The state directory is where our record lives; moving it mid-run would orphan
+        # the record, so a change applies at the next start.
+        if settings.state_dir != self.settings.state_dir:
+            log.warning(
+                "state_dir changed to %s: takes effect when xenkdumpd restarts", settings.state_dir
+            )
+        self.settings = settings
+
+    # ---- start-up: what is armed? ----
+
+    def check_record(self) -> Start:
+        """Cross-check our durable record with Xen's load/unload parity (§1.8 D1)."""
+        state = self.store.read_state()
+        self.record = state.armed
+        parity = self.hv.kexec_status(KEXEC_TYPE_CRASH) & 1
+        ours = (state.loads_issued + state.unloads_issued) & 1
+        if state.loads_issued == 0 and state.unloads_issued == 0 and state.armed is None:
+            return Start(RecordCheck.ABSENT, detail=f"no {self.store.path}")
+        if parity != ours:
+            return Start(
+                RecordCheck.DISAGREES,
+                detail=f"Xen's parity is {parity}, our {state.loads_issued} loads and "
+                f"{state.unloads_issued} unloads give {ours}",
+            )
+        if state.armed is None:
+            return Start(RecordCheck.UNLOADED)
+        # Parity alone cannot tell this boot's record from an earlier boot's (the count
+        # restarts at 0); a record older than the boot is stale.
+        btime = boot_time()
+        if state.armed.loaded_at < btime:
+            return Start(RecordCheck.DISAGREES, detail="the record predates this boot")
+        return Start(RecordCheck.ARMED, Armed(state.armed.generation, state.armed.fallback_unload))
+
+    # ---- loads ----
+
+    def resolve(self, action: Load) -> tuple[Path, Path | None]:
+        files = kernels.resolve(self.settings, release=self.release)
+        kernel, initrd = files.kernel, files.initrd
+        if action.overrides is not None:
+            if action.overrides.kernel:
+                kernel = Path(action.overrides.kernel)
+                # A one-shot kernel with the auto policy takes its own initrd, if any.
+                if action.overrides.initrd is None and self.settings.initrd is InitrdPolicy.AUTO:
+                    initrd = kernels.resolve(
+                        _with_kernel(self.settings, kernel), release=self.release
+                    ).initrd
+            if action.overrides.initrd is not None:
+                initrd = Path(action.overrides.initrd) if action.overrides.initrd else None
+        return kernel, initrd
+
+    def read_inputs(self, action: Load) -> ImageInputs:
+        kernel, initrd = self.resolve(action)
+        c = self.settings.cmdline
+        base = action.overrides.cmdline if action.overrides and action.overrides.cmdline else c.base
+        self.files_read += 1
+        return loader.read_inputs(kernel, initrd, cmdline=base, append=c.append, remove=c.remove)
+
+    def gather_host(self) -> HostFacts:
+        return loader.gather_host(self.hv)
+
+    def host_fingerprint(self) -> str:
+        return str(self.gather_host().fingerprint())
+
+    def load(self, action: Load) -> LoadDone:
+        """Carry out ``action``; raise the project's errors when it fails."""
+        started = time.monotonic()
+        current = self.store.read()
+        cached = self._cached
+        if (
+            action.scope is Scope.HOST
+            and action.overrides is None
+            and cached is not None
+            and current is not None
+            and current.generation == cached.generation
+        ):
+            inputs = cached.inputs  # only the ELF core header changes: no file is re-read
+        else:
+            inputs = self.read_inputs(action)
+        host = self.gather_host()
+        if (
+            action.scope is not Scope.FORCE
+            and current is not None
+            and self.matches(current, inputs, host)
+        ):
+            self.record = current
+            self._cached = _Cached(current.generation, inputs)
+            return LoadDone(Outcome.SKIPPED, Armed(current.generation, current.fallback_unload))
+        rec = loader.load(self.hv, inputs, host, self.store, reason=action.reason)
+        self.record = rec
+        self._cached = _Cached(rec.generation, inputs)
+        took = (time.monotonic() - started) * 1000
+        summary = f"{Path(rec.kernel).name} into the {rec.half} half in {took:.0f} ms"
+        return LoadDone(Outcome.LOADED, Armed(rec.generation, rec.fallback_unload), summary)
+
+    @staticmethod
+    def matches(rec: LoadRecord, inputs: ImageInputs, host: HostFacts) -> bool:
+        """True when ``rec`` is what loading ``inputs`` on ``host`` would arm."""
+        return (
+            rec.kernel == str(inputs.kernel_path)
+            and rec.kernel_sha256 == inputs.kernel_sha256
+            and (rec.initrd or None) == (str(inputs.initrd_path) if inputs.initrd_path else None)
+            and rec.initrd_sha256 == inputs.initrd_sha256
+            and _without_elfcorehdr(rec.cmdline) == _without_elfcorehdr(inputs.cmdline)
+            and rec.host_fingerprint == host.fingerprint()
+        )
+
+    def after_failure(self) -> bool:
+        """Re-read the record after a failed action: is an image still armed?"""
+        try:
+            self.record = self.store.read()
+        except OSError:
+            return self.record is not None
+        return self.record is not None
+
+    def unload(self) -> None:
+        loader.unload(self.hv, self.store)
+        self.record = self.store.read()
+        self._cached = None
+
+    def used_range(self) -> AddressRange:
+        """The part of the crash area the armed image uses ((0, 0) when none)."""
+        rec = self.record
+        if rec is None:
+            return AddressRange(0, 0)
+        return planner.half_window(AddressRange(*rec.crash_range), rec.half)[0]
+
+
+# Words the image builder adds itself (xen-kexec-abi.md §4.4): they follow from the
+# placement and the host, not from the inputs.
+_BUILDER_WORDS = ("elfcorehdr=", "acpi_rsdp=")
+
+
+def _without_elfcorehdr(cmdline: str) -> str:
+    return " ".join(w for w in cmdline.split() if not w.startswith(_BUILDER_WORDS))
+
+
+def _with_kernel(settings: Settings, kernel: Path) -> Settings:
+    return replace(settings, kernel=KernelPolicy.PATH, kernel_path=kernel)

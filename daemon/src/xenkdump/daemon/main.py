@@ -1,0 +1,214 @@
+"""xenkdumpd: keeps a correct crash kernel armed in Xen; a systemd Type=notify service.
+
+Start-up order: configuration (invalid: exit 2), hypervisor (unusable: exit 1), first
+reconcile (adopt or load; a failure here is a state, not an exit), the D-Bus name
+(unavailable: exit 1, the armed image stays), then READY=1.  The loop then only
+wakes for inotify events, signals, the topology check and the watchdog keep-alive.
+Stopping never unloads the crash kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from xenkdump import __version__
+from xenkdump.daemon import kernels
+from xenkdump.daemon.core import DaemonCore, StatusSnapshot
+from xenkdump.daemon.notify import Notifier, setup_logging, watchdog_period
+from xenkdump.daemon.watch import Debouncer, DirectoryWatcher, PeriodicTimer
+from xenkdump.errors import OperationError, XenkdumpError
+from xenkdump.hv.select import open_hypervisor
+from xenkdump.settings.load import load_settings
+from xenkdump.settings.model import DEFAULT_CONFIG_PATH, Settings
+
+log = logging.getLogger("xenkdump.daemon")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class ServiceHandle(Protocol):
+    async def close(self) -> None: ...
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="xenkdumpd", description="Keep a correct crash (kdump) kernel armed in Xen.")
+    p.add_argument("--version", action="version", version=f"xenkdumpd {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"configuration file (default {DEFAULT_CONFIG_PATH}; built-in defaults if absent)",
+    )
+    p.add_argument(
+        "--hypervisor",
+        metavar="xen|sim[:FILE]",
+        default=None,
+        help="'xen' (libxenctrl on a PV dom0) or 'sim[:FILE]' (a simulated host)",
+    )
+    p.add_argument(
+        "--no-bus",
+        action="store_true",
+        help="do not own the D-Bus name (tests, benchmarks): READY=1 after the first reconcile",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return p
+
+
+class Daemon:
+    """Wires the core to its inputs (inotify, signals, timers) and to systemd."""
+
+    def __init__(self, core: DaemonCore, notifier: Notifier, *, use_bus: bool) -> None:
+        self.core = core
+        self.notifier = notifier
+        self.use_bus = use_bus
+        self.stop = asyncio.Event()
+        self.exit_code = EXIT_OK
+        self._watcher: DirectoryWatcher | None = None
+        self._files: Debouncer | None = None
+        self._config: Debouncer | None = None
+        self._timers: list[PeriodicTimer] = []
+        self._topology: PeriodicTimer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_status(self, _old: StatusSnapshot, new: StatusSnapshot) -> None:
+        self.notifier.status(new.status_line())
+
+    def _watch_dirs(self, settings: Settings) -> set[Path]:
+        dirs = kernels.watched_directories(settings)
+        if self.core.config_path is not None:
+            dirs.add(self.core.config_path.parent)
+        return dirs
+
+    def _on_path(self, path: Path, _mask: int) -> None:
+        settings = self.core.settings
+        cfg = self.core.config_path
+        if cfg is not None and path in (cfg, cfg.parent):
+            assert self._config is not None
+            self._config.poke(f"configuration file {cfg} changed")
+        if kernels.is_relevant(settings, path, release=self.core.executor.release):
+            assert self._files is not None
+            self._files.poke(f"{path} changed")
+
+    def _on_settings(self, settings: Settings) -> None:
+        if self._watcher is not None:
+            self._watcher.watch(self._watch_dirs(settings))
+        for deb in (self._files, self._config):
+            if deb is not None:
+                deb.delay = settings.reload_debounce
+        if self._topology is not None:
+            self._topology.set_interval(settings.topology_check_interval)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        core = self.core
+        core.subscribe(self._on_status)
+        self.notifier.status("starting: checking the armed image against our record")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: core.config_changed("SIGHUP", request=True))
+
+        # Watch before the first reconcile, so a change during it is not missed.
+        settings = core.settings
+        self._files = Debouncer(
+            loop, settings.reload_debounce, lambda reasons: core.files_changed("; ".join(reasons))
+        )
+        self._config = Debouncer(
+            loop, settings.reload_debounce, lambda reasons: core.config_changed("; ".join(reasons))
+        )
+        self._watcher = DirectoryWatcher(loop, self._on_path)
+        self._watcher.watch(self._watch_dirs(settings))
+        core.on_settings(self._on_settings)
+
+        snapshot = await core.start()
+        log.info("first reconcile done: %s", snapshot.status_line())
+
+        handle: ServiceHandle | None = None
+        if self.use_bus:
+            try:
+                # Imported here: the D-Bus stack is only needed when a bus is used.
+                from xenkdump.dbus.service import serve  # noqa: PLC0415
+            except ImportError as exc:
+                raise OperationError(
+                    f"D-Bus service unavailable: cannot import xenkdump.dbus.service ({exc})"
+                ) from None
+            handle = await serve(core, os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
+
+        self._topology = PeriodicTimer(
+            loop, settings.topology_check_interval, lambda: self._spawn(core.check_host())
+        )
+        period = watchdog_period()
+        if period is not None:
+            self._timers.append(PeriodicTimer(loop, period, self.notifier.watchdog))
+        self.notifier.ready(core.status().status_line())
+        try:
+            await self.stop.wait()
+        finally:
+            self.notifier.stopping()
+            log.info("stopping; the crash kernel stays armed")
+            self._shutdown()
+            if handle is not None:
+                await handle.close()
+            await core.close()
+        return self.exit_code
+
+    def _shutdown(self) -> None:
+        for t in [*self._timers, self._topology]:
+            if t is not None:
+                t.cancel()
+        for d in (self._files, self._config):
+            if d is not None:
+                d.cancel()
+        if self._watcher is not None:
+            self._watcher.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    notifier = Notifier()
+    try:
+        config_path: Path | None = args.config
+        if config_path is None and DEFAULT_CONFIG_PATH.exists():
+            config_path = DEFAULT_CONFIG_PATH
+        settings = load_settings(config_path) if config_path is not None else Settings()
+        if config_path is None:
+            log.info("no %s: using built-in defaults", DEFAULT_CONFIG_PATH)
+        hv = open_hypervisor(args.hypervisor)
+    except XenkdumpError as exc:
+        log.error("cannot start: %s", exc)
+        notifier.send(f"STATUS=failed: {exc}")
+        return exc.exit_code
+    try:
+        with hv:
+            core = DaemonCore(hv, settings, config_path=config_path)
+            return asyncio.run(Daemon(core, notifier, use_bus=not args.no_bus).run())
+    except XenkdumpError as exc:
+        log.error("stopped: %s", exc)
+        notifier.send(f"STATUS=failed: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

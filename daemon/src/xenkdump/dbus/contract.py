@@ -1,0 +1,282 @@
+"""The interface contract, parsed from the XML: members, signatures, property values.
+
+Pure (no dbus_fast, no I/O beyond reading the package's own XML): the service
+dispatches and introspects from an ``InterfaceSpec``, so the XML stays the one
+definition of the API (issue 5 item 4: "loaded at runtime").
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from xenkdump.dbus import names
+from xenkdump.errors import InputError, XenkdumpError
+
+DOC_NS = "http://www.freedesktop.org/dbus/1.0/doc.dtd"
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+
+class ContractError(XenkdumpError):
+    """The interface XML disagrees with the code (a packaging or development bug)."""
+
+
+class Snapshot(Protocol):
+    """What the service reads from the core (xenkdump.daemon.core.StatusSnapshot)."""
+
+    @property
+    def state(self) -> object: ...
+    @property
+    def state_reason(self) -> str: ...
+    @property
+    def crash_kernel(self) -> str: ...
+    @property
+    def initrd(self) -> str: ...
+    @property
+    def command_line(self) -> str: ...
+    @property
+    def image_sha256(self) -> str: ...
+    @property
+    def loaded_at(self) -> int: ...
+    @property
+    def last_reload_reason(self) -> str: ...
+    @property
+    def last_error(self) -> str: ...
+    @property
+    def crash_region(self) -> tuple[int, int]: ...
+    @property
+    def crash_region_used(self) -> tuple[int, int]: ...
+    @property
+    def required_bytes(self) -> int: ...
+    @property
+    def xen_version(self) -> str: ...
+    @property
+    def daemon_version(self) -> str: ...
+    @property
+    def config_digest(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def fallback_unload(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    in_signature: str
+    out_signature: str
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class PropertySpec:
+    name: str
+    signature: str
+    access: str  # "read" | "write" | "readwrite"
+    emits_changed: bool  # False for EmitsChangedSignal=const/false
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    name: str
+    methods: Mapping[str, MethodSpec]
+    signals: Mapping[str, SignalSpec]
+    properties: Mapping[str, PropertySpec]
+    interface_xml: str  # the <interface> element exactly as written in the file
+
+
+def _args(elem: ET.Element, direction: str) -> str:
+    return "".join(
+        a.get("type", "")
+        for a in elem.findall("arg")
+        if a.get("direction", "in" if elem.tag == "method" else "out") == direction
+    )
+
+
+def _has_doc(elem: ET.Element) -> bool:
+    doc = elem.find(f"{{{DOC_NS}}}doc")
+    return doc is not None and bool("".join(doc.itertext()).strip())
+
+
+def parse_interface(xml_text: str, interface: str = names.INTERFACE) -> InterfaceSpec:
+    """Parse the contract; every member must carry a <doc:doc> (issue 5 item 4)."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise ContractError(f"{names.INTERFACE_XML}: not well-formed XML: {exc}") from None
+    found = [i for i in root.findall("interface") if i.get("name") == interface]
+    if len(found) != 1:
+        raise ContractError(
+            f"{names.INTERFACE_XML}: expected one <interface name={interface!r}>, found {len(found)}"
+        )
+    iface = found[0]
+    undocumented = [
+        f"{e.tag} {e.get('name')}"
+        for e in [iface, *iface.findall("method"), *iface.findall("signal"), *iface.findall("property")]
+        if not _has_doc(e)
+    ]
+    if undocumented:
+        raise ContractError(f"{names.INTERFACE_XML}: no <doc:doc> on {', '.join(undocumented)}")
+    methods = {
+        m.get("name", ""): MethodSpec(m.get("name", ""), _args(m, "in"), _args(m, "out"))
+        for m in iface.findall("method")
+    }
+    signals = {
+        s.get("name", ""): SignalSpec(s.get("name", ""), _args(s, "out"))
+        for s in iface.findall("signal")
+    }
+    properties = {}
+    for p in iface.findall("property"):
+        emits = "true"
+        for ann in p.findall("annotation"):
+            if ann.get("name") == EMITS:
+                emits = ann.get("value", "true")
+        name = p.get("name", "")
+        properties[name] = PropertySpec(name, p.get("type", ""), p.get("access", ""), emits == "true")
+    # Keep the element's own text (with its docs and layout) for Introspect.
+    start = xml_text.index(f'<interface name="{interface}"')
+    end = xml_text.index("</interface>", start) + len("</interface>")
+    return InterfaceSpec(interface, methods, signals, properties, xml_text[start:end])
+
+
+def load_interface() -> InterfaceSpec:
+    """The installed contract, checked against the property table below."""
+    spec = parse_interface(names.interface_xml())
+    missing = sorted(set(spec.properties) ^ set(PROPERTY_SOURCES))
+    if missing:
+        raise ContractError(
+            f"{names.INTERFACE_XML}: properties {missing} are not both in the XML and in "
+            "xenkdump.dbus.contract.PROPERTY_SOURCES"
+        )
+    return spec
+
+
+# D-Bus property name -> how to read it from a status snapshot.
+PROPERTY_SOURCES: dict[str, Callable[[Snapshot], object]] = {
+    "InterfaceRevision": lambda s: names.INTERFACE_REVISION,
+    "State": lambda s: str(s.state),
+    "StateReason": lambda s: s.state_reason,
+    "CrashKernel": lambda s: s.crash_kernel,
+    "Initrd": lambda s: s.initrd,
+    "CommandLine": lambda s: s.command_line,
+    "ImageSha256": lambda s: s.image_sha256,
+    "LoadedAt": lambda s: s.loaded_at,
+    "LastReloadReason": lambda s: s.last_reload_reason,
+    "LastError": lambda s: s.last_error,
+    "CrashRegion": lambda s: list(s.crash_region),
+    "CrashRegionUsed": lambda s: list(s.crash_region_used),
+    "RequiredBytes": lambda s: s.required_bytes,
+    "XenVersion": lambda s: s.xen_version,
+    "DaemonVersion": lambda s: s.daemon_version,
+    "ConfigDigest": lambda s: s.config_digest,
+    "Generation": lambda s: s.generation,
+    "FallbackUnload": lambda s: s.fallback_unload,
+}
+
+
+def property_values(spec: InterfaceSpec, snapshot: Snapshot) -> dict[str, tuple[str, object]]:
+    """Every property as (signature, value), in the XML's order."""
+    return {name: (p.signature, PROPERTY_SOURCES[name](snapshot)) for name, p in spec.properties.items()}
+
+
+def changed_properties(
+    spec: InterfaceSpec, old: Snapshot, new: Snapshot
+) -> dict[str, tuple[str, object]]:
+    """The properties whose value differs, for PropertiesChanged (const ones never)."""
+    before = property_values(spec, old)
+    after = property_values(spec, new)
+    return {
+        name: value
+        for name, value in after.items()
+        if spec.properties[name].emits_changed and value != before[name]
+    }
+
+
+def check_options(
+    method: str, options: Mapping[str, tuple[str, object]], allowed: Mapping[str, str]
+) -> dict[str, object]:
+    """Validate an a{sv} of (signature, value) pairs against ``allowed`` name -> signature.
+
+    Returns plain values; raises InputError naming the option, expected vs found.
+    """
+    out: dict[str, object] = {}
+    for key, (signature, value) in options.items():
+        want = allowed.get(key)
+        if want is None:
+            raise InputError(
+                f"{method} option {key!r}: unknown (expected one of {', '.join(sorted(allowed))})"
+            )
+        if signature != want:
+            raise InputError(
+                f"{method} option {key!r}: expected D-Bus type {want!r}, got {signature!r}"
+            )
+        out[key] = value
+    return out
+
+
+def introspection_document(spec: InterfaceSpec, path: str) -> str:
+    """The Introspect reply for ``path``: our object, or an ancestor node leading to it."""
+    header = (
+        '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+        ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n'
+    )
+    if path != names.OBJECT_PATH:
+        prefix = "/" if path == "/" else path + "/"
+        child = names.OBJECT_PATH[len(prefix) :].split("/", 1)[0]
+        return f'{header}<node>\n  <node name="{child}"/>\n</node>\n'
+    return (
+        f'{header}<node xmlns:doc="{DOC_NS}">\n'
+        f"{_STANDARD_INTERFACES}"
+        f"  {spec.interface_xml}\n"
+        "</node>\n"
+    )
+
+
+def is_ancestor(path: str) -> bool:
+    """True for /, /org and /org/xenkdump: nodes on the way to our object."""
+    if path == "/":
+        return True
+    return names.OBJECT_PATH.startswith(path + "/")
+
+
+_STANDARD_INTERFACES = """\
+  <interface name="org.freedesktop.DBus.Peer">
+    <method name="Ping"/>
+    <method name="GetMachineId">
+      <arg name="machine_uuid" type="s" direction="out"/>
+    </method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Introspectable">
+    <method name="Introspect">
+      <arg name="xml_data" type="s" direction="out"/>
+    </method>
+  </interface>
+  <interface name="org.freedesktop.DBus.Properties">
+    <method name="Get">
+      <arg name="interface_name" type="s" direction="in"/>
+      <arg name="property_name" type="s" direction="in"/>
+      <arg name="value" type="v" direction="out"/>
+    </method>
+    <method name="GetAll">
+      <arg name="interface_name" type="s" direction="in"/>
+      <arg name="props" type="a{sv}" direction="out"/>
+    </method>
+    <method name="Set">
+      <arg name="interface_name" type="s" direction="in"/>
+      <arg name="property_name" type="s" direction="in"/>
+      <arg name="value" type="v" direction="in"/>
+    </method>
+    <signal name="PropertiesChanged">
+      <arg name="interface_name" type="s"/>
+      <arg name="changed_properties" type="a{sv}"/>
+      <arg name="invalidated_properties" type="as"/>
+    </signal>
+  </interface>
+"""

@@ -1,0 +1,64 @@
+"""Names of the D-Bus API: bus name, object path, interface, errors, options.
+
+The contract itself is ``org.xenkdump.Kdump1.xml`` (package data); these constants
+must agree with it, which tests/daemon/test_dbus_contract.py checks.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+BUS_NAME = "org.xenkdump.Kdump1"
+INTERFACE = "org.xenkdump.Kdump1"
+OBJECT_PATH = "/org/xenkdump/Kdump1"
+INTERFACE_XML = "org.xenkdump.Kdump1.xml"
+
+# Grows with every compatible addition to the interface (the InterfaceRevision property).
+INTERFACE_REVISION = 1
+
+DBUS_SERVICE = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PEER = "org.freedesktop.DBus.Peer"
+
+_ERR = INTERFACE + ".Error."
+ERROR_INVALID_ARGS = _ERR + "InvalidArgs"
+ERROR_INVALID_CONFIG = _ERR + "InvalidConfig"
+ERROR_IMAGE_INVALID = _ERR + "ImageInvalid"
+ERROR_DOES_NOT_FIT = _ERR + "DoesNotFit"
+ERROR_BUSY = _ERR + "Busy"
+ERROR_HYPERVISOR_UNAVAILABLE = _ERR + "HypervisorUnavailable"
+ERROR_HYPERVISOR_FAILED = _ERR + "HypervisorFailed"
+ERROR_NOT_PERMITTED = _ERR + "NotPermitted"
+ERROR_FAILED = _ERR + "Failed"
+ERROR_INTERNAL = _ERR + "Internal"
+
+# The closed set of error names this interface returns (documented in the XML).
+ERRORS = (
+    ERROR_INVALID_ARGS,
+    ERROR_INVALID_CONFIG,
+    ERROR_IMAGE_INVALID,
+    ERROR_DOES_NOT_FIT,
+    ERROR_BUSY,
+    ERROR_HYPERVISOR_UNAVAILABLE,
+    ERROR_HYPERVISOR_FAILED,
+    ERROR_NOT_PERMITTED,
+    ERROR_FAILED,
+    ERROR_INTERNAL,
+)
+
+# Standard errors for calls outside the interface (wrong member or property name).
+ERROR_UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+ERROR_UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
+ERROR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
+ERROR_PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
+
+# The options Reload and Unload accept, with their D-Bus types (see the XML docs).
+RELOAD_OPTIONS = {"force": "b", "kernel": "s", "initrd": "s", "cmdline": "s", "wait": "b", "reason": "s"}
+UNLOAD_OPTIONS = {"wait": "b"}
+
+
+def interface_xml() -> str:
+    """The contract XML, as installed with the package."""
+    return resources.files(__package__).joinpath(INTERFACE_XML).read_text(encoding="utf-8")

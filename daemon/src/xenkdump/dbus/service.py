@@ -1,0 +1,329 @@
+"""xenkdumpd's D-Bus service: the only server-side module that imports dbus_fast.
+
+The interface is not declared with dbus_fast's decorators: one message handler
+dispatches from the parsed contract XML (contract.py), so the XML is the single
+definition of members, signatures, property types and the introspection reply.
+Reload and Unload run as tasks and answer later; everything else answers from the
+core's current snapshot at once, so status reads stay prompt while a load runs
+(the load itself runs in a worker thread inside the core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
+from xenkdump.dbus import contract, errors, names
+from xenkdump.dbus.contract import InterfaceSpec, Snapshot
+from xenkdump.errors import OperationError
+
+log = logging.getLogger("xenkdump.dbus")
+
+ROOT_ONLY = frozenset({0})
+
+
+class Core(Protocol):
+    """The part of xenkdump.daemon.core.DaemonCore the service uses."""
+
+    def status(self) -> Any: ...
+    async def reload(self, reason: str, options: Mapping[str, object]) -> Any: ...
+    async def unload(self, options: Mapping[str, object]) -> Any: ...
+    def subscribe(self, callback: Callable[[Any, Any], None]) -> None: ...
+
+
+def system_bus_address(bus_address: str | None = None) -> str:
+    """The address used: ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the default."""
+    if bus_address:
+        return bus_address
+    from dbus_fast._private.address import get_system_bus_address  # noqa: PLC0415
+
+    return str(get_system_bus_address())
+
+
+def _variants(values: Mapping[str, tuple[str, object]]) -> dict[str, Variant]:
+    return {name: Variant(sig, value) for name, (sig, value) in values.items()}
+
+
+class _Service:
+    """Answers calls to /org/xenkdump/Kdump1 from the contract and the core."""
+
+    def __init__(
+        self, bus: MessageBus, core: Core, spec: InterfaceSpec, allowed_uids: frozenset[int]
+    ) -> None:
+        self.bus = bus
+        self.core = core
+        self.spec = spec
+        self.allowed_uids = allowed_uids
+        self.closed = False
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._doc = contract.introspection_document(spec, names.OBJECT_PATH)
+        # GetStatus/GetAll are the hot path: build the a{sv} once per snapshot.
+        self._cached_for: object = None
+        self._cached: dict[str, Variant] = {}
+
+    # ---- status ----
+
+    def _status(self, snapshot: Snapshot | None = None) -> dict[str, Variant]:
+        snap = self.core.status() if snapshot is None else snapshot
+        if snap is not self._cached_for:
+            self._cached = _variants(contract.property_values(self.spec, snap))
+            self._cached_for = snap
+        return self._cached
+
+    def on_change(self, old: Snapshot, new: Snapshot) -> None:
+        """Core subscriber: PropertiesChanged with the new values of what changed."""
+        if self.closed:
+            return
+        changed = contract.changed_properties(self.spec, old, new)
+        if changed:
+            self.bus.send(
+                Message.new_signal(
+                    names.OBJECT_PATH,
+                    names.PROPERTIES,
+                    "PropertiesChanged",
+                    "sa{sv}as",
+                    [names.INTERFACE, _variants(changed), []],
+                )
+            )
+
+    # ---- dispatch ----
+
+    def handle(self, msg: Message) -> Message | bool | None:
+        """dbus_fast message handler: a reply, True (answered later) or None (not ours)."""
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return None
+        path, iface, member = msg.path, msg.interface, msg.member
+        if path != names.OBJECT_PATH:
+            if contract.is_ancestor(path) and iface in (names.INTROSPECTABLE, None) and (
+                member == "Introspect"
+            ):
+                return Message.new_method_return(
+                    msg, "s", [contract.introspection_document(self.spec, path)]
+                )
+            return None
+        try:
+            if iface == names.PEER:
+                return None  # dbus_fast answers Ping and GetMachineId
+            if iface == names.INTROSPECTABLE or (iface is None and member == "Introspect"):
+                if member != "Introspect":
+                    return self._error(msg, names.ERROR_UNKNOWN_METHOD, f"no method {member}")
+                self._check_signature(msg, "")
+                return Message.new_method_return(msg, "s", [self._doc])
+            if iface == names.PROPERTIES:
+                return self._properties(msg)
+            if iface not in (names.INTERFACE, None):
+                return self._error(
+                    msg, names.ERROR_UNKNOWN_INTERFACE, f"object has no interface {iface}"
+                )
+            method = self.spec.methods.get(member)
+            if method is None:
+                return self._error(
+                    msg, names.ERROR_UNKNOWN_METHOD, f"{names.INTERFACE} has no method {member!r}"
+                )
+            self._check_signature(msg, method.in_signature)
+            if member == "GetStatus":
+                return Message.new_method_return(msg, "a{sv}", [self._status()])
+            if member == "Reload":
+                self._spawn(msg, self._reload(msg))
+            elif member == "Unload":
+                self._spawn(msg, self._unload(msg))
+            else:  # in the XML but not served: the contract test catches this
+                return self._error(msg, names.ERROR_UNKNOWN_METHOD, f"{member} is not implemented")
+            return True
+        except Exception as exc:
+            name, text = errors.to_dbus(exc)
+            return self._error(msg, name, text)
+
+    def _error(self, msg: Message, name: str, text: str) -> Message:
+        return Message.new_error(msg, name, text)
+
+    def _check_signature(self, msg: Message, expected: str) -> None:
+        if msg.signature != expected:
+            from xenkdump.errors import InputError  # noqa: PLC0415
+
+            raise InputError(
+                f"{msg.member}: expected arguments of type {expected!r}, got {msg.signature!r}"
+            )
+
+    def _properties(self, msg: Message) -> Message:
+        member = msg.member
+        want = {"Get": "ss", "GetAll": "s", "Set": "ssv"}.get(member)
+        if want is None:
+            return self._error(msg, names.ERROR_UNKNOWN_METHOD, f"{names.PROPERTIES} has no {member}")
+        self._check_signature(msg, want)
+        iface = msg.body[0]
+        if iface not in (names.INTERFACE, ""):
+            return self._error(
+                msg, names.ERROR_UNKNOWN_INTERFACE, f"object has no interface {iface!r}"
+            )
+        if member == "GetAll":
+            return Message.new_method_return(msg, "a{sv}", [self._status()])
+        prop = msg.body[1]
+        if prop not in self.spec.properties:
+            return self._error(
+                msg, names.ERROR_UNKNOWN_PROPERTY, f"{names.INTERFACE} has no property {prop!r}"
+            )
+        if member == "Set":
+            return self._error(msg, names.ERROR_PROPERTY_READ_ONLY, f"property {prop} is read-only")
+        return Message.new_method_return(msg, "v", [self._status()[prop]])
+
+    # ---- the methods that change things ----
+
+    def _spawn(self, msg: Message, work: Awaitable[tuple[Snapshot, str]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(msg, work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _answer(self, msg: Message, work: Awaitable[tuple[Snapshot, str]]) -> None:
+        operation = msg.member.lower()
+        reason = ""
+        try:
+            snapshot, reason = await work
+        except asyncio.CancelledError:
+            self.bus.send(self._error(msg, names.ERROR_FAILED, "xenkdumpd is stopping"))
+            raise
+        except Exception as exc:
+            name, text = errors.to_dbus(exc)
+            self.bus.send(self._error(msg, name, text))
+            if name != names.ERROR_NOT_PERMITTED and name != names.ERROR_INVALID_ARGS:
+                self._finished(operation, name, text, reason, self.core.status())
+            return
+        self.bus.send(Message.new_method_return(msg, "a{sv}", [self._status(snapshot)]))
+        self._finished(operation, "", "", reason or str(snapshot.last_reload_reason), snapshot)
+
+    def _finished(
+        self, operation: str, error: str, message: str, reason: str, snap: Snapshot
+    ) -> None:
+        if self.closed:
+            return
+        body = {
+            "Operation": Variant("s", operation),
+            "Success": Variant("b", not error),
+            "Error": Variant("s", error),
+            "Message": Variant("s", message),
+            "Reason": Variant("s", reason),
+            "Generation": Variant("t", snap.generation),
+            "State": Variant("s", str(snap.state)),
+        }
+        self.bus.send(
+            Message.new_signal(
+                names.OBJECT_PATH, names.INTERFACE, "ReloadFinished", "a{sv}", [body]
+            )
+        )
+
+    async def _caller_uid(self, msg: Message) -> int:
+        reply = await self.bus.call(
+            Message(
+                destination=names.DBUS_SERVICE,
+                path=names.DBUS_PATH,
+                interface=names.DBUS_SERVICE,
+                member="GetConnectionUnixUser",
+                signature="s",
+                body=[msg.sender],
+            )
+        )
+        if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+            raise errors.NotPermitted(f"{msg.member}: cannot identify the caller {msg.sender}")
+        return int(reply.body[0])
+
+    async def _authorize(self, msg: Message) -> int:
+        # The bus policy already limits these methods to root; check again here so a
+        # permissive or missing policy file does not open them (issue 5 item 5).
+        uid = await self._caller_uid(msg)
+        if uid not in self.allowed_uids:
+            raise errors.NotPermitted(f"{msg.member}: uid {uid} may not call it (only root may)")
+        return uid
+
+    def _options(self, msg: Message, allowed: Mapping[str, str]) -> dict[str, object]:
+        raw = {key: (v.signature, v.value) for key, v in msg.body[0].items()}
+        return contract.check_options(msg.member, raw, allowed)
+
+    async def _reload(self, msg: Message) -> tuple[Snapshot, str]:
+        uid = await self._authorize(msg)
+        options = self._options(msg, names.RELOAD_OPTIONS)
+        reason = options.pop("reason", None)
+        text = str(reason) if reason else f"Reload requested over D-Bus by uid {uid}"
+        return await self.core.reload(text, options), text
+
+    async def _unload(self, msg: Message) -> tuple[Snapshot, str]:
+        await self._authorize(msg)
+        options = self._options(msg, names.UNLOAD_OPTIONS)
+        return await self.core.unload(options), "Unload requested over D-Bus"
+
+
+class ServiceHandle:
+    """A served bus connection; ``await close()`` releases the name and disconnects."""
+
+    def __init__(self, bus: MessageBus, service: _Service) -> None:
+        self.bus = bus
+        self._service = service
+
+    @property
+    def unique_name(self) -> str:
+        return str(self.bus.unique_name)
+
+    async def close(self) -> None:
+        service = self._service
+        if service.closed:
+            return
+        service.closed = True
+        for task in list(service.tasks):
+            task.cancel()
+        if service.tasks:
+            await asyncio.gather(*service.tasks, return_exceptions=True)
+        self.bus.remove_message_handler(service.handle)
+        try:
+            await self.bus.release_name(names.BUS_NAME)
+        except Exception as exc:  # the bus may already be gone; nothing to release
+            log.debug("releasing %s: %s", names.BUS_NAME, exc)
+        self.bus.disconnect()
+        try:
+            await asyncio.wait_for(self.bus.wait_for_disconnect(), 5)
+        except Exception as exc:
+            log.debug("disconnecting from the bus: %s", exc)
+
+
+async def serve(
+    core: Core,
+    bus_address: str | None = None,
+    *,
+    allowed_uids: frozenset[int] = ROOT_ONLY,
+) -> ServiceHandle:
+    """Own org.xenkdump.Kdump1 on the system bus (or ``bus_address``) and serve ``core``.
+
+    Raises OperationError with one line if the bus is unreachable or the name taken.
+    """
+    spec = contract.load_interface()
+    address = system_bus_address(bus_address)
+    try:
+        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+    except Exception as exc:
+        raise OperationError(
+            f"cannot connect to the D-Bus system bus at {address}: {errors.one_line(str(exc)) or type(exc).__name__}"
+        ) from None
+    service = _Service(bus, core, spec, allowed_uids)
+    bus.add_message_handler(service.handle)
+    core.subscribe(service.on_change)
+    try:
+        reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    except DBusError as exc:
+        service.closed = True
+        bus.disconnect()
+        raise OperationError(
+            f"cannot own the D-Bus name {names.BUS_NAME} at {address}: {exc.type}: {exc.text}"
+        ) from None
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        service.closed = True
+        bus.disconnect()
+        raise OperationError(
+            f"cannot own the D-Bus name {names.BUS_NAME} at {address}: another process owns it "
+            "(is xenkdumpd already running?)"
+        )
+    log.info("serving %s on %s as %s", names.BUS_NAME, address, bus.unique_name)
+    return ServiceHandle(bus, service)

@@ -1,0 +1,62 @@
+"""The daemon's settings as typed, frozen values: the only configuration type the core sees.
+
+Produced by ``xenkdump.settings.load`` from ``/etc/xenkdump/xenkdump.yaml``; defaults here
+are what an empty (or absent) file means.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG_PATH = Path("/etc/xenkdump/xenkdump.yaml")
+# /run is emptied at boot, so a record there can never describe a previous boot's
+# Xen (whose load/unload parity restarts at 0; xen-kexec-abi.md §1.8 D1).
+DEFAULT_STATE_DIR = Path("/run/xenkdump")
+DEFAULT_BOOT_DIR = Path("/boot")
+DEFAULT_TOPOLOGY_CHECK_INTERVAL = 60.0
+DEFAULT_RELOAD_DEBOUNCE = 0.5
+
+
+class KernelPolicy(enum.StrEnum):
+    """Which file is the crash kernel."""
+
+    PATH = "path"  # the file named in the configuration
+    RUNNING = "running"  # <boot_dir>/vmlinuz-$(uname -r): the running dom0 kernel's image
+    LATEST = "latest"  # the newest <boot_dir>/vmlinuz-* by version order
+
+
+class InitrdPolicy(enum.StrEnum):
+    PATH = "path"  # the file named in the configuration
+    AUTO = "auto"  # <boot_dir>/initrd.img-<version> of the chosen kernel, if present
+    NONE = "none"  # no initrd
+
+
+@dataclass(frozen=True)
+class CmdlineSettings:
+    """The crash kernel's command line: ``base`` (None: dom0's own), then remove, then append."""
+
+    base: str | None = None
+    append: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    kernel: KernelPolicy = KernelPolicy.RUNNING
+    kernel_path: Path | None = None  # set iff kernel is PATH
+    initrd: InitrdPolicy = InitrdPolicy.AUTO
+    initrd_path: Path | None = None  # set iff initrd is PATH
+    cmdline: CmdlineSettings = field(default_factory=CmdlineSettings)
+    state_dir: Path = DEFAULT_STATE_DIR
+    boot_dir: Path = DEFAULT_BOOT_DIR
+    topology_check_interval: float = DEFAULT_TOPOLOGY_CHECK_INTERVAL
+    reload_debounce: float = DEFAULT_RELOAD_DEBOUNCE
+    # Where these settings came from and the SHA-256 of its bytes ("" for built-in defaults).
+    source: Path | None = None
+    digest: str = ""
+
+    def describe_kernel(self) -> str:
+        """The kernel choice as written in the file (for status and logs)."""
+        return str(self.kernel_path) if self.kernel is KernelPolicy.PATH else str(self.kernel)

@@ -1,0 +1,1 @@
+"""xenkdump's own durable state: the record of what it armed in Xen (see record.py)."""

@@ -1,0 +1,185 @@
+"""xenkdumpctl load / plan / status / unload through the installed console script, on a
+simulated host shared across processes (hv/sim.py), with the real Debian kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xenkdump.hv.port import KEXEC_TYPE_CRASH
+from xenkdump.hv.sim import SimulatedHypervisor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from imagefixtures import MIB, make_initrd
+from test_planner import validate_plan_json
+
+CTL = Path(sys.executable).parent / "xenkdumpctl"
+
+pytestmark = pytest.mark.kernel
+
+
+class Host:
+    def __init__(self, tmp: Path, kernel: Path) -> None:
+        self.tmp = tmp
+        self.yaml = tmp / "host.yaml"
+        self.state = tmp / "state"
+        self.kernel = kernel
+        self.initrd = tmp / "initrd.img"
+        self.initrd.write_bytes(make_initrd(2 * MIB))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(CTL), "--hypervisor", f"sim:{self.yaml}", *args]
+        if args[0] in ("load", "unload", "plan", "status"):
+            cmd += ["--state-dir", str(self.state)]
+        env = {k: v for k, v in os.environ.items() if k != "XENKDUMP_STATE_DIR"}
+        return subprocess.run(
+            cmd, check=False, capture_output=True, text=True, env=env, timeout=120
+        )
+
+    def load(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "load",
+            "--kernel",
+            str(self.kernel),
+            "--initrd",
+            str(self.initrd),
+            "--cmdline",
+            "console=ttyS0,115200 nr_cpus=1",
+            *extra,
+        )
+
+    def sim(self) -> SimulatedHypervisor:
+        return SimulatedHypervisor.open(self.yaml)
+
+
+@pytest.fixture
+def host(tmp_path: Path, debian_kernel: Path) -> Host:
+    return Host(tmp_path, debian_kernel)
+
+
+def test_load_status_plan_unload(host: Host) -> None:
+    r = host.run("status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["armed"] is False
+
+    r = host.load()
+    assert r.returncode == 0, r.stderr
+    assert "generation 1" in r.stdout and "lower half" in r.stdout
+    sim = host.sim()
+    assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
+
+    r = host.run("status")
+    assert r.returncode == 0, r.stderr
+    assert "loaded, generation 1, in the lower half" in r.stdout
+    assert str(host.kernel) in r.stdout and str(host.initrd) in r.stdout
+    assert "elfcorehdr=" in r.stdout and "crash area:  0xae6ff000" in r.stdout
+
+    r = host.run("status", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["armed"] is True and doc["record"]["half"] == "lower"
+    assert doc["record"]["entry"] == sim.armed_image(KEXEC_TYPE_CRASH).entry  # type: ignore[union-attr]
+    assert doc["counters"] == {"generation": 1, "loads_issued": 1, "unloads_issued": 0}
+
+    r = host.run(
+        "plan", "--kernel", str(host.kernel), "--initrd", str(host.initrd), "--cmdline", "quiet",
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    validate_plan_json(plan)
+    assert plan["half"] == "upper" and plan["must_unload_first"] is False
+    assert plan["crash_range"] == {"start": 0xAE6FF000, "size": 256 * MIB}
+    kinds = [s["kind"] for s in plan["segments"]]
+    assert sorted(kinds) == sorted(
+        ["lowmem", "guard", "backup", "kernel", "initrd", "boot_params", "cmdline", "elfcorehdr",
+         "purgatory"]
+    )  # fmt: skip
+    # plan loads nothing
+    assert sim.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
+
+    r = host.run("plan", "--kernel", str(host.kernel), "--initrd", str(host.initrd))
+    assert r.returncode == 0, r.stderr
+    assert "image in the upper half" in r.stdout and "guard" in r.stdout
+
+    r = host.load()
+    assert r.returncode == 0, r.stderr
+    assert "generation 2" in r.stdout and "upper half" in r.stdout
+
+    r = host.run("unload")
+    assert r.returncode == 0, r.stderr
+    assert host.sim().armed_image(KEXEC_TYPE_CRASH) is None
+    r = host.run("status", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["armed"] is False
+    assert doc["counters"] == {"generation": 2, "loads_issued": 2, "unloads_issued": 1}
+
+
+def _one_line_exit_2(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_inputs_exit_2_and_keep_the_armed_image(host: Host, tmp_path: Path) -> None:
+    assert host.load().returncode == 0
+    record = (host.state / "state.json").read_bytes()
+    sim = host.sim()
+    entry = sim.armed_image(KEXEC_TYPE_CRASH).entry  # type: ignore[union-attr]
+
+    missing = tmp_path / "no-such-initrd"
+    r = host.run("load", "--kernel", str(host.kernel), "--initrd", str(missing))
+    _one_line_exit_2(r, str(missing), "initrd not found")
+
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(host.kernel.read_bytes()[: 2 * MIB])
+    r = host.run("load", "--kernel", str(truncated), "--initrd", str(host.initrd))
+    _one_line_exit_2(r, str(truncated), "size", "truncated")
+
+    notbz = tmp_path / "not-a-bzimage"
+    notbz.write_bytes(b"\x7fELF" + bytes(8192))
+    r = host.run("load", "--kernel", str(notbz), "--initrd", str(host.initrd))
+    _one_line_exit_2(r, str(notbz), "boot_flag", "expected")
+
+    huge = tmp_path / "huge.img"
+    with huge.open("wb") as f:
+        f.truncate(300 * MIB)  # sparse: bigger than the whole crash area
+    r = host.run("load", "--kernel", str(host.kernel), "--initrd", str(huge))
+    _one_line_exit_2(r, "needs", "Xen reserved 256 MiB", "crashkernel=")
+
+    for r in (host.run("status", "--json"),):
+        assert json.loads(r.stdout)["record"]["generation"] == 1
+    assert (host.state / "state.json").read_bytes() == record
+    assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert sim.armed_image(KEXEC_TYPE_CRASH).entry == entry  # type: ignore[union-attr]
+    assert sim.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
+
+
+def test_no_crash_area_exit_2(host: Host) -> None:
+    host.yaml.write_text("crash_range: null\n")
+    r = host.load()
+    _one_line_exit_2(r, "crashkernel=")
+    r = host.run("status")
+    assert r.returncode == 0
+    assert "crash area:  none" in r.stdout and "not loaded" in r.stdout
+
+
+def test_fallback_is_shown_in_status(host: Host) -> None:
+    host.yaml.write_text("crash_range: {start: 0x80000000, size: 0x8000000}\n")  # 128 MiB
+    r = host.load()
+    assert r.returncode == 0, r.stderr
+    assert "does not fit in half" in r.stderr and "crashkernel=" in r.stderr
+    r = host.load()
+    assert r.returncode == 0, r.stderr
+    assert "unloading the armed crash image" in r.stderr
+    r = host.run("status")
+    assert "whole crash area" in r.stdout
+    assert "reloads unload it first" in r.stdout and "crashkernel=" in r.stdout
+    assert host.sim().call_counts(KEXEC_TYPE_CRASH) == (2, 1)

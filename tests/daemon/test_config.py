@@ -1,0 +1,206 @@
+"""The configuration loader: defaults, every key, and errors with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xenkdump.daemon import kernels
+from xenkdump.errors import ConfigError
+from xenkdump.settings import (
+    CmdlineSettings,
+    ConfigProblems,
+    InitrdPolicy,
+    KernelPolicy,
+    Settings,
+    load_settings,
+    parse_settings,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def problems(text: str) -> list[tuple[int, str, str]]:
+    with pytest.raises(ConfigProblems) as info:
+        parse_settings(text, "/etc/xenkdump/xenkdump.yaml")
+    return [(p.line, p.key, p.message) for p in info.value.problems]
+
+
+def test_empty_file_means_defaults() -> None:
+    s = parse_settings("", "f.yaml")
+    assert s.kernel is KernelPolicy.RUNNING and s.initrd is InitrdPolicy.AUTO
+    assert s.state_dir == Path("/run/xenkdump") and s.boot_dir == Path("/boot")
+    assert s.topology_check_interval == 60 and s.reload_debounce == 0.5
+    assert len(s.digest) == 64
+
+
+def test_every_key() -> None:
+    s = parse_settings(
+        "kernel: /k/vmlinuz-1\ninitrd: /k/initrd\ncmdline:\n  base: root=/dev/x\n"
+        "  append: [a, b=1]\n  remove: [quiet]\nstate_dir: /s\nboot_dir: /b\n"
+        "topology_check_interval: 5\nreload_debounce: 0\n",
+        "f.yaml",
+    )
+    assert (s.kernel, s.kernel_path) == (KernelPolicy.PATH, Path("/k/vmlinuz-1"))
+    assert (s.initrd, s.initrd_path) == (InitrdPolicy.PATH, Path("/k/initrd"))
+    assert s.cmdline == CmdlineSettings("root=/dev/x", ("a", "b=1"), ("quiet",))
+    assert (s.state_dir, s.boot_dir) == (Path("/s"), Path("/b"))
+    assert (s.topology_check_interval, s.reload_debounce) == (5.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("kernel: running\nbogus: 1\n", [(2, "bogus", "unknown key")]),
+        ("cmdline:\n  append: [a]\n  apend: [b]\n", [(3, "cmdline.apend", "unknown key")]),
+        ("kernel: 5\n", [(1, "kernel", "expected a string, found integer '5'")]),
+        (
+            "kernel: relative/path\n",
+            [(1, "kernel", "expected 'running', 'latest' or an absolute path")],
+        ),
+        ("initrd: [a]\n", [(1, "initrd", "expected a string, found a list")]),
+        (
+            "cmdline:\n  append: irqpoll\n",
+            [(2, "cmdline.append", "expected a list of strings, found string")],
+        ),
+        (
+            "cmdline:\n  remove: [1]\n",
+            [(2, "cmdline.remove", "expected a string, found integer '1'")],
+        ),
+        ("cmdline: quiet\n", [(1, "cmdline", "expected a mapping, found string")]),
+        (
+            "topology_check_interval: soon\n",
+            [(1, "topology_check_interval", "expected a number of seconds")],
+        ),
+        (
+            "topology_check_interval: 0\n",
+            [(1, "topology_check_interval", "expected a number of seconds > 0")],
+        ),
+        ("reload_debounce: -1\n", [(1, "reload_debounce", "expected a number of seconds >= 0")]),
+        ("reload_debounce: true\n", [(1, "reload_debounce", "found boolean")]),
+        ("state_dir: run/x\n", [(1, "state_dir", "expected an absolute path")]),
+        ("kernel: running\nkernel: latest\n", [(2, "kernel", "duplicate key (first on line 1)")]),
+        ("- kernel\n", [(1, "", "expected a mapping, found a list")]),
+    ],
+)
+def test_rejected_with_line_and_expected_type(
+    text: str, expected: list[tuple[int, str, str]]
+) -> None:
+    found = problems(text)
+    assert len(found) == len(expected)
+    for (line, key, message), (want_line, want_key, want_text) in zip(found, expected, strict=True):
+        assert (line, key) == (want_line, want_key)
+        assert want_text in message
+
+
+def test_all_problems_reported_in_one_line() -> None:
+    with pytest.raises(ConfigProblems) as info:
+        parse_settings("kernel: 1\nfoo: 2\nreload_debounce: x\n", "/etc/x.yaml")
+    text = str(info.value)
+    assert "\n" not in text
+    assert "/etc/x.yaml:1: kernel:" in text
+    assert "/etc/x.yaml:2: foo: unknown key" in text
+    assert "/etc/x.yaml:3: reload_debounce:" in text
+    assert isinstance(info.value, ConfigError) and info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [("kernel: [unclosed\n", 2), ("kernel: running\n  bad indent: x\n", 2), ("a: 'x\n", 2)],
+)
+def test_bad_yaml_names_the_line(text: str, line: int) -> None:
+    with pytest.raises(ConfigProblems) as info:
+        parse_settings(text, "/c.yaml")
+    assert str(info.value).startswith(f"/c.yaml:{line}: invalid YAML: ")
+
+
+def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope.yaml: configuration file not found"):
+        load_settings(tmp_path / "nope.yaml")
+    bad = tmp_path / "bin.yaml"
+    bad.write_bytes(b"kernel: \xff\n")
+    with pytest.raises(ConfigError, match=r"bin.yaml: expected UTF-8 text"):
+        load_settings(bad)
+
+
+# config/examples/sim-*.yaml describe simulated hosts (hv/simhost.py), not the daemon.
+DAEMON_CONFIGS = sorted(
+    [
+        REPO / "config" / "xenkdump.yaml",
+        *(
+            p
+            for p in (REPO / "config" / "examples").glob("*.yaml")
+            if not p.name.startswith("sim-")
+        ),
+    ]
+)
+
+
+@pytest.mark.parametrize("path", DAEMON_CONFIGS, ids=lambda p: p.name)
+def test_shipped_files_are_valid(path: Path) -> None:
+    s = load_settings(path)
+    assert isinstance(s, Settings) and s.source == path
+
+
+def test_shipped_file_spells_out_the_defaults() -> None:
+    shipped = load_settings(REPO / "config" / "xenkdump.yaml")
+    default = Settings()
+    for name in (
+        "kernel",
+        "initrd",
+        "state_dir",
+        "boot_dir",
+        "topology_check_interval",
+        "reload_debounce",
+    ):
+        assert getattr(shipped, name) == getattr(default, name), name
+
+
+# ---- kernel: running | latest | PATH -----------------------------------------------------
+
+
+def make_boot(tmp_path: Path, versions: list[str], initrds: list[str]) -> Path:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    for v in versions:
+        (boot / f"vmlinuz-{v}").write_bytes(b"k")
+    for v in initrds:
+        (boot / f"initrd.img-{v}").write_bytes(b"i")
+    return boot
+
+
+def test_latest_uses_version_order_and_matching_initrd(tmp_path: Path) -> None:
+    boot = make_boot(
+        tmp_path, ["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"], ["6.1.0-10-amd64"]
+    )
+    s = parse_settings(f"kernel: latest\nboot_dir: {boot}\n", "f")
+    files = kernels.resolve(s)
+    assert files.kernel == boot / "vmlinuz-6.1.0-10-amd64"
+    assert files.initrd == boot / "initrd.img-6.1.0-10-amd64"
+
+
+def test_running_uses_the_release_and_no_initrd_when_absent(tmp_path: Path) -> None:
+    boot = make_boot(tmp_path, ["6.1.0-9-amd64"], [])
+    s = parse_settings(f"boot_dir: {boot}\n", "f")
+    files = kernels.resolve(s, release="6.1.0-9-amd64")
+    assert files == kernels.KernelFiles(boot / "vmlinuz-6.1.0-9-amd64", None)
+
+
+def test_relevance_filter(tmp_path: Path) -> None:
+    boot = make_boot(tmp_path, ["6.1.0-9-amd64"], [])
+    running = parse_settings(f"boot_dir: {boot}\n", "f")
+    assert kernels.is_relevant(running, boot / "vmlinuz-6.1.0-9-amd64", release="6.1.0-9-amd64")
+    assert kernels.is_relevant(running, boot / "initrd.img-6.1.0-9-amd64", release="6.1.0-9-amd64")
+    assert not kernels.is_relevant(running, boot / "vmlinuz-6.2", release="6.1.0-9-amd64")
+    assert not kernels.is_relevant(
+        running, boot / "System.map-6.1.0-9-amd64", release="6.1.0-9-amd64"
+    )
+    latest = parse_settings(f"kernel: latest\nboot_dir: {boot}\n", "f")
+    assert kernels.is_relevant(latest, boot / "vmlinuz-6.2")
+    assert not kernels.is_relevant(latest, boot / "vmlinuz-6.2.dpkg-new")
+    fixed = parse_settings("kernel: /k/vmlinuz-1\n", "f")
+    assert kernels.is_relevant(fixed, Path("/k/vmlinuz-1"))
+    assert kernels.is_relevant(fixed, Path("/k/initrd.img-1"))
+    assert not kernels.is_relevant(fixed, Path("/k/other"))
+    assert kernels.watched_directories(fixed) == {Path("/k")}

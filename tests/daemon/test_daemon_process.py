@@ -1,0 +1,402 @@
+"""The real xenkdumpd process on a simulated host, with a real NOTIFY_SOCKET.
+
+Each test starts ``.venv/bin/xenkdumpd --config F --hypervisor sim:H`` and watches what
+it tells systemd (READY=1, STATUS=) on a datagram socket the test owns, the durable
+record in the state directory and the simulated host's own state (its load counter
+and whether the armed image's bytes are intact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip(
+    "xenkdump.hv.sim", reason="the simulated hypervisor (hv/sim.py) is not built yet"
+)
+pytest.importorskip("xenkdump.image.bzimage", reason="the image builder is not built yet")
+
+from xenkdump.daemon.core import DaemonCore, State
+from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange
+from xenkdump.hv.sim import SimulatedHypervisor
+from xenkdump.settings.load import load_settings
+from xenkdump.state.record import RecordStore
+
+XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
+TIMEOUT = 60.0
+
+pytestmark = pytest.mark.kernel
+
+
+def newc_archive(files: dict[str, bytes]) -> bytes:
+    """A gzip'd cpio (newc) archive: the initrd format Linux unpacks."""
+    out = bytearray()
+    entries = [*files.items(), ("TRAILER!!!", b"")]
+    for ino, (name, data) in enumerate(entries, start=1):
+        mode = 0o100755 if name != "TRAILER!!!" else 0
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        out += b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
+        out += name.encode() + b"\0"
+        out += b"\0" * (-len(out) % 4)
+        out += data
+        out += b"\0" * (-len(out) % 4)
+    return gzip.compress(bytes(out), mtime=0)
+
+
+@dataclass
+class Host:
+    """One test's world: a /boot, a config, a simulated host, a state directory."""
+
+    root: Path
+    boot: Path
+    kernel: Path
+    initrd: Path
+    config: Path
+    host_file: Path
+    state_dir: Path
+    debounce: float = 0.2
+    interval: float = 60.0
+    extra: str = ""
+
+    def write_config(self, text: str | None = None) -> None:
+        if text is None:
+            text = (
+                f"kernel: {self.kernel}\ninitrd: {self.initrd}\n"
+                f"cmdline:\n  base: console=ttyS0\n  append: [irqpoll, nr_cpus=1]\n"
+                f"state_dir: {self.state_dir}\nboot_dir: {self.boot}\n"
+                f"reload_debounce: {self.debounce}\ntopology_check_interval: {self.interval}\n"
+                f"{self.extra}"
+            )
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(self.config)
+
+    def record(self) -> dict[str, Any]:
+        rec = RecordStore(self.state_dir).read()
+        assert rec is not None
+        return rec.to_json()
+
+    def sim(self) -> SimulatedHypervisor:
+        return SimulatedHypervisor.open(self.host_file)
+
+
+@pytest.fixture
+def host(tmp_path: Path, debian_kernel: Path) -> Host:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    kernel = boot / "vmlinuz-6.1.0-test"
+    shutil.copyfile(debian_kernel, kernel)
+    initrd = boot / "initrd.img-6.1.0-test"
+    initrd.write_bytes(newc_archive({"init": b"#!/bin/sh\necho crash kernel\n"}))
+    h = Host(
+        root=tmp_path,
+        boot=boot,
+        kernel=kernel,
+        initrd=initrd,
+        config=tmp_path / "etc" / "xenkdump.yaml",
+        host_file=tmp_path / "host.yaml",
+        state_dir=tmp_path / "state",
+    )
+    h.config.parent.mkdir()
+    h.write_config()
+    return h
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    sock: socket.socket
+    messages: list[str] = field(default_factory=list)
+    stderr_path: Path | None = None
+
+    def _drain(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        self.messages.append(data.decode())
+
+    def wait_for(
+        self, predicate: Callable[[str], bool], what: str, timeout: float = TIMEOUT
+    ) -> str:
+        """The first notification (from now on, or already seen) that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for message in self.messages[seen:]:
+                if predicate(message):
+                    return message
+            seen = len(self.messages)
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                raise AssertionError(
+                    f"xenkdumpd exited ({code}) waiting for {what}:\n{self.stderr()}"
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"timed out waiting for {what}; got {self.messages}\n{self.stderr()}"
+                )
+            self._drain(min(left, 0.5))
+
+    def wait_status(self, text: str, timeout: float = TIMEOUT) -> str:
+        return self.wait_for(
+            lambda m: f"STATUS={text}" in m, f"STATUS containing {text!r}", timeout
+        )
+
+    def stderr(self) -> str:
+        return (
+            self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
+        )
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start(host: Host, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def _start(*extra: str, use_bus: bool = False, env: dict[str, str] | None = None) -> Daemon:
+        n = len(started)
+        sock_path = tmp_path / f"notify{n}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(sock_path))
+        stderr_path = tmp_path / f"xenkdumpd{n}.log"
+        environ = {
+            k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")
+        }
+        environ["NOTIFY_SOCKET"] = str(sock_path)
+        environ.update(env or {})
+        args = [
+            str(XENKDUMPD),
+            "--config",
+            str(host.config),
+            "--hypervisor",
+            f"sim:{host.host_file}",
+        ]
+        if not use_bus:
+            args.append("--no-bus")
+        with stderr_path.open("w") as err:
+            proc = subprocess.Popen(
+                [*args, *extra], stderr=err, stdout=subprocess.DEVNULL, env=environ, text=True
+            )
+        d = Daemon(proc, sock, stderr_path=stderr_path)
+        started.append(d)
+        return d
+
+    yield _start
+    for d in started:
+        d.stop()
+        d.sock.close()
+
+
+def loads(sim: SimulatedHypervisor) -> int:
+    return sim.call_counts(KEXEC_TYPE_CRASH)[0]
+
+
+def test_ready_only_after_the_first_load(host: Host, start: Callable[..., Daemon]) -> None:
+    d = start()
+    ready = d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    assert "STATUS=loaded: crash kernel armed (generation 1)" in ready
+    before = d.messages[: d.messages.index(ready)]
+    assert before and all("READY=1" not in m for m in before)
+    assert any(m.startswith("STATUS=starting") for m in before)
+    rec = host.record()
+    assert rec["generation"] == 1 and rec["kernel"] == str(host.kernel)
+    assert rec["reason"].startswith("start: no record")
+    sim = host.sim()
+    assert loads(sim) == 1 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert d.stop() == 0
+    # Stopping never unloads.
+    assert host.sim().armed_image(KEXEC_TYPE_CRASH) is not None
+
+
+def test_kernel_replaced_by_rename_reloads(host: Host, start: Callable[..., Daemon]) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    first = host.record()
+    new = host.boot / ".vmlinuz.new"
+    new.write_bytes(host.kernel.read_bytes() + b"\0" * 4096)  # a rebuilt kernel: new bytes
+    new.rename(host.kernel)  # as dpkg does: a new inode renamed over the old name
+    d.wait_status("loaded: crash kernel armed (generation 2)")
+    rec = host.record()
+    assert rec["kernel_sha256"] != first["kernel_sha256"]
+    assert str(host.kernel) in str(rec["reason"])
+    assert rec["half"] != first["half"]  # two halves: the armed one was never touched
+    sim = host.sim()
+    assert loads(sim) == 2 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
+
+
+def test_touch_without_change_does_not_reload(host: Host, start: Callable[..., Daemon]) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    os.utime(host.kernel)  # IN_ATTRIB: same bytes
+    time.sleep(host.debounce + 1.0)
+    assert loads(host.sim()) == 1
+    assert host.record()["generation"] == 1
+
+
+def test_sighup_rereads_config_and_reloads(host: Host, start: Callable[..., Daemon]) -> None:
+    host.debounce = 30.0  # the watcher would wait 30 s: only SIGHUP can cause this reload
+    host.write_config()
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    host.write_config(host.config.read_text().replace("nr_cpus=1]", "nr_cpus=1, panic=5]"))
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_status("loaded: crash kernel armed (generation 2)", timeout=20)
+    assert "panic=5" in str(host.record()["cmdline"])
+
+
+def test_bad_config_on_reload_keeps_image_and_settings(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    good = host.config.read_text()
+    host.write_config(good + "kernal: /boot/typo\n")
+    status = d.wait_status("degraded")
+    assert f"{host.config}:" in status and "kernal: unknown key" in status
+    sim = host.sim()
+    assert loads(sim) == 1 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert host.record()["generation"] == 1
+    assert d.proc.poll() is None
+    host.write_config(good)  # fixed: back to loaded without a new load
+    d.wait_status("loaded: crash kernel armed (generation 1)")
+    assert loads(host.sim()) == 1
+
+
+def test_kill9_then_restart_adopts_without_loading(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    d.proc.kill()
+    d.proc.wait()
+    assert loads(host.sim()) == 1
+    d2 = start()
+    ready = d2.wait_for(lambda m: "READY=1" in m, "READY=1")
+    assert "STATUS=loaded: crash kernel armed (generation 1)" in ready
+    assert loads(host.sim()) == 1  # adopted: no load issued
+    assert "adopted generation 1" in d2.stderr()
+
+
+def test_record_disagreeing_with_parity_reloads_into_free_half(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    d.stop()
+    first = host.record()
+    # Someone loads behind our back: Xen's parity flips, our record no longer agrees.
+    with host.sim() as sim:
+        armed = sim.armed_image(KEXEC_TYPE_CRASH)
+        assert armed is not None
+    state = json.loads((host.state_dir / "state.json").read_text())
+    state["loads_issued"] += 1
+    (host.state_dir / "state.json").write_text(json.dumps(state))
+    d2 = start()
+    ready = d2.wait_for(lambda m: "READY=1" in m, "READY=1")
+    assert "generation 2" in ready
+    assert "disagrees with Xen's load/unload parity" in str(host.record()["reason"])
+    assert host.record()["half"] != first["half"]
+
+
+def test_topology_change_rebuilds_only_the_core_header(host: Host) -> None:
+    # In process: the simulator reads its host file once (editing it "reboots" the
+    # simulated host), so the topology change is made on the open simulator's host.
+    settings = load_settings(host.config)
+
+    async def scenario() -> None:
+        with host.sim() as sim:
+            core = DaemonCore(sim, settings, config_path=host.config)
+            await core.start()
+            first = host.record()
+            reads = core.executor.files_read
+            await core.check_host()  # nothing changed: no load
+            await core.wait_idle()
+            assert host.record()["generation"] == 1
+            # The kernel file changes on disk; a header-only rebuild must not read it.
+            host.kernel.write_bytes(host.kernel.read_bytes() + b"\0" * 4096)
+            last = sim.host.cpu_notes[-1]
+            sim.host = replace(
+                sim.host,
+                cpu_notes=(*sim.host.cpu_notes, AddressRange(last.start + 0x1000, last.size)),
+            )
+            await core.check_host()
+            assert core.status().state is State.DEGRADED  # stale header until the rebuild lands
+            await core.wait_idle()
+            snap = core.status()
+            assert snap.state is State.LOADED and snap.generation == 2
+            second = host.record()
+            assert core.executor.files_read == reads  # files not re-read
+            assert second["kernel_sha256"] == first["kernel_sha256"]
+            assert second["host_fingerprint"] != first["host_fingerprint"]
+            assert "host CPUs or memory map changed" in str(second["reason"])
+            seg1 = {s["kind"]: s["sha256"] for s in first["segments"]}
+            seg2 = {s["kind"]: s["sha256"] for s in second["segments"]}
+            assert seg2["kernel"] == seg1["kernel"] and seg2["initrd"] == seg1["initrd"]
+            assert seg2["elfcorehdr"] != seg1["elfcorehdr"]
+            assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
+            await core.close()
+
+    asyncio.run(scenario())
+
+
+def test_bad_config_at_start_exits_2_with_one_line(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    host.write_config(host.config.read_text() + "reload_debounce: soon\n")
+    d = start()
+    assert d.proc.wait(TIMEOUT) == 2
+    err = d.stderr().strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in d.stderr()
+    assert f"{host.config}:" in err[0] and "reload_debounce" in err[0]
+    assert not (host.state_dir / "state.json").exists()
+
+
+def test_missing_kernel_at_start_is_failed_then_recovers(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    saved = host.root / "saved-kernel"
+    host.kernel.rename(saved)
+    d = start()
+    ready = d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    assert "STATUS=failed" in ready and "not found" in ready
+    shutil.copyfile(saved, host.kernel)
+    d.wait_status("loaded: crash kernel armed (generation 1)")
+
+
+def test_no_xen_exits_non_zero_with_one_line(host: Host, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(XENKDUMPD), "--config", str(host.config), "--hypervisor", "xen", "--no-bus"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode in (1, 2)
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,66 @@
+"""Run inside dom0 by the e2e scenarios: ask Xen things through xenkdump's real adapter.
+
+    dom0_xen.py status
+        prints ``status=N crash=START+SIZE`` (N is Xen's KEXEC_CMD_kexec_status for
+        the crash slot: recorded, never trusted, xen-kexec-abi.md §1.8 D1)
+    dom0_xen.py bogus-load KERNEL INITRD CMDLINE STATE_DIR
+        plans the image exactly as ``xenkdumpctl load`` would (same half choice
+        from the state record), then hands it to Xen with arch 999 on purpose:
+        Xen copies the segments into the crash area and only then rejects the
+        arch (§1.8 D4).  Prints ``bogus-load half=H armed=H errno=E``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from xenkdump.errors import HypervisorError
+from xenkdump.hv.port import KEXEC_TYPE_CRASH, Segment
+from xenkdump.hv.xen import XenHypervisor
+
+BOGUS_ARCH = 999  # neither EM_X86_64 (62) nor EM_386 (3)
+
+
+def status() -> int:
+    with XenHypervisor.open() as hv:
+        crash = hv.crash_range()
+        print(f"status={hv.kexec_status(KEXEC_TYPE_CRASH)} crash={crash.start:#x}+{crash.size:#x}")
+    return 0
+
+
+def bogus_load(kernel: str, initrd: str, cmdline: str, state_dir: str) -> int:
+    from xenkdump.image.loader import gather_host, plan_for_load, read_inputs
+    from xenkdump.state.record import RecordStore
+
+    with XenHypervisor.open() as hv:
+        inputs = read_inputs(Path(kernel), Path(initrd), cmdline=cmdline)
+        host = gather_host(hv)
+        armed = RecordStore(Path(state_dir)).read()
+        plan, must_unload = plan_for_load(inputs, host, armed)
+        segments = [Segment(s.data, s.dest, s.memsz) for s in plan.segments]
+        armed_half = "none" if armed is None else armed.half
+        try:
+            hv.kexec_load(KEXEC_TYPE_CRASH, BOGUS_ARCH, plan.entry, segments)
+        except HypervisorError as exc:
+            result = f"errno={exc.errno}"
+        else:
+            result = "errno=0"
+        print(
+            f"bogus-load half={plan.half} armed={armed_half} must_unload={must_unload} "
+            f"segments={len(segments)} {result}"
+        )
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["status"] and len(argv) == 1:
+        return status()
+    if argv[:1] == ["bogus-load"] and len(argv) == 5:
+        return bogus_load(*argv[1:])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

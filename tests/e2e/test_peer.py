@@ -1,0 +1,88 @@
+"""Peer scenario: kexec-tools' ``kexec -p`` on real Xen, and the load-time ratio ours / theirs.
+
+Both loaders run in the same dom0 boot with the same kernel, initramfs and
+command line, so the ratio is not distorted by TCG speed differences between
+runs (xen-qemu-lab.md).  The ratio is written to bench/out/e2e_peer.json; it is
+a figure, not a pass/fail threshold.  The crash afterwards boots kexec-tools'
+image and must find dom0's token in /proc/vmcore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import pytest
+import scenarios as sc
+from e2e_harness import REPO, Assets, Job, boot, build_crash_initramfs
+
+ROUNDS = int(os.environ.get("XENKDUMP_E2E_PEER_ROUNDS", "3"))
+BENCH_OUT = REPO / "bench" / "out" / "e2e_peer.json"
+
+
+@pytest.mark.e2e
+def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
+    token = os.urandom(32)
+    initrd = build_crash_initramfs(assets, job.dir / "crash-peer.cpio.gz", marker="peer", token=token)
+    ours = sc.loader_present()
+    steps = [sc.prelude(), sc.write_token(token)]
+    if ours:
+        steps += [sc.xenkdump_load(assets, initrd, f"ours{i}", "/run/xk-state") for i in range(ROUNDS)]
+    # kexec-tools last, so the crash runs its image.
+    steps += [sc.kexec_tools_load(assets, initrd, f"kexec-tools{i}") for i in range(ROUNDS)]
+    steps.append(sc.crash())
+    job.write_scenario("\n".join(steps))
+
+    result = boot(assets, job, timeout=420)
+    run = sc.Run(result, job)
+    run.expect_dom0_ready()
+    run.expect(run.values("token written"), "dom0 did not write the token", "XK-DOM0: ready")
+
+    loads = {v["_0"]: v for v in run.values("load")}
+    theirs_ns = []
+    ours_ns = []
+    ours_failures = []
+    for i in range(ROUNDS):
+        rec = loads.get(f"kexec-tools{i}")
+        run.expect(rec and rec["rc"] == "0", f"kexec -p round {i} failed: {rec}", "XK-SCEN:")
+        assert rec is not None
+        theirs_ns.append(int(rec["ns"]))
+        mine = loads.get(f"ours{i}")
+        # Our loader's correctness is test_load_and_crash's job; here it only gives a figure.
+        if mine and mine["rc"] == "0":
+            ours_ns.append(int(mine["ns"]))
+        elif ours:
+            ours_failures.append(f"round {i}: {mine} " + job.read_out(f"ours{i}.log")[-300:])
+
+    dump = run.expect_crash_dump("peer")
+
+    theirs_med = statistics.median(theirs_ns)
+    ours_med = statistics.median(ours_ns) if ours_ns else None
+    if not ours:
+        why = "xenkdump's loader (xenkdump/image/loader.py) is not in the tree yet"
+    elif ours_failures:
+        why = "xenkdumpctl load failed: " + " | ".join(ours_failures)
+    else:
+        why = None
+    figures = {
+        "scenario": "e2e peer: same dom0 boot, Xen 4.17 under QEMU TCG",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": assets.kernel.name,
+        "xen": assets.xen_elf.name,
+        "rounds": ROUNDS,
+        "kexec_tools_ns": theirs_ns,
+        "xenkdump_ns": ours_ns,
+        "kexec_tools_median_s": theirs_med / 1e9,
+        "xenkdump_median_s": None if ours_med is None else ours_med / 1e9,
+        "ratio_ours_over_kexec_tools": None if ours_med is None else ours_med / theirs_med,
+        "ratio_missing_because": why,
+        "boot_seconds": round(result.elapsed, 1),
+        "crash": dump,
+    }
+    BENCH_OUT.parent.mkdir(parents=True, exist_ok=True)
+    BENCH_OUT.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"\n[e2e peer] {json.dumps(figures)}")
+    if why:
+        print(f"[e2e peer] no ratio: {why}")

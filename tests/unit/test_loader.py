@@ -1,0 +1,320 @@
+"""The loader and the load record, on the simulator's byte-level crash area.
+
+The central proof (xen-kexec-abi.md §1.8 D3/D4): with two-halves placement a
+reload never touches the armed image -- not its segments, not the control
+pages Xen took for it -- even when Xen rejects the new image *after* copying
+it; the naive placement (the whole area, as every other loader does) does.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from xenkdump.errors import HypervisorError, ImageError, PlanError
+from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH
+from xenkdump.hv.sim import SimulatedHypervisor
+from xenkdump.image import loader
+from xenkdump.image.planner import ImageInputs, choose_half, half_window, plan_crash_image
+from xenkdump.state.record import LoadRecord, RecordStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from imagefixtures import MIB, make_initrd, synth_bzimage
+
+CMDLINE = "console=ttyS0,115200 nr_cpus=1"
+
+
+def sim_host(tmp_path: Path, crash_size: int | None = 256 * MIB) -> SimulatedHypervisor:
+    """The default simulated host, with the crash area resized (None: no crash area)."""
+    path = tmp_path / "host.yaml"
+    if crash_size is None:
+        path.write_text("crash_range: null\n")
+    elif crash_size != 256 * MIB:
+        path.write_text(f"crash_range: {{start: 0x80000000, size: {crash_size:#x}}}\n")
+    return SimulatedHypervisor.open(path)
+
+
+@pytest.fixture
+def files(tmp_path: Path, debian_kernel: Path) -> tuple[Path, Path]:
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(make_initrd(2 * MIB))
+    return debian_kernel, initrd
+
+
+def inputs_of(files: tuple[Path, Path], initrd: Path | None = None) -> ImageInputs:
+    kernel, default_initrd = files
+    return loader.read_inputs(kernel, initrd or default_initrd, cmdline=CMDLINE)
+
+
+# --- the record --------------------------------------------------------------------------
+
+
+def a_record(**changes: object) -> LoadRecord:
+    values: dict[str, object] = {
+        "generation": 3,
+        "kernel": "/boot/vmlinuz",
+        "kernel_sha256": "ab" * 32,
+        "initrd": None,
+        "initrd_sha256": "",
+        "cmdline": "console=ttyS0 elfcorehdr=123K",
+        "half": "upper",
+        "image_sha256": "cd" * 32,
+        "segments": ({"kind": "kernel", "dest": 1 << 30, "memsz": 4096, "sha256": "ef" * 32},),
+        "entry": (1 << 30) + 0x200,
+        "crash_range": (1 << 30, 256 * MIB),
+        "host_fingerprint": "01" * 32,
+        "loaded_at": 1700000000.5,
+        "reason": "test",
+        "fallback_unload": False,
+        "loads_issued": 3,
+        "unloads_issued": 1,
+        "required_bytes": 70 * MIB,
+    }
+    values.update(changes)
+    return LoadRecord(**values)  # type: ignore[arg-type]
+
+
+def test_record_roundtrip_and_atomic_write(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "state")
+    assert store.read() is None
+    rec = a_record()
+    store.write(rec)
+    assert store.read() == rec
+    assert sorted(p.name for p in store.state_dir.iterdir()) == ["state.json"]  # no temp left
+    state = store.clear_armed()
+    assert store.read() is None
+    assert (state.generation, state.loads_issued, state.unloads_issued) == (3, 3, 2)
+    assert store.read_state() == state
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "Expecting"),
+        ('{"format": 2}', "field 'format': expected 1"),
+        ('{"format": 1, "generation": -1, "loads_issued": 0, "unloads_issued": 0}', "generation"),
+    ],
+)
+def test_corrupt_record_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, problem: str
+) -> None:
+    store = RecordStore(tmp_path)
+    store.path.write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert store.read() is None
+    assert "corrupt state file" in caplog.text and problem in caplog.text
+
+
+def test_corrupt_armed_field_names_the_field(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RecordStore(tmp_path)
+    store.write(a_record())
+    raw = json.loads(store.path.read_text())
+    raw["armed"]["half"] = "middle"
+    store.path.write_text(json.dumps(raw))
+    with caplog.at_level(logging.WARNING):
+        assert store.read() is None
+    assert "armed: field 'half'" in caplog.text
+
+
+# --- reading inputs ------------------------------------------------------------------------
+
+
+def test_read_inputs_errors_name_the_file(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(synth_bzimage())
+    with pytest.raises(ImageError, match=f"{tmp_path}/missing: initrd not found"):
+        loader.read_inputs(kernel, tmp_path / "missing", cmdline="x")
+    with pytest.raises(ImageError, match=f"{tmp_path}/nokernel: kernel not found"):
+        loader.read_inputs(tmp_path / "nokernel", None, cmdline="x")
+    with pytest.raises(ImageError, match="expected a file, found a directory"):
+        loader.read_inputs(kernel, tmp_path, cmdline="x")
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ImageError, match="initrd: expected a non-empty file"):
+        loader.read_inputs(kernel, tmp_path / "empty", cmdline="x")
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(synth_bzimage()[:3000])
+    with pytest.raises(ImageError, match=f"{truncated}: size"):
+        loader.read_inputs(truncated, None, cmdline="x")
+    if os.geteuid() != 0:  # root reads anything
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"x")
+        secret.chmod(0)
+        with pytest.raises(ImageError, match="initrd unreadable"):
+            loader.read_inputs(kernel, secret, cmdline="x")
+
+
+def test_read_inputs_hashes_and_cmdline(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(synth_bzimage())
+    inputs = loader.read_inputs(
+        kernel, None, dom0_cmdline="root=/dev/sda1 quiet console=hvc0", append=["nr_cpus=1"]
+    )
+    assert inputs.kernel_sha256 == hashlib.sha256(kernel.read_bytes()).hexdigest()
+    assert inputs.initrd == b"" and inputs.initrd_path is None
+    assert "nr_cpus=1" in inputs.cmdline.split()
+    assert "elfcorehdr" not in inputs.cmdline
+
+
+# --- the host --------------------------------------------------------------------------------
+
+
+def test_gather_host_default_sim(tmp_path: Path) -> None:
+    hv = sim_host(tmp_path)
+    host = loader.gather_host(hv)
+    assert host.crash == hv.host.crash_range and host.crash.size == 256 * MIB
+    assert host.cpu_notes == hv.host.cpu_notes
+    assert host.vmcoreinfo == hv.host.vmcoreinfo_range
+    assert host.xen_version == (4, 17)
+    assert len(host.fingerprint()) == 64
+
+
+def test_acpi_rsdp_from_efi_systab(tmp_path: Path) -> None:
+    systab = tmp_path / "systab"
+    assert loader.read_acpi_rsdp(systab) == 0
+    systab.write_text("SMBIOS=0x7f8e1000\nACPI=0x7fb7e014\nACPI20=0x7fb7e000\n")
+    assert loader.read_acpi_rsdp(systab) == 0x7FB7E000
+    systab.write_text("ACPI=0xf0490\n")
+    assert loader.read_acpi_rsdp(systab) == 0xF0490
+
+
+def test_no_crash_area_is_a_clear_error(tmp_path: Path) -> None:
+    hv = sim_host(tmp_path, None)
+    with pytest.raises(PlanError) as err:
+        loader.gather_host(hv)
+    assert "booted without crashkernel=" in str(err.value)
+    assert err.value.exit_code == 2
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+@pytest.mark.kernel
+def test_reload_goes_to_the_other_half_and_never_touches_the_armed_image(
+    tmp_path: Path, files: tuple[Path, Path]
+) -> None:
+    hv = sim_host(tmp_path)
+    store = RecordStore(tmp_path / "state")
+    inputs = inputs_of(files)
+    host = loader.gather_host(hv)
+    a = loader.load(hv, inputs, host, store, reason="first")
+    assert a.half == "lower" and a.generation == 1 and not a.fallback_unload
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
+    armed = hv.armed_image(KEXEC_TYPE_CRASH)
+    assert armed is not None and armed.entry == a.entry
+    lower, _ = half_window(host.crash, "lower")
+    before = hv.read_crash_area(lower.start, lower.size)
+
+    other = tmp_path / "initrd2.img"
+    other.write_bytes(make_initrd(3 * MIB))
+    b = loader.load(hv, inputs_of(files, other), host, store, reason="second")
+    assert b.half == "upper" and b.generation == 2 and (b.loads_issued, b.unloads_issued) == (2, 0)
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert hv.armed_image(KEXEC_TYPE_CRASH).entry == b.entry  # type: ignore[union-attr]
+    # Not one byte of the lower half changed: A's segments and A's control pages.
+    assert hv.read_crash_area(lower.start, lower.size) == before
+    assert hv.call_counts(KEXEC_TYPE_CRASH) == (2, 0)
+    assert store.read() == b
+
+    # ... and back into the lower half: now B's (upper) half must stay as it was.
+    _, upper = half_window(host.crash, "lower")
+    assert upper is not None
+    before = hv.read_crash_area(upper.start, upper.size)
+    c = loader.load(hv, inputs, host, store, reason="third")
+    assert c.half == "lower" and hv.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert hv.read_crash_area(upper.start, upper.size) == before
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("half", "survives"), [("two-halves", True), ("whole", False)])
+def test_rejected_load_after_copy(
+    tmp_path: Path, files: tuple[Path, Path], half: str, survives: bool
+) -> None:
+    """Xen checks arch only after copying (§1.8 D4): the armed image survives only two-halves."""
+    hv = sim_host(tmp_path)
+    store = RecordStore(tmp_path / "state")
+    host = loader.gather_host(hv)
+    a = loader.load(hv, inputs_of(files), host, store)
+    other = tmp_path / "initrd2.img"
+    other.write_bytes(make_initrd(3 * MIB))
+    b_inputs = inputs_of(files, other)
+    chosen = choose_half(a.half, b_inputs, host) if half == "two-halves" else "whole"
+    plan = plan_crash_image(b_inputs, host, half=chosen)
+    with pytest.raises(HypervisorError) as err:
+        hv.kexec_load(KEXEC_TYPE_CRASH, 999, plan.entry, plan.kexec_segments())
+    assert err.value.errno == errno.EINVAL
+    assert hv.armed_image(KEXEC_TYPE_CRASH).entry == a.entry  # type: ignore[union-attr]
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH) is survives
+    if not survives:
+        assert any("control" in d or "page" in d for d in hv.armed_image_damage(KEXEC_TYPE_CRASH))
+    # and with the right arch the same plan loads
+    hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, plan.entry, plan.kexec_segments())
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
+
+
+@pytest.mark.kernel
+def test_fallback_unload_then_load_when_halves_do_not_fit(
+    tmp_path: Path, files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    hv = sim_host(tmp_path, 128 * MIB)  # the Debian kernel alone needs 64 MiB
+    store = RecordStore(tmp_path / "state")
+    host = loader.gather_host(hv)
+    inputs = inputs_of(files)
+    with caplog.at_level(logging.WARNING):
+        a = loader.load(hv, inputs, host, store)
+    assert a.half == "whole" and a.fallback_unload
+    assert hv.call_counts(KEXEC_TYPE_CRASH) == (1, 0)  # nothing was armed: no unload
+    assert "does not fit in half" in caplog.text and "crashkernel=" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        b = loader.load(hv, inputs, host, store)
+    assert b.half == "whole" and b.fallback_unload
+    assert (b.generation, b.loads_issued, b.unloads_issued) == (2, 2, 1)
+    assert hv.call_counts(KEXEC_TYPE_CRASH) == (2, 1)
+    assert "unloading the armed crash image" in caplog.text
+    assert f"crashkernel={loader.suggested_reservation(b.required_bytes) // MIB}M" in caplog.text
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
+
+
+@pytest.mark.kernel
+def test_too_small_keeps_the_armed_image_and_record(
+    tmp_path: Path, files: tuple[Path, Path]
+) -> None:
+    hv = sim_host(tmp_path)
+    store = RecordStore(tmp_path / "state")
+    host = loader.gather_host(hv)
+    a = loader.load(hv, inputs_of(files), host, store)
+    record_bytes = store.path.read_bytes()
+    big = tmp_path / "big.img"
+    big.write_bytes(os.urandom(200 * MIB))  # kernel 64 MiB + 200 MiB > 256 MiB
+    with pytest.raises(PlanError) as err:
+        loader.load(hv, inputs_of(files, big), host, store)
+    msg = str(err.value)
+    assert "needs 2" in msg and "Xen reserved 256 MiB" in msg and "crashkernel=" in msg
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert hv.armed_image(KEXEC_TYPE_CRASH).entry == a.entry  # type: ignore[union-attr]
+    assert hv.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
+    assert store.path.read_bytes() == record_bytes
+
+
+@pytest.mark.kernel
+def test_unload_records_it(tmp_path: Path, files: tuple[Path, Path]) -> None:
+    hv = sim_host(tmp_path)
+    store = RecordStore(tmp_path / "state")
+    host = loader.gather_host(hv)
+    loader.load(hv, inputs_of(files), host, store)
+    loader.unload(hv, store)
+    assert hv.armed_image(KEXEC_TYPE_CRASH) is None
+    assert store.read() is None
+    state = store.read_state()
+    assert (state.generation, state.loads_issued, state.unloads_issued) == (1, 1, 1)
+    # Xen's parity agrees with the record's counters (§1.8 D1).
+    assert hv.kexec_status(KEXEC_TYPE_CRASH) == (state.loads_issued + state.unloads_issued) % 2
