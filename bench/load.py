@@ -39,14 +39,13 @@ from xenkdump.image import loader
 from xenkdump.image.bzimage import parse_bzimage
 from xenkdump.image.cmdline import user_cmdline
 from xenkdump.image.planner import (
-    HostFacts,
     ImageInputs,
     Plan,
     choose_half,
     plan_crash_image,
     required_bytes,
 )
-from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.state.record import RecordStore
 
 REPO = Path(__file__).resolve().parents[1]
 CMDLINE = "console=ttyS0,115200 irqpoll nr_cpus=1 reset_devices"
@@ -105,35 +104,14 @@ def one_round(
             lambda: hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, plan.entry, segments),
         )
     # The record as loader.load writes it (a full load() call is timed separately below).
-    timed(times, "record", lambda: store.write(_record(store, plan, inputs, host, needed)))
-
-
-def _record(
-    store: RecordStore, p: Plan, inputs: ImageInputs, host: HostFacts, needed: int
-) -> LoadRecord:
-    state = store.read_state()
-    return LoadRecord(
-        generation=state.generation + 1,
-        kernel=inputs.kernel_path,
-        kernel_sha256=inputs.kernel_sha256,
-        initrd=inputs.initrd_path,
-        initrd_sha256=inputs.initrd_sha256,
-        cmdline=p.cmdline,
-        half=p.half,
-        image_sha256=p.image_sha256,
-        segments=tuple(
-            {"kind": s.kind, "dest": s.dest, "memsz": s.memsz, "sha256": s.sha256}
-            for s in p.segments
+    timed(
+        times,
+        "record",
+        lambda: store.write(
+            loader.new_record(
+                store, inputs, host, plan, reason="bench", fallback=False, needed=needed
+            )
         ),
-        entry=p.entry,
-        crash_range=(p.crash_range.start, p.crash_range.size),
-        host_fingerprint=host.fingerprint(),
-        loaded_at=time.time(),
-        reason="bench",
-        fallback_unload=False,
-        loads_issued=state.loads_issued + 1,
-        unloads_issued=state.unloads_issued,
-        required_bytes=needed,
     )
 
 

@@ -64,6 +64,7 @@ def a_record(**changes: object) -> LoadRecord:
         "initrd": None,
         "initrd_sha256": "",
         "cmdline": "console=ttyS0 elfcorehdr=123K",
+        "user_cmdline": "console=ttyS0",
         "half": "upper",
         "image_sha256": "cd" * 32,
         "segments": ({"kind": "kernel", "dest": 1 << 30, "memsz": 4096, "sha256": "ef" * 32},),

@@ -158,7 +158,7 @@ class Executor:
             and rec.kernel_sha256 == inputs.kernel_sha256
             and (rec.initrd or None) == (str(inputs.initrd_path) if inputs.initrd_path else None)
             and rec.initrd_sha256 == inputs.initrd_sha256
-            and _without_elfcorehdr(rec.cmdline) == _without_elfcorehdr(inputs.cmdline)
+            and rec.user_cmdline == inputs.cmdline
             and rec.host_fingerprint == host.fingerprint()
         )
 
@@ -181,15 +181,6 @@ class Executor:
         if rec is None:
             return AddressRange(0, 0)
         return planner.half_window(AddressRange(*rec.crash_range), rec.half)[0]
-
-
-# Words the image builder adds itself (xen-kexec-abi.md §4.4): they follow from the
-# placement and the host, not from the inputs.
-_BUILDER_WORDS = ("elfcorehdr=", "acpi_rsdp=")
-
-
-def _without_elfcorehdr(cmdline: str) -> str:
-    return " ".join(w for w in cmdline.split() if not w.startswith(_BUILDER_WORDS))
 
 
 def _with_kernel(settings: Settings, kernel: Path) -> Settings:

@@ -114,12 +114,16 @@ def parse_interface(xml_text: str, interface: str = names.INTERFACE) -> Interfac
     found = [i for i in root.findall("interface") if i.get("name") == interface]
     if len(found) != 1:
         raise ContractError(
-            f"{names.INTERFACE_XML}: expected one <interface name={interface!r}>, found {len(found)}"
+            f"{names.INTERFACE_XML}: expected one <interface name={interface!r}>, "
+            f"found {len(found)}"
         )
     iface = found[0]
     undocumented = [
         f"{e.tag} {e.get('name')}"
-        for e in [iface, *iface.findall("method"), *iface.findall("signal"), *iface.findall("property")]
+        for e in [
+            iface,
+            *(m for tag in ("method", "signal", "property") for m in iface.findall(tag)),
+        ]
         if not _has_doc(e)
     ]
     if undocumented:
@@ -139,7 +143,9 @@ def parse_interface(xml_text: str, interface: str = names.INTERFACE) -> Interfac
             if ann.get("name") == EMITS:
                 emits = ann.get("value", "true")
         name = p.get("name", "")
-        properties[name] = PropertySpec(name, p.get("type", ""), p.get("access", ""), emits == "true")
+        properties[name] = PropertySpec(
+            name, p.get("type", ""), p.get("access", ""), emits == "true"
+        )
     # Keep the element's own text (with its docs and layout) for Introspect.
     start = xml_text.index(f'<interface name="{interface}"')
     end = xml_text.index("</interface>", start) + len("</interface>")
@@ -183,7 +189,9 @@ PROPERTY_SOURCES: dict[str, Callable[[Snapshot], object]] = {
 
 def property_values(spec: InterfaceSpec, snapshot: Snapshot) -> dict[str, tuple[str, object]]:
     """Every property as (signature, value), in the XML's order."""
-    return {name: (p.signature, PROPERTY_SOURCES[name](snapshot)) for name, p in spec.properties.items()}
+    return {
+        name: (p.signature, PROPERTY_SOURCES[name](snapshot)) for name, p in spec.properties.items()
+    }
 
 
 def changed_properties(

@@ -24,7 +24,7 @@ from xenkdump.errors import (
 log = logging.getLogger("xenkdump.dbus")
 
 
-class NotPermitted(OperationError):
+class NotPermittedError(OperationError):
     """The caller's uid may not call this method (checked by the daemon too)."""
 
 
@@ -39,7 +39,7 @@ class RemoteError(XenkdumpError):
 
 # Most specific first: the first isinstance match wins.
 _TO_DBUS: tuple[tuple[type[BaseException], str], ...] = (
-    (NotPermitted, names.ERROR_NOT_PERMITTED),
+    (NotPermittedError, names.ERROR_NOT_PERMITTED),
     (ConfigError, names.ERROR_INVALID_CONFIG),
     (ImageError, names.ERROR_IMAGE_INVALID),
     (PlanError, names.ERROR_DOES_NOT_FIT),
@@ -89,7 +89,7 @@ def exit_code_for(name: str) -> int:
 def from_dbus(name: str, message: str) -> RemoteError:
     """The exception the client raises for a D-Bus error reply."""
     text = one_line(message) or name
-    if name == "org.freedesktop.DBus.Error.AccessDenied" or name == names.ERROR_NOT_PERMITTED:
+    if name in ("org.freedesktop.DBus.Error.AccessDenied", names.ERROR_NOT_PERMITTED):
         text = f"permission denied: {text} (only root may do this)"
     elif name == "org.freedesktop.DBus.Error.NoReply":
         text = f"xenkdumpd did not answer: {text}"

@@ -55,7 +55,14 @@ ERROR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
 ERROR_PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 
 # The options Reload and Unload accept, with their D-Bus types (see the XML docs).
-RELOAD_OPTIONS = {"force": "b", "kernel": "s", "initrd": "s", "cmdline": "s", "wait": "b", "reason": "s"}
+RELOAD_OPTIONS = {
+    "force": "b",
+    "kernel": "s",
+    "initrd": "s",
+    "cmdline": "s",
+    "wait": "b",
+    "reason": "s",
+}
 UNLOAD_OPTIONS = {"wait": "b"}
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
-from dbus_fast.aio import MessageBus
+from dbus_fast.aio.message_bus import MessageBus
 from dbus_fast.errors import DBusError
 
 from xenkdump.dbus import contract, errors, names
@@ -41,9 +42,8 @@ def system_bus_address(bus_address: str | None = None) -> str:
     """The address used: ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the default."""
     if bus_address:
         return bus_address
-    from dbus_fast._private.address import get_system_bus_address  # noqa: PLC0415
-
-    return str(get_system_bus_address())
+    # The same rule as libdbus and dbus_fast (D-Bus specification, "Well-known buses").
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
 
 
 def _variants(values: Mapping[str, tuple[str, object]]) -> dict[str, Variant]:
@@ -98,10 +98,12 @@ class _Service:
         """dbus_fast message handler: a reply, True (answered later) or None (not ours)."""
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
-        path, iface, member = msg.path, msg.interface, msg.member
+        path, iface, member = msg.path or "", msg.interface, msg.member or ""
         if path != names.OBJECT_PATH:
-            if contract.is_ancestor(path) and iface in (names.INTROSPECTABLE, None) and (
-                member == "Introspect"
+            if (
+                contract.is_ancestor(path)
+                and iface in (names.INTROSPECTABLE, None)
+                and (member == "Introspect")
             ):
                 return Message.new_method_return(
                     msg, "s", [contract.introspection_document(self.spec, path)]
@@ -152,10 +154,10 @@ class _Service:
             )
 
     def _properties(self, msg: Message) -> Message:
-        member = msg.member
+        member = msg.member or ""
         want = {"Get": "ss", "GetAll": "s", "Set": "ssv"}.get(member)
         if want is None:
-            return self._error(msg, names.ERROR_UNKNOWN_METHOD, f"{names.PROPERTIES} has no {member}")
+            return self._error(msg, names.ERROR_UNKNOWN_METHOD, f"no method {member}")
         self._check_signature(msg, want)
         iface = msg.body[0]
         if iface not in (names.INTERFACE, ""):
@@ -181,7 +183,7 @@ class _Service:
         task.add_done_callback(self.tasks.discard)
 
     async def _answer(self, msg: Message, work: Awaitable[tuple[Snapshot, str]]) -> None:
-        operation = msg.member.lower()
+        operation = (msg.member or "").lower()
         reason = ""
         try:
             snapshot, reason = await work
@@ -191,7 +193,7 @@ class _Service:
         except Exception as exc:
             name, text = errors.to_dbus(exc)
             self.bus.send(self._error(msg, name, text))
-            if name != names.ERROR_NOT_PERMITTED and name != names.ERROR_INVALID_ARGS:
+            if name not in (names.ERROR_NOT_PERMITTED, names.ERROR_INVALID_ARGS):
                 self._finished(operation, name, text, reason, self.core.status())
             return
         self.bus.send(Message.new_method_return(msg, "a{sv}", [self._status(snapshot)]))
@@ -229,7 +231,7 @@ class _Service:
             )
         )
         if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
-            raise errors.NotPermitted(f"{msg.member}: cannot identify the caller {msg.sender}")
+            raise errors.NotPermittedError(f"{msg.member}: cannot identify the caller {msg.sender}")
         return int(reply.body[0])
 
     async def _authorize(self, msg: Message) -> int:
@@ -237,12 +239,14 @@ class _Service:
         # permissive or missing policy file does not open them (issue 5 item 5).
         uid = await self._caller_uid(msg)
         if uid not in self.allowed_uids:
-            raise errors.NotPermitted(f"{msg.member}: uid {uid} may not call it (only root may)")
+            raise errors.NotPermittedError(
+                f"{msg.member}: uid {uid} may not call it (only root may)"
+            )
         return uid
 
     def _options(self, msg: Message, allowed: Mapping[str, str]) -> dict[str, object]:
         raw = {key: (v.signature, v.value) for key, v in msg.body[0].items()}
-        return contract.check_options(msg.member, raw, allowed)
+        return contract.check_options(msg.member or "", raw, allowed)
 
     async def _reload(self, msg: Message) -> tuple[Snapshot, str]:
         uid = await self._authorize(msg)
@@ -284,7 +288,7 @@ class ServiceHandle:
             log.debug("releasing %s: %s", names.BUS_NAME, exc)
         self.bus.disconnect()
         try:
-            await asyncio.wait_for(self.bus.wait_for_disconnect(), 5)
+            await asyncio.wait_for(self.bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
         except Exception as exc:
             log.debug("disconnecting from the bus: %s", exc)
 
@@ -305,7 +309,8 @@ async def serve(
         bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
     except Exception as exc:
         raise OperationError(
-            f"cannot connect to the D-Bus system bus at {address}: {errors.one_line(str(exc)) or type(exc).__name__}"
+            f"cannot connect to the D-Bus system bus at {address}: "
+            f"{errors.one_line(str(exc)) or type(exc).__name__}"
         ) from None
     service = _Service(bus, core, spec, allowed_uids)
     bus.add_message_handler(service.handle)

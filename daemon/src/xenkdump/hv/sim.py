@@ -491,7 +491,7 @@ class SimulatedHypervisor:
                 errno.EINVAL, f"{len(segs)} segments; Xen takes at most {KEXEC_SEGMENT_MAX - 1}"
             )
         if type not in (KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH):
-            raise _RefusedError(errno.EINVAL, f"type {type} is not KEXEC_TYPE_DEFAULT or _CRASH")
+            raise _RefusedError(errno.EINVAL, _bad_type(type))
         ends = [(s.dest + s.memsz) & U64_MASK for s in segs]  # paddr_t wraps (§1.8 D6)
         crash = self.host.crash_range
         if type == KEXEC_TYPE_CRASH:
@@ -550,9 +550,7 @@ class SimulatedHypervisor:
             if self.host.xen_version < (4, 4):
                 return  # cmd 5 unknown: 0, nothing done (§1.8 D2)
             if type not in (KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH):
-                raise HypervisorError(
-                    "xc_kexec_unload", errno.EINVAL, f"type {type} is not KEXEC_TYPE_DEFAULT or _CRASH"
-                )
+                raise HypervisorError("xc_kexec_unload", errno.EINVAL, _bad_type(type))
             # kexec_swap_images with no new image: toggle the bit, empty the old slot.
             t = state["types"][str(type)]
             pos = t["pos"]
@@ -565,9 +563,7 @@ class SimulatedHypervisor:
         if self.host.xen_version < (4, 9):
             return 0  # cmd 6 unknown before 4.9: the hypercall answers 0 (§1.7)
         if type not in (KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH):
-            raise HypervisorError(
-                "xc_kexec_status", errno.EINVAL, f"type {type} is not KEXEC_TYPE_DEFAULT or _CRASH"
-            )
+            raise HypervisorError("xc_kexec_status", errno.EINVAL, _bad_type(type))
         with self._locked() as state:
             pos: int = state["types"][str(type)]["pos"]
             return pos
@@ -673,6 +669,10 @@ def _digest_range(fd: int, offset: int, size: int) -> str:
     return h.hexdigest()
 
 
+def _bad_type(type_: int) -> str:
+    return f"type {type_} is not KEXEC_TYPE_DEFAULT (0) or KEXEC_TYPE_CRASH (1)"
+
+
 def _check_abi_fields(type: int, arch: int, entry: int, segs: list[Segment]) -> None:
     """Values must fit xen_kexec_load_t / xen_kexec_segment_t (§1.3), as cffi would insist."""
     fields = [("type", type, 8), ("arch", arch, 16), ("entry_maddr", entry, 64)]
@@ -680,9 +680,8 @@ def _check_abi_fields(type: int, arch: int, entry: int, segs: list[Segment]) -> 
         fields += [(f"segment {i} dest_maddr", s.dest, 64), (f"segment {i} dest_size", s.memsz, 64)]
     for name, value, bits in fields:
         if not 0 <= value < (1 << bits):
-            raise HypervisorError(
-                "xc_kexec_load", errno.EINVAL, f"{name} {value} does not fit a uint{bits} (ABI field)"
-            )
+            message = f"{name} {value} does not fit a uint{bits} (ABI field)"
+            raise HypervisorError("xc_kexec_load", errno.EINVAL, message)
 
 
 @contextmanager

@@ -253,14 +253,38 @@ def load(
             except XenkdumpError as exc:
                 log.warning("unload after the failed load failed too: %s", exc)
         raise
+    record = new_record(store, inputs, host, plan, reason=reason, fallback=fallback, needed=needed)
+    store.write(record)
+    log.info(
+        "crash image generation %d loaded in the %s half: %s (%s)",
+        record.generation,
+        record.half,
+        record.kernel,
+        reason,
+    )
+    return record
+
+
+def new_record(
+    store: RecordStore,
+    inputs: ImageInputs,
+    host: HostFacts,
+    plan: Plan,
+    *,
+    reason: str,
+    fallback: bool,
+    needed: int,
+) -> LoadRecord:
+    """The record of ``plan`` once Xen has accepted it (one more load issued)."""
     state = store.read_state()
-    record = LoadRecord(
+    return LoadRecord(
         generation=state.generation + 1,
         kernel=inputs.kernel_path,
         kernel_sha256=inputs.kernel_sha256,
         initrd=inputs.initrd_path,
         initrd_sha256=inputs.initrd_sha256,
         cmdline=plan.cmdline,
+        user_cmdline=inputs.cmdline,
         half=plan.half,
         image_sha256=plan.image_sha256,
         segments=tuple(
@@ -277,15 +301,6 @@ def load(
         unloads_issued=state.unloads_issued,
         required_bytes=needed,
     )
-    store.write(record)
-    log.info(
-        "crash image generation %d loaded in the %s half: %s (%s)",
-        record.generation,
-        record.half,
-        record.kernel,
-        reason,
-    )
-    return record
 
 
 def unload(hv: Hypervisor, store: RecordStore) -> None:

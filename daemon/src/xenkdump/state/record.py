@@ -57,6 +57,10 @@ class LoadRecord:
     initrd: str | None
     initrd_sha256: str
     cmdline: str  # the crash kernel's full command line, elfcorehdr= included
+    # The command line as the inputs asked for it, before the builder added what follows
+    # from placement and host (elfcorehdr=, acpi_rsdp=, the serial console): what a
+    # "did anything change?" check compares.
+    user_cmdline: str
     half: str  # "lower" | "upper" | "whole": the part of the crash area the image uses
     image_sha256: str
     segments: tuple[dict[str, Any], ...]  # kind, dest, memsz, sha256 of each segment
@@ -103,8 +107,8 @@ class LoadRecord:
                 raise ValueError(f"field {name!r}: expected an integer, got {values[name]!r}")
         if not isinstance(values["loaded_at"], int | float):
             raise ValueError(f"field 'loaded_at': expected a number, got {values['loaded_at']!r}")
-        for name in ("kernel", "kernel_sha256", "initrd_sha256", "cmdline", "image_sha256",
-                     "host_fingerprint", "reason"):  # fmt: skip
+        for name in ("kernel", "kernel_sha256", "initrd_sha256", "cmdline", "user_cmdline",
+                     "image_sha256", "host_fingerprint", "reason"):  # fmt: skip
             if not isinstance(values[name], str):
                 raise ValueError(f"field {name!r}: expected a string, got {values[name]!r}")
         if values["initrd"] is not None and not isinstance(values["initrd"], str):
