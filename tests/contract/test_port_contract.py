@@ -169,7 +169,9 @@ def test_crash_status_is_independent_of_default(hv: Hypervisor) -> None:
 def _rejections() -> list[
     tuple[str, int, Callable[[AddressRange], tuple[int, int, int, list[Segment]]]]
 ]:
-    top = lambda c: c.end - 16 * P  # noqa: E731 - a buffer-sized spot near the top
+    def top(c: AddressRange) -> int:
+        return c.end - 16 * P  # a spot near the top of the area
+
     crash_t = KEXEC_TYPE_CRASH
     return [
         (

@@ -32,11 +32,11 @@ def open_hypervisor(spec: str | None) -> Hypervisor:
         spec = default_spec()
     kind, _, arg = spec.partition(":")
     if kind == "xen" and not arg:
-        from xenkdump.hv.xen import XenHypervisor
+        from xenkdump.hv.xen import XenHypervisor  # noqa: PLC0415 (cffi only when asked for)
 
         return XenHypervisor.open()
     if kind == "sim":
-        from xenkdump.hv.sim import SimulatedHypervisor
+        from xenkdump.hv.sim import SimulatedHypervisor  # noqa: PLC0415
 
         return SimulatedHypervisor.open(Path(arg) if arg else DEFAULT_SIM_HOST)
     raise InputError(f"--hypervisor: expected 'xen' or 'sim[:FILE]', got {spec!r}")
