@@ -12,6 +12,20 @@ PY=/usr/bin/python3
 export PYTHONPATH="$here/daemon/src:$here/bindings${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 
+# What the demo needs on a fresh Debian 12 machine: the product's runtime packages
+# (as on a dom0) and the tools that build the purgatory and the demo's initrd.
+need=()
+for p in python3 python3-cffi python3-yaml python3-dbus-fast python3-systemd dbus libxenmisc4.17 \
+         gcc make binutils cpio gzip; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "demo: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+make -s -C "$here" purgatory
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ctl() { echo "\$ xenkdumpctl $*"; "$PY" -m xenkdump.cli.ctl --hypervisor "sim:$work/host.yaml" "$@"; }
 

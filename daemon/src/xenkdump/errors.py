@@ -45,6 +45,10 @@ class OperationError(XenkdumpError):
     """A well-formed request failed while being carried out."""
 
 
+class BusyError(OperationError):
+    """A reload or unload is already running and the caller asked not to wait."""
+
+
 class HypervisorError(OperationError):
     """A libxenctrl call or a (simulated) kexec hypercall failed.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -63,10 +64,13 @@ def _reload(args: argparse.Namespace) -> int:
     options: dict[str, object] = {"reason": "xenkdumpctl reload"}
     if args.force:
         options["force"] = True
-    for key in ("kernel", "initrd", "cmdline"):
+    # The daemon does not share our working directory: send absolute paths.
+    for key in ("kernel", "initrd"):
         value = getattr(args, key)
         if value is not None:
-            options[key] = value
+            options[key] = os.path.abspath(value)
+    if args.cmdline is not None:
+        options["cmdline"] = args.cmdline
     if not args.wait:
         options["wait"] = False
 
@@ -77,6 +81,15 @@ def _reload(args: argparse.Namespace) -> int:
     status = run(_with_daemon(work))
     print(f"{status.get('State')}: {status.get('StateReason')}")
     return EXIT_OK
+
+
+def daemon_owner_present() -> bool:
+    """True when some process owns org.xenkdump.Kdump1 on the bus."""
+
+    async def work(c: DaemonClient) -> bool:
+        return True
+
+    return _optional(work) is not None
 
 
 def daemon_status(as_json: bool) -> int | None:

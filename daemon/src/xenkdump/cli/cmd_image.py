@@ -51,7 +51,8 @@ import sys
 import time
 from pathlib import Path
 
-from xenkdump.errors import XenkdumpError
+from xenkdump.cli import cmd_daemon
+from xenkdump.errors import InputError, XenkdumpError
 from xenkdump.hv.port import AddressRange, Hypervisor
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.image import loader
@@ -65,10 +66,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("load", help="build the crash image and load it into Xen")
     _image_options(p)
     _state_option(p)
+    _no_daemon_option(p, "load even though xenkdumpd runs (it will not know of this image)")
     p.set_defaults(handler=cmd_load)
 
-    p = subparsers.add_parser("unload", help="unload the crash image")
+    p = subparsers.add_parser(
+        "unload", help="unload the crash image (through xenkdumpd when it runs)"
+    )
     _state_option(p)
+    _no_daemon_option(p, "unload directly even when xenkdumpd runs")
     p.set_defaults(handler=cmd_unload)
 
     p = subparsers.add_parser("plan", help="print the segment plan without loading")
@@ -77,10 +82,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(handler=cmd_plan)
 
-    p = subparsers.add_parser("status", help="show the armed crash image (from the record)")
+    p = subparsers.add_parser(
+        "status",
+        help="show the armed crash image (from xenkdumpd when it runs, else from the record)",
+    )
     _state_option(p)
+    _no_daemon_option(p, "read xenkdump's record directly even when xenkdumpd runs")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(handler=cmd_status)
+
+
+def _no_daemon_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--no-daemon", action="store_true", help=text)
+
+
+def _daemon_runs() -> bool:
+    """True when xenkdumpd owns its name on the (system or $DBUS_SYSTEM_BUS_ADDRESS) bus."""
+    return cmd_daemon.daemon_owner_present()
 
 
 def _state_option(p: argparse.ArgumentParser) -> None:
@@ -136,6 +154,12 @@ def _inputs(args: argparse.Namespace) -> ImageInputs:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    if not args.no_daemon and _daemon_runs():
+        raise InputError(
+            "xenkdumpd is running and manages the crash kernel: change its configuration and "
+            "run `xenkdumpctl reload`, or `xenkdumpctl reload --kernel PATH --initrd PATH` for a "
+            "one-off image (or pass --no-daemon to load behind its back)"
+        )
     store = _store(args)
     inputs = _inputs(args)  # bad files fail here, before the hypervisor is touched
     with open_hypervisor(args.hypervisor) as hv:
@@ -149,6 +173,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        code = cmd_daemon.daemon_unload()
+        if code is not None:
+            return code
     store = _store(args)
     with open_hypervisor(args.hypervisor) as hv:
         loader.unload(hv, store)
@@ -244,6 +272,10 @@ def render_status(record: LoadRecord | None, crash: AddressRange | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        code = cmd_daemon.daemon_status(args.json)
+        if code is not None:
+            return code
     store = _store(args)
     state: StateFile = store.read_state()
     crash: AddressRange | None = None

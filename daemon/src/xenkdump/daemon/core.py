@@ -25,7 +25,7 @@ from xenkdump.daemon.notify import (
     MESSAGE_ID_RELOAD_FAILED,
     MESSAGE_ID_UNLOADED,
 )
-from xenkdump.errors import ConfigError, InputError, OperationError, XenkdumpError
+from xenkdump.errors import BusyError, ConfigError, InputError, OperationError, XenkdumpError
 from xenkdump.hv.port import Hypervisor
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import Settings
@@ -33,10 +33,6 @@ from xenkdump.settings.model import Settings
 log = logging.getLogger("xenkdump.daemon")
 
 __all__ = ["BusyError", "DaemonCore", "State", "StatusSnapshot"]
-
-
-class BusyError(OperationError):
-    """A reload or unload is already running and the caller asked not to wait."""
 
 
 @dataclass(frozen=True)

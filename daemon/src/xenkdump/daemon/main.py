@@ -39,6 +39,8 @@ EXIT_USAGE = 2
 class ServiceHandle(Protocol):
     async def close(self) -> None: ...
 
+    async def wait_disconnected(self) -> None: ...
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -161,7 +163,10 @@ class Daemon:
             self._timers.append(PeriodicTimer(loop, period, self.notifier.watchdog))
         self.notifier.ready(core.status().status_line())
         try:
-            await self.stop.wait()
+            if handle is None:
+                await self.stop.wait()
+            else:
+                await self._until_stop_or_bus_lost(handle)
         finally:
             self.notifier.stopping()
             log.info("stopping; the crash kernel stays armed")
@@ -170,6 +175,22 @@ class Daemon:
                 await handle.close()
             await core.close()
         return self.exit_code
+
+    async def _until_stop_or_bus_lost(self, handle: ServiceHandle) -> None:
+        """Wait for SIGTERM; if the bus goes away first, exit non-zero so that systemd
+        (Restart=on-failure) starts us again and we re-own the name.  The crash kernel
+        stays armed meanwhile."""
+        stop = asyncio.ensure_future(self.stop.wait())
+        # Shielded: cancelling our wait must not cancel the bus's own disconnect future,
+        # which close() awaits later.
+        lost = asyncio.ensure_future(asyncio.shield(handle.wait_disconnected()))
+        done, pending = await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if lost in done and not self.stop.is_set():
+            log.error("lost the D-Bus connection; exiting so that systemd restarts xenkdumpd")
+            self.exit_code = EXIT_FAILED
+            self.notifier.status("failed: lost the D-Bus connection")
 
     def _shutdown(self) -> None:
         for t in [*self._timers, self._topology]:

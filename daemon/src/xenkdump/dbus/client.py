@@ -12,11 +12,11 @@ import contextlib
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio.message_bus import MessageBus
 
 from xenkdump.dbus import errors, names
-from xenkdump.dbus.service import system_bus_address
+from xenkdump.dbus.service import new_bus, system_bus_address
 from xenkdump.errors import InputError, OperationError
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class DaemonClient:
     async def connect(cls, bus_address: str | None = None) -> DaemonClient:
         address = system_bus_address(bus_address)
         try:
-            bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+            bus = await new_bus(address).connect()
         except Exception as exc:
             raise DaemonNotRunningError(
                 f"xenkdumpd is not running (cannot connect to the system bus at {address}: "

@@ -89,7 +89,7 @@ class InterfaceSpec:
     methods: Mapping[str, MethodSpec]
     signals: Mapping[str, SignalSpec]
     properties: Mapping[str, PropertySpec]
-    interface_xml: str  # the <interface> element exactly as written in the file
+    interface_xml: str  # the <interface> element as served: the file's, without <doc:doc>
 
 
 def _args(elem: ET.Element, direction: str) -> str:
@@ -146,10 +146,30 @@ def parse_interface(xml_text: str, interface: str = names.INTERFACE) -> Interfac
         properties[name] = PropertySpec(
             name, p.get("type", ""), p.get("access", ""), emits == "true"
         )
-    # Keep the element's own text (with its docs and layout) for Introspect.
-    start = xml_text.index(f'<interface name="{interface}"')
-    end = xml_text.index("</interface>", start) + len("</interface>")
-    return InterfaceSpec(interface, methods, signals, properties, xml_text[start:end])
+    return InterfaceSpec(interface, methods, signals, properties, served_interface(iface))
+
+
+def strip_docs(elem: ET.Element) -> ET.Element:
+    """A copy of ``elem`` without <doc:doc> elements.
+
+    The docs stay in the installed file (/usr/share/dbus-1/interfaces); the
+    introspection reply leaves them out because strict parsers such as busctl's
+    reject the doc namespace (introspect.dtd has no such element).
+    """
+    copy = ET.fromstring(ET.tostring(elem))
+    for parent in copy.iter():
+        for child in list(parent):
+            if child.tag == f"{{{DOC_NS}}}doc":
+                parent.remove(child)
+    return copy
+
+
+def served_interface(iface: ET.Element) -> str:
+    copy = strip_docs(iface)
+    for e in copy.iter():
+        e.text = e.tail = None
+    ET.indent(copy, space="  ", level=1)
+    return ET.tostring(copy, encoding="unicode").rstrip()
 
 
 def load_interface() -> InterfaceSpec:
@@ -239,12 +259,7 @@ def introspection_document(spec: InterfaceSpec, path: str) -> str:
         prefix = "/" if path == "/" else path + "/"
         child = names.OBJECT_PATH[len(prefix) :].split("/", 1)[0]
         return f'{header}<node>\n  <node name="{child}"/>\n</node>\n'
-    return (
-        f'{header}<node xmlns:doc="{DOC_NS}">\n'
-        f"{_STANDARD_INTERFACES}"
-        f"  {spec.interface_xml}\n"
-        "</node>\n"
-    )
+    return f"{header}<node>\n{_STANDARD_INTERFACES}  {spec.interface_xml}\n</node>\n"
 
 
 def is_ancestor(path: str) -> bool:

@@ -11,6 +11,7 @@ import logging
 
 from xenkdump.dbus import names
 from xenkdump.errors import (
+    BusyError,
     ConfigError,
     HypervisorError,
     HypervisorUnavailable,
@@ -60,19 +61,13 @@ _INPUT_ERRORS = frozenset(
 )
 
 
-def _is_busy(exc: BaseException) -> bool:
-    # BusyError lives in xenkdump.daemon.core, which this module must not import
-    # (it pulls in the whole daemon); match it by class name along the MRO.
-    return any(cls.__name__ == "BusyError" for cls in type(exc).__mro__)
-
-
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 def to_dbus(exc: BaseException) -> tuple[str, str]:
     """(D-Bus error name, one-line message) for an exception raised by the core."""
-    if _is_busy(exc):
+    if isinstance(exc, BusyError):
         return names.ERROR_BUSY, one_line(str(exc)) or "xenkdumpd is busy"
     for cls, name in _TO_DBUS:
         if isinstance(exc, cls):

@@ -11,13 +11,14 @@ core's current snapshot at once, so status reads stay prompt while a load runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
-from dbus_fast.aio.message_bus import MessageBus
+from dbus_fast.aio.message_bus import MessageBus, _MessageWriter
 from dbus_fast.errors import DBusError
 
 from xenkdump.dbus import contract, errors, names
@@ -27,6 +28,8 @@ from xenkdump.errors import OperationError
 log = logging.getLogger("xenkdump.dbus")
 
 ROOT_ONLY = frozenset({0})
+# A bus that accepts the connection but never answers must not hang start-up.
+BUS_TIMEOUT = 30.0
 
 
 class Core(Protocol):
@@ -44,6 +47,62 @@ def system_bus_address(bus_address: str | None = None) -> str:
         return bus_address
     # The same rule as libdbus and dbus_fast (D-Bus specification, "Well-known buses").
     return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+
+
+class _Writer(_MessageWriter):
+    """dbus_fast's socket writer, fixed for load (python3-dbus-fast 1.84).
+
+    Upstream's write_callback treats EAGAIN from send() as a fatal error and drops
+    the connection (altdesktop/python-dbus-next#153, inherited by dbus-fast): with
+    ~100 clients calling at once the socket buffer fills and the service silently
+    leaves the bus.  It also sends queued messages newest-first.  This one waits
+    for the socket to become writable instead, and keeps the queue in order.
+    """
+
+    buf: Any  # memoryview | None; upstream leaves it untyped
+
+    def write_callback(self, remove_writer: bool = True) -> None:
+        try:
+            while True:
+                if self.buf is None:
+                    if not self.messages:
+                        if remove_writer:
+                            self.loop.remove_writer(self.fd)
+                        return
+                    buf, unix_fds, fut = self.messages.popleft()
+                    self.unix_fds = unix_fds
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                    self.fut = fut
+                if self.unix_fds:
+                    raise OperationError("xenkdumpd does not pass file descriptors over D-Bus")
+                try:
+                    self.offset += self.sock.send(self.buf[self.offset :])
+                except (BlockingIOError, InterruptedError):
+                    # Socket buffer full: resume when the loop says it is writable.
+                    self.loop.add_writer(self.fd, self.write_callback)
+                    return
+                if self.offset >= len(self.buf):
+                    self.buf = None
+                    if self.fut is not None and not self.fut.done():
+                        self.fut.set_result(None)
+                else:
+                    self.loop.add_writer(self.fd, self.write_callback)
+                    return
+        except Exception as exc:
+            if self.fut is not None and not self.fut.done():
+                if self.bus._user_disconnect:
+                    self.fut.set_result(None)
+                else:
+                    self.fut.set_exception(exc)
+            self.bus._finalize(exc)
+
+
+def new_bus(address: str) -> MessageBus:
+    """An unconnected dbus_fast bus for ``address``, with the fixed writer."""
+    bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
+    bus._writer = _Writer(bus)
+    return bus
 
 
 def _variants(values: Mapping[str, tuple[str, object]]) -> dict[str, Variant]:
@@ -272,6 +331,11 @@ class ServiceHandle:
     def unique_name(self) -> str:
         return str(self.bus.unique_name)
 
+    async def wait_disconnected(self) -> None:
+        """Returns when the bus connection is gone (bus restarted, or close())."""
+        with contextlib.suppress(Exception):  # a lost connection ends the wait too
+            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
     async def close(self) -> None:
         service = self._service
         if service.closed:
@@ -283,7 +347,7 @@ class ServiceHandle:
             await asyncio.gather(*service.tasks, return_exceptions=True)
         self.bus.remove_message_handler(service.handle)
         try:
-            await self.bus.release_name(names.BUS_NAME)
+            await asyncio.wait_for(self.bus.release_name(names.BUS_NAME), 5)
         except Exception as exc:  # the bus may already be gone; nothing to release
             log.debug("releasing %s: %s", names.BUS_NAME, exc)
         self.bus.disconnect()
@@ -306,7 +370,7 @@ async def serve(
     spec = contract.load_interface()
     address = system_bus_address(bus_address)
     try:
-        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
+        bus = await asyncio.wait_for(new_bus(address).connect(), BUS_TIMEOUT)
     except Exception as exc:
         raise OperationError(
             f"cannot connect to the D-Bus system bus at {address}: "
@@ -316,12 +380,19 @@ async def serve(
     bus.add_message_handler(service.handle)
     core.subscribe(service.on_change)
     try:
-        reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
-    except DBusError as exc:
+        reply = await asyncio.wait_for(
+            bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE), BUS_TIMEOUT
+        )
+    except (DBusError, TimeoutError) as exc:
         service.closed = True
         bus.disconnect()
+        why = (
+            f"{exc.type}: {exc.text}"
+            if isinstance(exc, DBusError)
+            else f"no answer in {BUS_TIMEOUT:.0f} s"
+        )
         raise OperationError(
-            f"cannot own the D-Bus name {names.BUS_NAME} at {address}: {exc.type}: {exc.text}"
+            f"cannot own the D-Bus name {names.BUS_NAME} at {address}: {why}"
         ) from None
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         service.closed = True

@@ -84,7 +84,7 @@ XK_PARAMS: Final = _struct(XK_PARAMS_FIELDS, 0x30)
 XK_PARAMS_SIZE: Final = XK_PARAMS.size + MAX_REGIONS * XK_REGION.size
 
 
-class PurgatoryMissing(ImageError):  # noqa: N818 -- the name the planner and CLI use
+class PurgatoryMissing(ImageError):
     """The purgatory binary was not built or not installed."""
 
 

@@ -33,7 +33,7 @@ class ConfigProblem:
     message: str
 
 
-class ConfigProblems(ConfigError):  # noqa: N818 (a ConfigError already)
+class ConfigProblems(ConfigError):
     """An invalid configuration file: one line naming each problem with file:line."""
 
     def __init__(self, path: Path | str, problems: list[ConfigProblem]) -> None:

@@ -1,0 +1,289 @@
+"""The real xenkdumpd process on a private bus: golden introspection, behaviour, RSS.
+
+``.venv/bin/xenkdumpd --config F --hypervisor sim:H`` owns org.xenkdump.Kdump1 on the
+private dbus-daemon of the ``private_bus`` fixture (via DBUS_SYSTEM_BUS_ADDRESS);
+the tests talk to it with xenkdump.dbus.client as xenkdumpctl does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+
+from xenkdump import __version__
+from xenkdump.cli import cmd_daemon
+from xenkdump.dbus import client, errors, names
+from xenkdump.dbus.client import DaemonClient
+
+pytest.importorskip(
+    "xenkdump.hv.sim", reason="the simulated hypervisor (hv/sim.py) is not built yet"
+)
+pytest.importorskip("xenkdump.daemon.main", reason="the daemon (daemon/main.py) is not built yet")
+
+pytestmark = pytest.mark.kernel
+
+XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
+DATA = Path(__file__).parent / "data"
+TIMEOUT = 60.0
+
+
+def initrd_bytes() -> bytes:
+    """A gzip'd newc cpio holding one /init: the smallest initrd Linux accepts."""
+    out = bytearray()
+    for ino, (name, data, mode) in enumerate(
+        [("init", b"#!/bin/sh\n", 0o100755), ("TRAILER!!!", b"", 0)], start=1
+    ):
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        out += b"070701" + b"".join(f"{v:08x}".encode() for v in fields) + name.encode() + b"\0"
+        out += b"\0" * (-len(out) % 4) + data + b"\0" * (-len(data) % 4)
+    return gzip.compress(bytes(out), mtime=0)
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    config: Path
+    kernel: Path
+    log: Path
+    address: str
+
+    def stderr(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def _wait_ready(sock: socket.socket, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"xenkdumpd exited {proc.returncode}:\n{log.read_text()}")
+        sock.settimeout(0.5)
+        try:
+            if b"READY=1" in sock.recv(65536):
+                return
+        except TimeoutError:
+            continue
+    raise AssertionError(f"xenkdumpd not ready after {TIMEOUT} s:\n{log.read_text()}")
+
+
+def start_daemon(root: Path, address: str, name: str = "d") -> tuple[subprocess.Popen[bytes], Path]:
+    log = root / f"{name}.log"
+    sock_path = root / f"{name}.notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}
+    env.update(NOTIFY_SOCKET=str(sock_path), DBUS_SYSTEM_BUS_ADDRESS=address)
+    argv = [str(XENKDUMPD), "--config", str(root / "xenkdump.yaml"), "--hypervisor"]
+    with log.open("w") as err:
+        proc = subprocess.Popen([*argv, f"sim:{root / 'host.yaml'}"], stderr=err, env=env)
+    try:
+        _wait_ready(sock, proc, log)
+    except AssertionError:
+        sock.close()
+        stop(proc)
+        raise
+    sock.close()
+    return proc, log
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, debian_kernel: Path, private_bus: str) -> Iterator[Running]:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    kernel = boot / "vmlinuz-6.1.0-test"
+    shutil.copyfile(debian_kernel, kernel)
+    (boot / "initrd.img-6.1.0-test").write_bytes(initrd_bytes())
+    config = tmp_path / "xenkdump.yaml"
+    config.write_text(
+        f"kernel: {kernel}\ninitrd: {boot / 'initrd.img-6.1.0-test'}\n"
+        "cmdline:\n  base: console=ttyS0\n  append: [irqpoll, nr_cpus=1]\n"
+        f"state_dir: {tmp_path / 'state'}\nboot_dir: {boot}\n"
+        "reload_debounce: 30\ntopology_check_interval: 3600\n"
+    )
+    proc, log = start_daemon(tmp_path, private_bus)
+    running = Running(proc, config, kernel, log, private_bus)
+    yield running
+    assert stop(proc) == 0, running.stderr()
+    assert "Traceback" not in running.stderr()
+
+
+def with_client(work: Any) -> Any:
+    async def go() -> Any:
+        c = await DaemonClient.connect()
+        async with c:
+            return await work(c)
+
+    return client.run(go())
+
+
+async def listen(c: DaemonClient, member: str) -> list[Message]:
+    got: list[Message] = []
+    await c.call_raw(
+        "AddMatch",
+        "s",
+        [f"type='signal',path='{names.OBJECT_PATH}',member='{member}'"],
+        interface=names.DBUS_SERVICE,
+        destination=names.DBUS_SERVICE,
+        path=names.DBUS_PATH,
+    )
+    c.bus.add_message_handler(
+        lambda m: (
+            got.append(m) if m.message_type is MessageType.SIGNAL and m.member == member else None
+        )
+    )
+    return got
+
+
+async def settle(got: list[Message], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not got and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+def test_golden_introspection_of_the_real_daemon(daemon: Running) -> None:
+    async def work(c: DaemonClient) -> str:
+        reply = await c.call_raw("Introspect", interface=names.INTROSPECTABLE)
+        return str(reply.body[0])
+
+    assert with_client(work) == (DATA / "org.xenkdump.Kdump1.introspect.xml").read_text()
+
+
+def test_status_of_a_freshly_started_daemon(daemon: Running) -> None:
+    async def work(c: DaemonClient) -> tuple[dict[str, object], dict[str, object]]:
+        status = await c.get_status()
+        return status, {name: await c.get_property(name) for name in status}
+
+    status, each = with_client(work)
+    assert status == each
+    assert status["State"] == "loaded" and status["Generation"] == 1
+    assert status["CrashKernel"] == str(daemon.kernel)
+    assert status["DaemonVersion"] == __version__
+    assert status["InterfaceRevision"] == names.INTERFACE_REVISION
+    (start, size), (ustart, usize) = status["CrashRegion"], status["CrashRegionUsed"]  # type: ignore[misc]
+    assert size > 0 and start <= ustart and ustart + usize <= start + size
+    assert 0 < int(status["RequiredBytes"]) <= usize  # type: ignore[call-overload]
+    assert abs(int(status["LoadedAt"]) / 1e6 - time.time()) < 600  # type: ignore[call-overload]
+
+
+def test_reload_force_loads_again_and_signals(daemon: Running) -> None:
+    async def work(c: DaemonClient) -> tuple[dict[str, object], list[Message], list[Message]]:
+        finished = await listen(c, "ReloadFinished")
+        changed = await listen(c, "PropertiesChanged")
+        status = await c.reload({"force": True, "reason": "test: forced"})
+        await settle(finished)
+        await settle(changed)
+        return status, finished, changed
+
+    status, finished, changed = with_client(work)
+    assert status["Generation"] == 2 and status["State"] == "loaded"
+    assert status["LastReloadReason"] == "test: forced"
+    body = {k: v.value for k, v in finished[0].body[0].items()}
+    assert body["Success"] is True and body["Generation"] == 2 and body["Operation"] == "reload"
+    assert any("Generation" in m.body[1] for m in changed)
+
+
+def test_bad_arguments_and_bad_config_are_named_errors(daemon: Running) -> None:
+    good = daemon.config.read_text()
+
+    async def work(c: DaemonClient) -> list[str]:
+        out = []
+        missing = str(daemon.kernel) + ".missing"
+        for options in ({"forse": Variant("b", True)}, {"kernel": Variant("s", missing)}):
+            try:
+                await c.call("Reload", "a{sv}", [options])
+            except errors.RemoteError as exc:
+                out.append(f"{exc.name}|{exc}")
+        daemon.config.write_text(good + "kernal: /boot/typo\n")
+        try:
+            await c.reload({})
+        except errors.RemoteError as exc:
+            out.append(f"{exc.name}|{exc}")
+        out.append(str(await c.get_property("State")))
+        daemon.config.write_text(good)
+        return out
+
+    unknown, missing, config, state = with_client(work)
+    assert unknown.startswith(names.ERROR_INVALID_ARGS + "|") and "'forse'" in unknown
+    assert missing.startswith(names.ERROR_IMAGE_INVALID + "|")
+    assert missing.endswith(".missing: kernel not found")
+    assert config.startswith(names.ERROR_INVALID_CONFIG + "|") and "kernal" in config
+    assert state == "degraded"
+
+
+def test_unload_then_reload(daemon: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cmd_daemon.daemon_unload() == 0
+    assert with_client(lambda c: c.get_property("State")) == "not-loaded"
+    assert cmd_daemon.daemon_status(as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "State:         not-loaded" in out
+    status = with_client(lambda c: c.reload({}))
+    assert status["State"] == "loaded"
+
+
+def test_second_daemon_cannot_take_the_name(daemon: Running, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copyfile(daemon.config, other / "xenkdump.yaml")
+    shutil.copyfile(tmp_path / "host.yaml", other / "host.yaml")
+    with pytest.raises(AssertionError, match="exited 1") as info:
+        start_daemon(other, daemon.address, "second")
+    err = (other / "second.log").read_text().strip().splitlines()
+    assert any("another process owns it" in line for line in err), info.value
+    assert "Traceback" not in "\n".join(err)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def _hammer(c: DaemonClient, calls: int, batch: int = 100) -> None:
+    done = 0
+    while done < calls:
+        n = min(batch, calls - done)
+        # Alternate GetStatus and a property Get, pipelined on one connection.
+        await asyncio.gather(
+            *(c.get_status() if i % 2 else c.get_property("State") for i in range(n))
+        )
+        done += n
+
+
+def test_rss_stays_flat_over_50000_calls(daemon: Running) -> None:
+    pid = daemon.proc.pid
+
+    async def work(c: DaemonClient) -> tuple[int, int, float]:
+        await _hammer(c, 5_000)
+        before = _rss_kib(pid)
+        t0 = time.monotonic()
+        await _hammer(c, 50_000)
+        return before, _rss_kib(pid), time.monotonic() - t0
+
+    before, after, elapsed = with_client(work)
+    print(f"RSS {before} KiB -> {after} KiB over 50,000 calls in {elapsed:.1f} s")
+    assert after - before < 3 * 1024, f"RSS grew {after - before} KiB"

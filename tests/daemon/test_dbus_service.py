@@ -1,0 +1,482 @@
+"""The D-Bus service (xenkdump.dbus.service) on a real private dbus-daemon.
+
+The service is driven by an in-test core (conftest.FakeCore) so each outcome can be
+scripted: every method, property, signal and error of the contract is exercised
+here; test_dbus_daemon.py repeats the essentials against the real xenkdumpd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+
+from xenkdump.dbus import client, errors, names
+from xenkdump.dbus.client import DaemonClient
+from xenkdump.dbus.service import serve
+from xenkdump.errors import (
+    BusyError,
+    ConfigError,
+    HypervisorError,
+    HypervisorUnavailable,
+    ImageError,
+    OperationError,
+    PlanError,
+)
+
+DATA = Path(__file__).parent / "data"
+T = TypeVar("T")
+
+
+def with_client(work: Callable[[DaemonClient], Awaitable[T]]) -> T:
+    async def go() -> T:
+        c = await DaemonClient.connect()
+        async with c:
+            return await work(c)
+
+    return client.run(go())
+
+
+async def listen(c: DaemonClient, member: str) -> list[Message]:
+    """Collect the signals ``member`` sent by our object, from now on."""
+    got: list[Message] = []
+    rule = f"type='signal',path='{names.OBJECT_PATH}',member='{member}'"
+    await c.call_raw(
+        "AddMatch",
+        "s",
+        [rule],
+        interface=names.DBUS_SERVICE,
+        destination=names.DBUS_SERVICE,
+        path=names.DBUS_PATH,
+    )
+
+    def handler(msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == member:
+            got.append(msg)
+
+    c.bus.add_message_handler(handler)
+    return got
+
+
+async def settle(got: list[Message], count: int = 1, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def error_of(c: DaemonClient, *args: Any, **kwargs: Any) -> tuple[str, str]:
+    reply = await c.call_raw(*args, **kwargs)
+    assert reply.message_type is MessageType.ERROR, reply.body
+    return str(reply.error_name), str(reply.body[0])
+
+
+# ---- introspection ----
+
+
+def test_introspection_is_the_golden_xml(serve_fake: Any) -> None:
+    serve_fake()
+
+    async def work(c: DaemonClient) -> list[str]:
+        out = []
+        for path in (names.OBJECT_PATH, "/", "/org", "/org/xenkdump"):
+            reply = await c.call_raw("Introspect", interface=names.INTROSPECTABLE, path=path)
+            out.append(str(reply.body[0]))
+        return out
+
+    obj, root, org, xk = with_client(work)
+    assert obj == (DATA / "org.xenkdump.Kdump1.introspect.xml").read_text()
+    # A generic client can walk the tree from / down to the object.
+    assert [n.get("name") for n in ET.fromstring(root).findall("node")] == ["org"]
+    assert [n.get("name") for n in ET.fromstring(org).findall("node")] == ["xenkdump"]
+    assert [n.get("name") for n in ET.fromstring(xk).findall("node")] == ["Kdump1"]
+
+
+def test_busctl_introspects_and_reads_a_property(serve_fake: Any, private_bus: str) -> None:
+    """A client that is not ours (systemd's busctl) understands the reply."""
+    if shutil.which("busctl") is None:
+        pytest.skip("busctl (systemd) is not installed")
+    serve_fake()
+    out = subprocess.run(
+        ["busctl", f"--address={private_bus}", "introspect", names.BUS_NAME, names.OBJECT_PATH],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert ".Reload" in out and ".CrashRegion" in out and "(tt)" in out
+    got = subprocess.run(
+        [
+            "busctl",
+            f"--address={private_bus}",
+            "get-property",
+            names.BUS_NAME,
+            names.OBJECT_PATH,
+            names.INTERFACE,
+            "CrashRegion",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    assert got == "(tt) 4294967296 268435456"
+
+
+def test_peer_ping_is_answered(serve_fake: Any) -> None:
+    serve_fake()
+    reply = with_client(lambda c: c.call_raw("Ping", interface=names.PEER))
+    assert reply.message_type is MessageType.METHOD_RETURN
+
+
+# ---- properties and GetStatus ----
+
+
+def test_getstatus_getall_and_every_get_agree(serve_fake: Any) -> None:
+    s = serve_fake()
+
+    async def work(
+        c: DaemonClient,
+    ) -> tuple[dict[str, object], dict[str, object], dict[str, object]]:
+        each = {name: await c.get_property(name) for name in await c.get_all()}
+        return await c.get_status(), await c.get_all(), each
+
+    status, every, each = with_client(work)
+    assert status == every == each
+    snap = s.core.snapshot
+    assert status["State"] == "loaded"
+    assert status["CrashRegion"] == list(snap.crash_region)
+    assert status["CrashRegionUsed"] == list(snap.crash_region_used)
+    assert status["LoadedAt"] == snap.loaded_at
+    assert status["InterfaceRevision"] == names.INTERFACE_REVISION
+    assert status["FallbackUnload"] is False
+
+
+def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
+    serve_fake()
+
+    async def work(c: DaemonClient) -> dict[str, str]:
+        (values,) = (await c.call_raw("GetStatus")).body
+        return {k: v.signature for k, v in values.items()}
+
+    sigs = with_client(work)
+    assert sigs["CrashRegion"] == "(tt)" and sigs["LoadedAt"] == "t"
+    assert sigs["InterfaceRevision"] == "u" and sigs["FallbackUnload"] == "b"
+    assert len(sigs) == 18
+
+
+def test_property_errors_are_named(serve_fake: Any) -> None:
+    serve_fake()
+
+    async def work(c: DaemonClient) -> list[tuple[str, str]]:
+        return [
+            await error_of(c, "Get", "ss", [names.INTERFACE, "Nope"], interface=names.PROPERTIES),
+            await error_of(
+                c,
+                "Set",
+                "ssv",
+                [names.INTERFACE, "State", Variant("s", "loaded")],
+                interface=names.PROPERTIES,
+            ),
+            await error_of(
+                c, "Get", "ss", ["org.example.Other", "State"], interface=names.PROPERTIES
+            ),
+            await error_of(c, "Get", "s", [names.INTERFACE], interface=names.PROPERTIES),
+        ]
+
+    unknown, readonly, other, badsig = with_client(work)
+    assert unknown[0] == names.ERROR_UNKNOWN_PROPERTY and "'Nope'" in unknown[1]
+    assert readonly[0] == names.ERROR_PROPERTY_READ_ONLY and "State" in readonly[1]
+    assert other[0] == names.ERROR_UNKNOWN_INTERFACE
+    assert badsig[0] == names.ERROR_INVALID_ARGS and "expected arguments of type 'ss'" in badsig[1]
+
+
+def test_properties_changed_carries_the_new_values(serve_fake: Any) -> None:
+    s = serve_fake()
+
+    async def work(c: DaemonClient) -> list[Message]:
+        got = await listen(c, "PropertiesChanged")
+        await asyncio.to_thread(
+            s.on_loop, lambda: s.core.publish(state="degraded", last_error="kernal: unknown key")
+        )
+        await settle(got)
+        return got
+
+    (sig,) = with_client(work)
+    iface, changed, invalidated = sig.body
+    assert iface == names.INTERFACE and invalidated == []
+    assert {k: v.value for k, v in changed.items()} == {
+        "State": "degraded",
+        "LastError": "kernal: unknown key",
+    }
+
+
+# ---- Reload / Unload ----
+
+
+def test_reload_passes_options_and_reason_and_signals(serve_fake: Any) -> None:
+    s = serve_fake()
+
+    async def work(c: DaemonClient) -> tuple[dict[str, object], list[Message], list[Message]]:
+        finished = await listen(c, "ReloadFinished")
+        changed = await listen(c, "PropertiesChanged")
+        status = await c.reload({"force": True, "kernel": "/boot/k", "reason": "test"})
+        await settle(finished)
+        await settle(changed)
+        return status, finished, changed
+
+    status, finished, changed = with_client(work)
+    assert s.core.calls == [("reload", "test", {"force": True, "kernel": "/boot/k"})]
+    assert status["Generation"] == 2 and status["LastReloadReason"] == "test"
+    body = {k: v.value for k, v in finished[0].body[0].items()}
+    assert body == {
+        "Operation": "reload",
+        "Success": True,
+        "Error": "",
+        "Message": "",
+        "Reason": "test",
+        "Generation": 2,
+        "State": "loaded",
+    }
+    assert "Generation" in changed[0].body[1]
+
+
+def test_reload_default_reason_names_the_caller_uid(serve_fake: Any) -> None:
+    s = serve_fake()
+    with_client(lambda c: c.reload({}))
+    assert s.core.calls == [("reload", "Reload requested over D-Bus by uid 0", {})]
+
+
+def test_unload(serve_fake: Any) -> None:
+    s = serve_fake()
+    status = with_client(lambda c: c.unload({"wait": True}))
+    assert status["State"] == "not-loaded" and status["CrashRegionUsed"] == [0, 0]
+    assert s.core.calls == [("unload", "", {"wait": True})]
+
+
+@pytest.mark.parametrize(
+    ("signature", "body", "expect"),
+    [
+        ("s", ["force"], "Reload: expected arguments of type 'a{sv}', got 's'"),
+        ("", [], "Reload: expected arguments of type 'a{sv}', got ''"),
+        ("a{sv}", [{"forse": Variant("b", True)}], "Reload option 'forse': unknown"),
+        ("a{sv}", [{"force": Variant("s", "yes")}], "expected D-Bus type 'b', got 's'"),
+        ("a{sv}", [{"kernel": Variant("u", 7)}], "Reload option 'kernel': expected D-Bus type 's'"),
+    ],
+)
+def test_invalid_arguments_get_a_named_error_and_change_nothing(
+    serve_fake: Any, signature: str, body: list[object], expect: str
+) -> None:
+    s = serve_fake()
+
+    async def work(c: DaemonClient) -> tuple[tuple[str, str], dict[str, object]]:
+        return await error_of(c, "Reload", signature, body), await c.get_status()
+
+    (name, text), status = with_client(work)
+    assert name == names.ERROR_INVALID_ARGS and expect in text
+    assert s.core.calls == [] and status["Generation"] == 1
+
+
+def test_unknown_method_and_interface(serve_fake: Any) -> None:
+    serve_fake()
+
+    async def work(c: DaemonClient) -> list[tuple[str, str]]:
+        return [
+            await error_of(c, "Explode"),
+            await error_of(c, "Reload", "a{sv}", [{}], interface="org.example.Other"),
+        ]
+
+    method, iface = with_client(work)
+    assert method[0] == names.ERROR_UNKNOWN_METHOD and "'Explode'" in method[1]
+    assert iface[0] == names.ERROR_UNKNOWN_INTERFACE
+
+
+@pytest.mark.parametrize(
+    ("exc", "name"),
+    [
+        (ConfigError("/etc/xenkdump.yaml: kernal: unknown key"), names.ERROR_INVALID_CONFIG),
+        (ImageError("/boot/vmlinuz: expected a bzImage, found ELF"), names.ERROR_IMAGE_INVALID),
+        (PlanError("crash region: needs 80 MiB, has 64 MiB"), names.ERROR_DOES_NOT_FIT),
+        (HypervisorUnavailable("xc_interface_open", 13), names.ERROR_HYPERVISOR_UNAVAILABLE),
+        (HypervisorError("xc_kexec_load", 22, "bad segment"), names.ERROR_HYPERVISOR_FAILED),
+        (BusyError("a load is already running"), names.ERROR_BUSY),
+        (OperationError("/run/xenkdump: read-only"), names.ERROR_FAILED),
+        (ZeroDivisionError("bug"), names.ERROR_INTERNAL),
+    ],
+)
+def test_core_errors_cross_as_named_errors(serve_fake: Any, exc: BaseException, name: str) -> None:
+    s = serve_fake()
+    s.core.fail = exc
+
+    async def work(c: DaemonClient) -> tuple[tuple[str, str], list[Message], dict[str, object]]:
+        finished = await listen(c, "ReloadFinished")
+        err = await error_of(c, "Reload", "a{sv}", [{}])
+        await settle(finished)
+        return err, finished, await c.get_status()
+
+    (got, text), finished, status = with_client(work)
+    assert got == name
+    assert "\n" not in text and (str(exc) in text or name == names.ERROR_INTERNAL)
+    body = {k: v.value for k, v in finished[0].body[0].items()}
+    assert body["Success"] is False and body["Error"] == name
+    # The service survives and keeps answering.
+    assert status["State"] == "degraded"
+
+
+def test_client_maps_remote_errors_to_exit_codes(serve_fake: Any) -> None:
+    s = serve_fake()
+    s.core.fail = ConfigError("/etc/xenkdump.yaml: kernal: unknown key")
+    with pytest.raises(errors.RemoteError) as info:
+        with_client(lambda c: c.reload({}))
+    assert info.value.name == names.ERROR_INVALID_CONFIG and info.value.exit_code == 2
+    s.core.fail = HypervisorError("xc_kexec_load", 16)
+    with pytest.raises(errors.RemoteError) as info:
+        with_client(lambda c: c.reload({}))
+    assert info.value.exit_code == 1 and "EBUSY" in str(info.value)
+
+
+def test_status_is_prompt_while_a_reload_runs_and_busy_without_wait(serve_fake: Any) -> None:
+    s = serve_fake()
+    gate: asyncio.Event = s.run(_make_event())
+    s.core.gate = gate
+
+    async def work(c: DaemonClient) -> tuple[float, tuple[str, str], dict[str, object]]:
+        running = asyncio.ensure_future(c.reload({}))
+        while not s.core.busy:
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        for _ in range(20):
+            await c.get_status()
+        elapsed = time.monotonic() - t0
+        other = await DaemonClient.connect()
+        async with other:
+            busy = await error_of(other, "Reload", "a{sv}", [{"wait": Variant("b", False)}])
+        s.loop.call_soon_threadsafe(gate.set)
+        return elapsed, busy, await running
+
+    elapsed, busy, status = with_client(work)
+    assert elapsed < 2.0  # 20 reads while the reload is parked (no timing goal here)
+    assert busy[0] == names.ERROR_BUSY and "already running" in busy[1]
+    assert status["Generation"] == 2
+
+
+def test_150_concurrent_clients_are_all_answered(serve_fake: Any, private_bus: str) -> None:
+    """Bursts fill the service's socket buffer; it must wait, not leave the bus (EAGAIN)."""
+    serve_fake()
+
+    async def go() -> list[object]:
+        conns = [await DaemonClient.connect(private_bus) for _ in range(150)]
+
+        async def one(c: DaemonClient) -> None:
+            for _ in range(5):
+                await asyncio.wait_for(c.get_status(), 10)
+
+        try:
+            return await asyncio.gather(*(one(c) for c in conns), return_exceptions=True)
+        finally:
+            for c in conns:
+                await c.close()
+
+    results = client.run(go())
+    assert [r for r in results if r is not None] == []
+    assert with_client(lambda c: c.get_property("State")) == "loaded"  # still on the bus
+
+
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+# ---- who may call ----
+
+
+def test_daemon_side_uid_check(serve_fake: Any) -> None:
+    s = serve_fake(allowed_uids=frozenset({4242}))
+
+    async def work(c: DaemonClient) -> tuple[tuple[str, str], tuple[str, str], dict[str, object]]:
+        return (
+            await error_of(c, "Reload", "a{sv}", [{}]),
+            await error_of(c, "Unload", "a{sv}", [{}]),
+            await c.get_status(),  # reading is for everyone
+        )
+
+    reload, unload, status = with_client(work)
+    assert reload == (names.ERROR_NOT_PERMITTED, "Reload: uid 0 may not call it (only root may)")
+    assert unload[0] == names.ERROR_NOT_PERMITTED
+    assert s.core.calls == [] and status["Generation"] == 1
+
+
+def test_nobody_can_read_but_not_reload_even_on_an_open_bus(
+    serve_fake: Any, private_bus: str, run_as_nobody: Any
+) -> None:
+    if shutil.which("busctl") is None:
+        pytest.skip("busctl (systemd) is not installed")
+    s = serve_fake()
+    base = ["busctl", f"--address={private_bus}"]
+    read = run_as_nobody(
+        [*base, "call", names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE, "GetStatus"]
+    )
+    assert read.returncode == 0, read.stderr
+    assert '"State" s "loaded"' in read.stdout
+    denied = run_as_nobody(
+        [*base, "call", names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE, "Reload", "a{sv}", "0"]
+    )
+    assert denied.returncode != 0
+    assert "uid 65534 may not call it" in denied.stderr
+    assert s.core.calls == []
+
+
+# ---- serve() itself ----
+
+
+def test_name_taken_is_one_line_operation_error(serve_fake: Any, private_bus: str) -> None:
+    serve_fake()
+
+    async def second() -> None:
+        await serve(_Idle(), private_bus)
+
+    with pytest.raises(
+        OperationError, match=r"another process owns it \(is xenkdumpd already running\?\)"
+    ):
+        client.run(second())
+
+
+def test_no_bus_is_one_line_operation_error(tmp_path: Path) -> None:
+    address = f"unix:path={tmp_path}/nothing"
+
+    async def go() -> None:
+        await serve(_Idle(), address)
+
+    with pytest.raises(
+        OperationError, match=rf"cannot connect to the D-Bus system bus at {address}"
+    ):
+        client.run(go())
+
+
+def test_close_releases_the_name(serve_fake: Any) -> None:
+    s = serve_fake()
+    assert with_client(lambda c: c.has_owner())
+    s.run(s.handle.close())
+    assert not with_client(lambda c: c.has_owner())
+    with pytest.raises(OperationError, match=r"no owner of org\.xenkdump\.Kdump1"):
+        with_client(lambda c: c.require_owner())
+
+
+class _Idle:
+    def status(self) -> Any:
+        raise AssertionError("not called")
+
+    async def reload(self, reason: str, options: Any) -> Any:
+        raise AssertionError("not called")
+
+    async def unload(self, options: Any) -> Any:
+        raise AssertionError("not called")
+
+    def subscribe(self, callback: Any) -> None:
+        pass
