@@ -1,4 +1,4 @@
-"""Shared fixtures.  Tiers: unit/ (pure), contract/ (hypervisor port), cli/, daemon/, e2e/ (real Xen)."""
+"""Shared fixtures.  Tiers: unit, contract (hypervisor port), cli, daemon, e2e (real Xen)."""
 
 from __future__ import annotations
 
