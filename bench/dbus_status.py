@@ -12,99 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from benchlib import running_daemon
 from xenkdump.dbus import client
 from xenkdump.dbus.client import DaemonClient
-
-REPO = Path(__file__).resolve().parents[1]
-XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>
-"""
-
-
-def test_kernel() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "fetch-test-kernel.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip())
-
-
-@contextmanager
-def private_daemon() -> Iterator[tuple[str, int]]:
-    """A private bus with xenkdumpd serving on it: (address, daemon pid)."""
-    with tempfile.TemporaryDirectory(prefix="xenkdump-bench-") as tmp:
-        root = Path(tmp)
-        (root / "bus.conf").write_text(BUS_CONFIG.format(socket=root / "bus"))
-        bus = subprocess.Popen(
-            ["dbus-daemon", "--config-file", str(root / "bus.conf"), "--nofork", "--print-address"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert bus.stdout is not None
-        address = bus.stdout.readline().strip()
-        boot = root / "boot"
-        boot.mkdir()
-        kernel = boot / "vmlinuz-bench"
-        shutil.copyfile(test_kernel(), kernel)
-        (boot / "initrd.img-bench").write_bytes(os.urandom(1 << 20))
-        config = root / "xenkdump.yaml"
-        config.write_text(
-            f"kernel: {kernel}\ninitrd: auto\ncmdline:\n  base: console=ttyS0\n"
-            f"state_dir: {root / 'state'}\nboot_dir: {boot}\ntopology_check_interval: 3600\n"
-        )
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(root / "notify"))
-        sock.settimeout(120)
-        env = dict(os.environ, NOTIFY_SOCKET=str(root / "notify"), DBUS_SYSTEM_BUS_ADDRESS=address)
-        env.pop("INVOCATION_ID", None)
-        env.pop("JOURNAL_STREAM", None)
-        host = f"sim:{root / 'host.yaml'}"
-        log = (root / "xenkdumpd.log").open("w")
-        proc = subprocess.Popen(
-            [str(XENKDUMPD), "--config", str(config), "--hypervisor", host],
-            env=env,
-            stderr=log,
-        )
-        try:
-            while b"READY=1" not in sock.recv(65536):
-                pass
-            yield address, proc.pid
-        finally:
-            sock.close()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-            bus.terminate()
-            bus.wait(10)
-            bus.stdout.close()
-            log.close()
 
 
 def pct(values: list[float], p: float) -> float:
@@ -199,8 +114,9 @@ def main() -> int:
     if args.address:
         report(args.address, None, args)
         return 0
-    with private_daemon() as (address, pid):
-        report(address, pid, args)
+    with running_daemon() as daemon:
+        assert daemon.address is not None
+        report(daemon.address, daemon.pid, args)
     return 0
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from benchlib import test_kernel
 from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH
 from xenkdump.hv.select import open_hypervisor, xen_present
 from xenkdump.image import loader
@@ -47,21 +48,10 @@ from xenkdump.image.planner import (
 )
 from xenkdump.state.record import RecordStore
 
-REPO = Path(__file__).resolve().parents[1]
 CMDLINE = "console=ttyS0,115200 irqpoll nr_cpus=1 reset_devices"
 INITRD_BYTES = 30 * 10**6
 STAGES = ("read", "hash", "host", "build", "hypercall", "record")
 T = TypeVar("T")
-
-
-def test_kernel() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "fetch-test-kernel.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip())
 
 
 def timed(times: dict[str, list[float]], stage: str, fn: Callable[[], T]) -> T:

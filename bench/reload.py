@@ -27,25 +27,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from benchlib import XENKDUMPD, test_kernel
 from xenkdump.daemon.engine import Load, Scope
 from xenkdump.daemon.executor import Executor
 from xenkdump.hv.port import AddressRange, Segment
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.settings.load import parse_settings
 
-REPO = Path(__file__).resolve().parents[1]
-XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
 DEBOUNCE = 0.5
-
-
-def test_kernel() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "fetch-test-kernel.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip())
 
 
 def setup(root: Path) -> tuple[Path, Path]:
