@@ -287,3 +287,46 @@ def test_rss_stays_flat_over_50000_calls(daemon: Running) -> None:
     before, after, elapsed = with_client(work)
     print(f"RSS {before} KiB -> {after} KiB over 50,000 calls in {elapsed:.1f} s")
     assert after - before < 3 * 1024, f"RSS grew {after - before} KiB"
+
+
+def _bus_pid(address: str) -> int:
+    """The pid of the private dbus-daemon listening at ``address``."""
+    directory = address.split("path=", 1)[1].split(",", 1)[0].rsplit("/", 1)[0]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"{directory}/bus.conf".encode() in argv:
+                return int(proc.name)
+    raise AssertionError(f"no dbus-daemon for {address}")
+
+
+def test_losing_the_bus_exits_non_zero_and_keeps_the_image(
+    tmp_path: Path, debian_kernel: Path, private_bus: str
+) -> None:
+    """systemd (Restart=on-failure) must restart a daemon that fell off the bus; the
+    armed crash kernel is not touched on the way out."""
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    kernel = boot / "vmlinuz-6.1.0-test"
+    shutil.copyfile(debian_kernel, kernel)
+    (tmp_path / "xenkdump.yaml").write_text(
+        f"kernel: {kernel}\ninitrd: none\ncmdline:\n  base: console=ttyS0\n"
+        f"state_dir: {tmp_path / 'state'}\nboot_dir: {boot}\ntopology_check_interval: 3600\n"
+    )
+    proc, log = start_daemon(tmp_path, private_bus)
+    record = (tmp_path / "state" / "state.json").read_bytes()
+    os.kill(_bus_pid(private_bus), signal.SIGKILL)
+    try:
+        assert proc.wait(30) == 1, log.read_text()
+    finally:
+        stop(proc)
+    assert "lost the D-Bus connection" in log.read_text()
+    assert "Traceback" not in log.read_text()
+    assert (tmp_path / "state" / "state.json").read_bytes() == record
+    from xenkdump.hv.sim import SimulatedHypervisor  # noqa: PLC0415
+
+    with SimulatedHypervisor.open(tmp_path / "host.yaml") as sim:
+        assert sim.armed_image_intact(1)

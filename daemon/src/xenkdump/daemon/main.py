@@ -180,10 +180,12 @@ class Daemon:
         """Wait for SIGTERM; if the bus goes away first, exit non-zero so that systemd
         (Restart=on-failure) starts us again and we re-own the name.  The crash kernel
         stays armed meanwhile."""
-        stop = asyncio.ensure_future(self.stop.wait())
+        stop: asyncio.Future[object] = asyncio.ensure_future(self.stop.wait())
         # Shielded: cancelling our wait must not cancel the bus's own disconnect future,
         # which close() awaits later.
-        lost = asyncio.ensure_future(asyncio.shield(handle.wait_disconnected()))
+        lost: asyncio.Future[object] = asyncio.ensure_future(
+            asyncio.shield(handle.wait_disconnected())
+        )
         done, pending = await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()

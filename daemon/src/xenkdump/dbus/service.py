@@ -91,7 +91,10 @@ class _Writer(_MessageWriter):
                     return
         except Exception as exc:
             if self.fut is not None and not self.fut.done():
-                if self.bus._user_disconnect:
+                # A closed socket (the bus went away) is a disconnect, which _finalize
+                # reports to every pending call; failing this send's future as well
+                # would only leave an exception nobody retrieves.
+                if self.bus._user_disconnect or isinstance(exc, OSError):
                     self.fut.set_result(None)
                 else:
                     self.fut.set_exception(exc)

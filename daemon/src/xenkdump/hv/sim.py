@@ -63,8 +63,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from xenkdump.errors import ConfigError, HypervisorError, InputError
 from xenkdump.hv.port import (
@@ -79,6 +78,7 @@ from xenkdump.hv.port import (
     KEXEC_TYPE_DEFAULT,
     PAGE_SIZE,
     AddressRange,
+    ClosingContext,
     E820Entry,
     PhysInfo,
     Segment,
@@ -304,7 +304,7 @@ def _segment_digest(seg: Segment) -> str | None:
     return h.hexdigest()
 
 
-class SimulatedHypervisor:
+class SimulatedHypervisor(ClosingContext):
     """The hypervisor port on a simulated host described by a YAML file."""
 
     name = "sim"
@@ -570,17 +570,6 @@ class SimulatedHypervisor:
 
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own files."""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- test-only introspection ----------------------------------------------
 

@@ -15,8 +15,7 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import xenkdump_xenctrl as xc
 from xenkdump.errors import HypervisorError, HypervisorUnavailable
@@ -28,6 +27,7 @@ from xenkdump.hv.port import (
     MIN_XEN_VERSION,
     PAGE_SIZE,
     AddressRange,
+    ClosingContext,
     E820Entry,
     PhysInfo,
     Segment,
@@ -129,7 +129,7 @@ def _open_failure(err: int, logged: str) -> HypervisorUnavailable:
     return HypervisorUnavailable("xc_interface_open", err, cause)
 
 
-class XenHypervisor:
+class XenHypervisor(ClosingContext):
     """``xenkdump.hv.port.Hypervisor`` on a real PV dom0.
 
     Open with ``XenHypervisor.open()`` and close deterministically (``with``
@@ -380,14 +380,3 @@ class XenHypervisor:
             self._log.close()
         if rc != 0:
             log.warning("xc_interface_close failed: errno %d %s", err, logged)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
