@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from e2e_harness import Assets, Job, prepare_assets
@@ -26,3 +27,22 @@ def job() -> Iterator[Job]:
             print(f"\n[e2e] kept {j.dir}")
         else:
             j.cleanup()
+
+
+# Issue 4 / CI order: the contract and peer scenarios first (they need no image
+# builder), then xenkdump's own load-and-crash, then the reload proof.
+_ORDER = ("test_harness_unit", "test_contract", "test_peer", "test_load_crash", "test_reload")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Reorder this directory's items among themselves; other items keep their places."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+
+    def rank(item: pytest.Item) -> int:
+        stem = item.path.stem
+        return _ORDER.index(stem) if stem in _ORDER else len(_ORDER)
+
+    ordered = sorted((items[i] for i in slots), key=rank)  # stable inside each file
+    for i, item in zip(slots, ordered, strict=True):
+        items[i] = item

@@ -1,13 +1,13 @@
 """Run inside dom0 by the e2e scenarios: ask Xen things through xenkdump's real adapter.
 
-    dom0_xen.py status
-        prints ``status=N crash=START+SIZE`` (N is Xen's KEXEC_CMD_kexec_status for
-        the crash slot: recorded, never trusted, xen-kexec-abi.md §1.8 D1)
-    dom0_xen.py bogus-load KERNEL INITRD CMDLINE STATE_DIR
-        plans the image exactly as ``xenkdumpctl load`` would (same half choice
-        from the state record), then hands it to Xen with arch 999 on purpose:
-        Xen copies the segments into the crash area and only then rejects the
-        arch (§1.8 D4).  Prints ``bogus-load half=H armed=H errno=E``.
+dom0_xen.py status
+    prints ``status=N crash=START+SIZE`` (N is Xen's KEXEC_CMD_kexec_status for
+    the crash slot: recorded, never trusted, xen-kexec-abi.md §1.8 D1)
+dom0_xen.py bogus-load KERNEL INITRD CMDLINE STATE_DIR
+    plans the image exactly as ``xenkdumpctl load`` would (same half choice
+    from the state record), then hands it to Xen with arch 999 on purpose:
+    Xen copies the segments into the crash area and only then rejects the
+    arch (§1.8 D4).  Prints ``bogus-load half=H armed=H errno=E``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def status() -> int:
 
 
 def bogus_load(kernel: str, initrd: str, cmdline: str, state_dir: str) -> int:
-    from xenkdump.image.loader import gather_host, plan_for_load, read_inputs
-    from xenkdump.state.record import RecordStore
+    # Imported here: ``status`` must work without the image builder.
+    from xenkdump.image.loader import gather_host, plan_for_load, read_inputs  # noqa: PLC0415
+    from xenkdump.state.record import RecordStore  # noqa: PLC0415
 
     with XenHypervisor.open() as hv:
         inputs = read_inputs(Path(kernel), Path(initrd), cmdline=cmdline)

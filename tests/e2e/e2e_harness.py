@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import gzip
 import hashlib
 import os
@@ -73,7 +74,7 @@ DOM0_MODULES = (
     "kernel/fs/9p/9p.ko",
 )
 
-CRASH_CMDLINE = "console=ttyS0,115200 irqpoll nr_cpus=1 reset_devices panic=-1 quiet loglevel=4"
+CRASH_CMDLINE = "console=ttyS0,115200 irqpoll nr_cpus=1 reset_devices panic=-1"
 MEMORY_MIB = int(os.environ.get("XENKDUMP_E2E_MEM", "1024"))
 CRASHKERNEL = "256M"
 DOM0_MEM = "512M"
@@ -81,6 +82,7 @@ DOM0_MEM = "512M"
 # Markers printed by the dom0 and crash init scripts (dom0-init.sh, crash-init.sh).
 DOM0_END = "XK-DOM0: end"
 CRASH_END = "XK-CRASH: end"
+CRASH_START = "Executing kexec image"  # Xen, on the dom0 panic (xen-qemu-lab.md "The crash")
 
 
 class HarnessError(RuntimeError):
@@ -90,9 +92,8 @@ class HarnessError(RuntimeError):
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
     if proc.returncode != 0:
-        raise HarnessError(
-            f"{' '.join(cmd)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}"
-        )
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise HarnessError(f"{' '.join(cmd)}: exit {proc.returncode}: {detail}")
     return proc  # type: ignore[no-any-return]
 
 
@@ -205,14 +206,9 @@ def _scanner() -> Path:
     return out
 
 
-_ASSETS: Assets | None = None
-
-
+@functools.cache
 def prepare_assets() -> Assets:
     """Install and cache what the boots need (once per process)."""
-    global _ASSETS
-    if _ASSETS is not None:
-        return _ASSETS
     E2E_CACHE.mkdir(parents=True, exist_ok=True)
     ensure_apt_packages()
     xen_root = unpacked_package("xen-hypervisor-4.17-amd64")
@@ -222,7 +218,7 @@ def prepare_assets() -> Assets:
     modules = kernel.parents[1] / "lib" / "modules" / release
     if not modules.is_dir():
         raise HarnessError(f"{modules}: the kernel's modules are missing")
-    _ASSETS = Assets(
+    assets = Assets(
         xen_elf=_xen_elf(xen_root),
         kernel=kernel,
         modules=modules,
@@ -232,11 +228,11 @@ def prepare_assets() -> Assets:
         scanner=_scanner(),
         qemu=Path("/usr/bin/qemu-system-x86_64"),
     )
-    for field in dataclasses.fields(_ASSETS):
-        path = getattr(_ASSETS, field.name)
+    for field in dataclasses.fields(assets):
+        path = getattr(assets, field.name)
         if not path.exists():
             raise HarnessError(f"{field.name}: {path} does not exist after installation")
-    return _ASSETS
+    return assets
 
 
 # ---------------------------------------------------------------------------
@@ -405,7 +401,7 @@ class Boot:
     serial: str
     returncode: int | None  # None: killed at the timeout
     elapsed: float
-    timed_out: bool
+    timed_out: bool  # killed at the timeout, or silent too long after the crash
     stopped_on: str | None  # the end marker that made us stop QEMU
 
     def tail(self, lines: int = 60) -> str:
@@ -472,6 +468,7 @@ def boot(
     timeout: float = 300.0,
     end_markers: tuple[str, ...] = (DOM0_END, CRASH_END),
     grace: float = 2.0,
+    stall: float = 90.0,
     xen_extra: str = "",
 ) -> Boot:
     """Boot Xen + dom0 once, run ``job``'s scenario, stop QEMU at an end marker or timeout."""
@@ -481,7 +478,9 @@ def boot(
     cmd = qemu_command(assets, dom0_initrd, job, serial, xen_extra=xen_extra)
     (job.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
     with _one_qemu_at_a_time():
-        return _run_qemu(cmd, job, serial, timeout, end_markers, grace)
+        return _run_qemu(
+            cmd, job, serial, timeout=timeout, end_markers=end_markers, grace=grace, stall=stall
+        )
 
 
 @contextlib.contextmanager
@@ -497,13 +496,16 @@ def _run_qemu(
     cmd: list[str],
     job: Job,
     serial: Path,
+    *,
     timeout: float,
     end_markers: tuple[str, ...],
     grace: float,
+    stall: float,
 ) -> Boot:
     stopped_on: str | None = None
     timed_out = False
     start = time.monotonic()
+    last_size, last_growth = 0, start
     with (job.dir / "qemu.stderr").open("wb") as err:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True
@@ -514,12 +516,15 @@ def _run_qemu(
             hit = next((m for m in end_markers if m in text), None)
             if hit is not None:
                 stopped_on = hit
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=grace)  # let poweroff finish on its own
-                except subprocess.TimeoutExpired:
-                    pass
                 break
-            if time.monotonic() - start > timeout:
+            now = time.monotonic()
+            if len(text) != last_size:
+                last_size, last_growth = len(text), now
+            # Once Xen has jumped to the crash image, silence means it will not boot.
+            stalled = CRASH_START in text and now - last_growth > stall
+            if now - start > timeout or stalled:
                 timed_out = True
                 break
             time.sleep(0.5)

@@ -19,6 +19,7 @@ VENV_PY = REPO / ".venv" / "bin" / "python"
 XENKDUMPCTL = f"{VENV_PY} -m xenkdump.cli.ctl"
 LOADER_MODULE = REPO / "daemon" / "src" / "xenkdump" / "image" / "loader.py"
 DOM0_XEN = Path(__file__).resolve().parent / "dom0_xen.py"
+LIBXENCTRL = "/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.17"  # Debian's libxenmisc4.17
 TOKEN_FILE = "/run/xk-token"  # /run is a tmpfs in dom0 (dom0-init.sh): memory it keeps
 
 
@@ -42,7 +43,7 @@ def write_token(token: bytes) -> str:
     """Put the token's raw bytes into a tmpfs file; only its hex form crosses 9p."""
     return "\n".join(
         [
-            f"/usr/bin/python3 -c 'import sys; open(sys.argv[1], \"wb\").write("
+            f'/usr/bin/python3 -c \'import sys; open(sys.argv[1], "wb").write('
             f"bytes.fromhex(sys.argv[2]))' {TOKEN_FILE} {token.hex()}",
             f'say "token written $(stat -c %s {TOKEN_FILE}) bytes"',
         ]
@@ -52,8 +53,7 @@ def write_token(token: bytes) -> str:
 def kexec_tools_load(assets: Assets, initrd: Path, label: str = "kexec-tools") -> str:
     """``kexec -p`` (the peer), timed; Debian's kexec loads through libxenctrl in a dom0."""
     cmd = (
-        f"{assets.kexec} -p {assets.kernel} --initrd={initrd} "
-        f"--append={shlex.quote(CRASH_CMDLINE)}"
+        f"{assets.kexec} -p {assets.kernel} --initrd={initrd} --append={shlex.quote(CRASH_CMDLINE)}"
     )
     return "\n".join(
         [
@@ -66,10 +66,15 @@ def kexec_tools_load(assets: Assets, initrd: Path, label: str = "kexec-tools") -
     )
 
 
-def xenkdump_load(assets: Assets, initrd: Path, label: str, state_dir: str) -> str:
-    """``xenkdumpctl load`` from the checkout, run by the host's Python in dom0, timed."""
+def xenkdump_load(
+    assets: Assets, initrd: Path, label: str, state_dir: str, *, env: str = ""
+) -> str:
+    """``xenkdumpctl load`` from the checkout, run by the host's Python in dom0, timed.
+
+    ``env`` is an optional ``NAME=value ...`` prefix for the command.
+    """
     cmd = (
-        f"{XENKDUMPCTL} --hypervisor xen load --kernel {assets.kernel} --initrd {initrd} "
+        f"{env} {XENKDUMPCTL} --hypervisor xen load --kernel {assets.kernel} --initrd {initrd} "
         f"--cmdline {shlex.quote(CRASH_CMDLINE)} --state-dir {state_dir}"
     )
     return "\n".join(
@@ -137,7 +142,7 @@ class Run:
 
     def fail(self, msg: str, around: str | None = None) -> NoReturn:
         state = (
-            f"QEMU killed after {self.boot.elapsed:.0f}s (timeout)"
+            f"QEMU killed after {self.boot.elapsed:.0f}s (timeout, or no output after the crash)"
             if self.boot.timed_out
             else f"boot took {self.boot.elapsed:.0f}s, stopped on {self.boot.stopped_on!r}"
         )

@@ -24,7 +24,9 @@ STATE = "/run/xk-state"
 )
 def test_xenkdump_load_and_crash(assets: Assets, job: Job) -> None:
     token = os.urandom(32)
-    initrd = build_crash_initramfs(assets, job.dir / "crash-ours.cpio.gz", marker="ours", token=token)
+    initrd = build_crash_initramfs(
+        assets, job.dir / "crash-ours.cpio.gz", marker="ours", token=token
+    )
     job.write_scenario(
         "\n".join(
             [

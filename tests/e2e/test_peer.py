@@ -25,11 +25,21 @@ BENCH_OUT = REPO / "bench" / "out" / "e2e_peer.json"
 @pytest.mark.e2e
 def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
     token = os.urandom(32)
-    initrd = build_crash_initramfs(assets, job.dir / "crash-peer.cpio.gz", marker="peer", token=token)
+    initrd = build_crash_initramfs(
+        assets, job.dir / "crash-peer.cpio.gz", marker="peer", token=token
+    )
     ours = sc.loader_present()
     steps = [sc.prelude(), sc.write_token(token)]
     if ours:
-        steps += [sc.xenkdump_load(assets, initrd, f"ours{i}", "/run/xk-state") for i in range(ROUNDS)]
+        steps += [
+            sc.xenkdump_load(assets, initrd, f"ours{i}", "/run/xk-state") for i in range(ROUNDS)
+        ]
+        # The same with libxenctrl's path given: shows what soname probing costs.
+        lib = f"XENKDUMP_LIBXENCTRL={sc.LIBXENCTRL}"
+        steps += [
+            sc.xenkdump_load(assets, initrd, f"libpath{i}", "/run/xk-state", env=lib)
+            for i in range(ROUNDS)
+        ]
     # kexec-tools last, so the crash runs its image.
     steps += [sc.kexec_tools_load(assets, initrd, f"kexec-tools{i}") for i in range(ROUNDS)]
     steps.append(sc.crash())
@@ -42,24 +52,28 @@ def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
 
     loads = {v["_0"]: v for v in run.values("load")}
     theirs_ns = []
-    ours_ns = []
+    ours_ns: list[int] = []
+    libpath_ns: list[int] = []
     ours_failures = []
     for i in range(ROUNDS):
         rec = loads.get(f"kexec-tools{i}")
         run.expect(rec and rec["rc"] == "0", f"kexec -p round {i} failed: {rec}", "XK-SCEN:")
         assert rec is not None
         theirs_ns.append(int(rec["ns"]))
-        mine = loads.get(f"ours{i}")
-        # Our loader's correctness is test_load_and_crash's job; here it only gives a figure.
-        if mine and mine["rc"] == "0":
-            ours_ns.append(int(mine["ns"]))
-        elif ours:
-            ours_failures.append(f"round {i}: {mine} " + job.read_out(f"ours{i}.log")[-300:])
+        # Our loader's correctness is test_load_and_crash's job; here it only gives figures.
+        for label, into in (("ours", ours_ns), ("libpath", libpath_ns)):
+            mine = loads.get(f"{label}{i}")
+            if mine and mine["rc"] == "0":
+                into.append(int(mine["ns"]))
+            elif ours:
+                tail = job.read_out(f"{label}{i}.log")[-300:]
+                ours_failures.append(f"{label} round {i}: {mine} {tail}")
 
     dump = run.expect_crash_dump("peer")
 
     theirs_med = statistics.median(theirs_ns)
     ours_med = statistics.median(ours_ns) if ours_ns else None
+    lib_med = statistics.median(libpath_ns) if libpath_ns else None
     if not ours:
         why = "xenkdump's loader (xenkdump/image/loader.py) is not in the tree yet"
     elif ours_failures:
@@ -77,6 +91,10 @@ def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
         "kexec_tools_median_s": theirs_med / 1e9,
         "xenkdump_median_s": None if ours_med is None else ours_med / 1e9,
         "ratio_ours_over_kexec_tools": None if ours_med is None else ours_med / theirs_med,
+        "xenkdump_libpath_ns": libpath_ns,
+        "xenkdump_libpath_median_s": None if lib_med is None else lib_med / 1e9,
+        "ratio_ours_libpath_over_kexec_tools": None if lib_med is None else lib_med / theirs_med,
+        "libpath_note": f"XENKDUMP_LIBXENCTRL={sc.LIBXENCTRL} (no soname probing)",
         "ratio_missing_because": why,
         "boot_seconds": round(result.elapsed, 1),
         "crash": dump,

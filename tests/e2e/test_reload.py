@@ -12,6 +12,7 @@ the parity of load/unload calls, §1.8 D1, so it is printed, not asserted).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import scenarios as sc
@@ -31,7 +32,7 @@ def _statuses(run: sc.Run) -> list[str]:
     return [" ".join(v.values()) for v in run.values("xen")]
 
 
-def _initrds(assets: Assets, job: Job, token: bytes) -> tuple[os.PathLike[str], os.PathLike[str]]:
+def _initrds(assets: Assets, job: Job, token: bytes) -> tuple[Path, Path]:
     a = build_crash_initramfs(assets, job.dir / "crash-A.cpio.gz", marker="A", token=token)
     b = build_crash_initramfs(assets, job.dir / "crash-B.cpio.gz", marker="B", token=token)
     return a, b
@@ -62,6 +63,11 @@ def test_rejected_reload_keeps_armed_image(assets: Assets, job: Job) -> None:
     run.expect(bogus, "the wrong-arch load of B did not run", "XK-SCEN:")
     # Xen must reject it (EINVAL from machine_kexec_load, §1.8 D4), not accept it.
     run.expect(bogus[0].get("errno") == "22", f"expected EINVAL for arch 999: {bogus}", "XK-SCEN:")
+    run.expect(
+        bogus[0].get("armed") not in (None, "none"),
+        f"the planner saw no armed image after loading A: {bogus}",
+        "XK-SCEN:",
+    )
     run.expect(
         bogus[0].get("half") != bogus[0].get("armed"),
         f"B was planned into A's half: {bogus}",
