@@ -108,8 +108,12 @@ class PurgatoryHeader:
 class VerifiedRegion:
     """A region the purgatory hashes before it jumps.
 
-    ``sha256`` is the digest of the region's bytes as Xen leaves them: the
-    segment's buffer followed by zeros up to its dest_size (xen-kexec-abi.md §4.7).
+    ``sha256`` is the digest of the ``size`` bytes at ``start`` as Xen leaves them.
+    The planner verifies each segment's buffer (size = buf_size), not the zero tail
+    Xen adds up to dest_size: the tail is the kernel's decompression scratch space
+    (init_size), which carries nothing the crash kernel reads, and hashing its tens
+    of MiB would slow every plan and every crash for no protection (kexec-tools
+    hashes it, §4.7).  A region may still cover a tail where that matters.
     """
 
     start: int
