@@ -25,7 +25,7 @@ lint: setup
 
 # Real Xen 4.17 under QEMU (installs its own packages; about a minute a scenario).
 e2e: setup
-	$(PY) -m pytest -q -m e2e tests/e2e
+	$(PY) -m pytest -q -rP -m e2e tests/e2e
 
 # Everything: what CI runs (.ci/run).
 check: setup
@@ -33,7 +33,7 @@ check: setup
 	$(PY) -m ruff format --check daemon bindings tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest -q
-	$(PY) -m pytest -q -m e2e tests/e2e
+	$(PY) -m pytest -q -rP -m e2e tests/e2e
 
 # Benchmarks print figures (and ratios against the peer where one runs here); they
 # assert nothing.  The kexec-tools ratio on real Xen comes from the e2e peer scenario.

@@ -164,11 +164,14 @@ def open_library(path: str | None = None) -> Library:
         return Library(ctrl=ctrl, c=ffi.dlopen(None), path=override)
     tried = soname_candidates()
     for name in tried:
+        # Probe with a plain dlopen first: a failing ffi.dlopen() falls back to
+        # ctypes.util.find_library(), which runs ldconfig and gcc for every miss
+        # (seconds each on a dom0 under emulation, measured in tests/e2e).
         try:
-            ctrl = ffi.dlopen(name)
+            ctypes.CDLL(name)
         except OSError:
             continue
-        return Library(ctrl=ctrl, c=ffi.dlopen(None), path=name)
+        return Library(ctrl=ffi.dlopen(name), c=ffi.dlopen(None), path=name)
     found = ctypes.util.find_library("xenctrl")
     if found is not None:
         try:

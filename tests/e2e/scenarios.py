@@ -89,6 +89,13 @@ def xenkdump_load(
     )
 
 
+def in_process_args(
+    assets: Assets, initrd: Path, rounds: int, state_dir: str = "/run/xk-state"
+) -> str:
+    """dom0_xen.py arguments for ``rounds`` timed loads inside one Python process."""
+    return f"timed-load {assets.kernel} {initrd} {shlex.quote(CRASH_CMDLINE)} {state_dir} {rounds}"
+
+
 def xen_query(args: str, label: str) -> str:
     """One call of dom0_xen.py (the project's real adapter); prints ``XK-SCEN: xen LABEL ...``."""
     return f"{VENV_PY} {DOM0_XEN} {args} 2>&1 | sed 's/^/XK-SCEN: xen {label} /'"
