@@ -17,12 +17,11 @@ from xenkdump.image.cmdline import (
 
 # A Debian dom0's /proc/cmdline under Xen, as GRUB's 20_linux_xen writes it.
 DOM0 = (
-    "placeholder root=UUID=1b2c3d4e ro console=hvc0 earlyprintk=xen xencons=hvc "
-    "xen-pciback.hide=(0000:03:00.0) xen_nopvspin dom0_mem=4096M crashkernel=256M quiet"
+    "BOOT_IMAGE=/boot/vmlinuz-6.1.0-56-amd64 root=UUID=1b2c3d4e ro console=hvc0 "
+    "earlyprintk=xen xencons=hvc xen-pciback.hide=(0000:03:00.0) xen_nopvspin "
+    "dom0_mem=4096M crashkernel=256M quiet"
 )
-DOM0 = DOM0.replace("placeholder", "BOOT_IMAGE=/boot/vmlinuz-6.1.0-56-amd64")
-XEN = "placeholder console=com1,vga com1=115200,8n1 dom0_mem=4096M,max:4096M crashkernel=256M"
-XEN = XEN.replace("placeholder ", "")
+XEN = "console=com1,vga com1=115200,8n1 dom0_mem=4096M,max:4096M crashkernel=256M"
 EHDR = 0xBFBFC000  # 1 KiB aligned
 
 

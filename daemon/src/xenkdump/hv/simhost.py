@@ -14,7 +14,7 @@ CPUs, Xen 4.17.7).  The file format, with the defaults::
     xen:
       version: "4.17"               # "MAJOR.MINOR", a string ("4.10" is not 4.1)
       extraversion: ".7"
-      command_line: "placeholder console=com1 ..."
+      command_line: "console=com1 ..."
       range: {start: 0xbe800000, size: 0x800000}      # KEXEC_RANGE_MA_XEN
       vmcoreinfo: {start: 0xbe9c3000, size: 4096}     # KEXEC_RANGE_MA_VMCOREINFO
       kexec_reloc_va: 0xffff82d04036d000              # where Xen's kexec_reloc runs (§3.1 step 6)
@@ -127,9 +127,7 @@ def default_host() -> SimHost:
     return SimHost(
         xen_version=(4, 17),
         xen_extraversion=".7",
-        xen_command_line=(
-            "placeholder console=com1 com1=115200,8n1 dom0_mem=4G,max:4G crashkernel=256M"
-        ),
+        xen_command_line=("console=com1 com1=115200,8n1 dom0_mem=4G,max:4G crashkernel=256M"),
         # Xen relocates itself high below 4 GiB; its VMCOREINFO buffer is static (in .bss).
         xen_range=AddressRange(0xBE800000, 0x800000),
         vmcoreinfo_range=AddressRange(0xBE9C3000, 4096),
