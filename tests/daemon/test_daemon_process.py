@@ -325,8 +325,9 @@ def test_record_disagreeing_with_parity_reloads_into_free_half(
 
 
 def test_topology_change_rebuilds_only_the_core_header(host: Host) -> None:
-    # In process: the simulator reads its host file once (editing it "reboots" the
-    # simulated host), so the topology change is made on the open simulator's host.
+    # In process, to count the executor's file reads; a new possible CPU (a note
+    # buffer) is a boot-time fact for the simulator's file, so it is set on the open
+    # simulator's host (the process test below hot-plugs memory through the file).
     settings = load_settings(host.config)
 
     async def scenario() -> None:
@@ -363,6 +364,33 @@ def test_topology_change_rebuilds_only_the_core_header(host: Host) -> None:
             await core.close()
 
     asyncio.run(scenario())
+
+
+def test_memory_hotplug_seen_by_the_running_daemon_rebuilds_only_the_core_header(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    """The real process: Xen's machine memory map grows (hot-plug, edited in the simulated
+    host's file while the daemon runs); the periodic topology check rebuilds the ELF
+    core header into the free half and keeps the other segments' bytes."""
+    host.interval = 0.5
+    host.write_config()
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    first = host.record()
+    sim = host.sim()
+    text = host.host_file.read_text()
+    assert text.rstrip().endswith("type: ram}")  # memory_map is the last list in the file
+    host.host_file.write_text(text + "  - {addr: 0x440000000, size: 0x40000000, type: ram}\n")
+    d.wait_status("loaded: crash kernel armed (generation 2)", timeout=30)
+    second = host.record()
+    assert "host CPUs or memory map changed" in str(second["reason"])
+    assert second["host_fingerprint"] != first["host_fingerprint"]
+    seg1 = {s["kind"]: s["sha256"] for s in first["segments"]}
+    seg2 = {s["kind"]: s["sha256"] for s in second["segments"]}
+    assert seg2["kernel"] == seg1["kernel"] and seg2["initrd"] == seg1["initrd"]
+    assert seg2["elfcorehdr"] != seg1["elfcorehdr"]
+    assert second["half"] != first["half"]
+    assert loads(sim) == 2 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
 
 
 def test_bad_config_at_start_exits_2_with_one_line(

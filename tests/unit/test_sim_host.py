@@ -136,3 +136,29 @@ def test_non_utf8_host_file(tmp_path: Path) -> None:
     path.write_bytes(b"xen: \xff\n")
     with pytest.raises(ConfigError, match=r"bin.yaml: expected UTF-8"):
         SimulatedHypervisor.open(path)
+
+
+def test_hotplug_edit_keeps_images_and_is_seen_by_a_running_instance(tmp_path: Path) -> None:
+    """CPU/memory hot-plug: Xen keeps its crash image while the topology changes."""
+    from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH, Segment  # noqa: PLC0415
+    from xenkdump.hv.sim import SimulatedHypervisor  # noqa: PLC0415
+
+    path = tmp_path / "host.yaml"
+    sim = SimulatedHypervisor.open(path)
+    crash = sim.crash_range()
+    seg = Segment(b"\x90" * 4096, crash.end - 0x2000, 0x2000)
+    sim.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, seg.dest, [seg])
+    before = sim.machine_memory_map()
+    text = path.read_text()
+    hot = text.replace("online: 4", "online: 3") + (
+        "  - {addr: 0x440000000, size: 0x40000000, type: ram}\n"
+    )
+    path.write_text(hot)
+    after = sim.machine_memory_map()  # the same instance sees the hot-plugged RAM
+    assert len(after) == len(before) + 1 and after[-1].addr == 0x440000000
+    assert sim.physinfo().nr_cpus == 3
+    assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert SimulatedHypervisor.open(path).armed_image_intact(KEXEC_TYPE_CRASH)
+    # A boot-time fact changes: that is a reboot, and the slots are empty again.
+    path.write_text(hot.replace("crashkernel=256M", "crashkernel=512M"))
+    assert SimulatedHypervisor.open(path).armed_image(KEXEC_TYPE_CRASH) is None

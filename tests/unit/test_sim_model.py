@@ -156,8 +156,10 @@ def test_editing_the_host_file_reboots_the_host(tmp_path: Path) -> None:
     dest = hv.crash_range().end - 4 * P
     hv.kexec_load(C, EM_X86_64, dest, [Segment(b"x", dest, P)])
     assert SimulatedHypervisor.open(path).kexec_status(C) == 1  # same file: same state
-    path.write_text(path.read_text() + "# edited\n")
-    again = SimulatedHypervisor.open(path)
+    path.write_text(path.read_text() + "# a comment changes no fact\n")
+    assert SimulatedHypervisor.open(path).kexec_status(C) == 1
+    path.write_text(path.read_text().replace('extraversion: ".7"', 'extraversion: ".8"'))
+    again = SimulatedHypervisor.open(path)  # a new Xen build: a reboot
     assert again.kexec_status(C) == 0 and again.armed_image(C) is None
     assert again.read_crash_area(dest, 1) == b"\0"
 

@@ -43,7 +43,9 @@ defaults if absent).  Its state lives next to it so that a daemon and a CLI
 in separate processes see one host: ``NAME.state.json`` (slots, slot bits,
 call counters; replaced atomically), ``NAME.crash.img`` (the crash area's
 bytes, sparse) and ``NAME.lock`` (every operation holds an exclusive flock
-on it).  Editing the host file resets the state, as a reboot would.
+on it).  Editing boot-time facts in the host file resets the state, as a reboot
+would; `cpus.online` and `memory_map` are hot-plug facts, re-read by the topology
+queries of a running instance while the loaded images stay.
 
 Test-only introspection, not in the port: ``read_crash_area``,
 ``armed_image``, ``armed_image_intact`` / ``armed_image_damage`` (does the
@@ -61,7 +63,7 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +306,20 @@ def _segment_digest(seg: Segment) -> str | None:
     return h.hexdigest()
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _boot_identity(host: SimHost) -> str:
+    """Digest of the facts fixed at boot: a change is a reboot of the simulated host."""
+    fixed = replace(host, nr_cpus=0, memory_map=())
+    return hashlib.sha256(repr(fixed).encode()).hexdigest()
+
+
 class SimulatedHypervisor(ClosingContext):
     """The hypervisor port on a simulated host described by a YAML file."""
 
@@ -313,6 +329,7 @@ class SimulatedHypervisor(ClosingContext):
         self.host_path = host_path
         self.host = host
         self._host_sha256 = host_sha256
+        self._host_stamp = _stamp(host_path)
         self.state_path = host_path.with_suffix(".state.json")
         self.crash_image_path = host_path.with_suffix(".crash.img")
         self.lock_path = host_path.with_suffix(".lock")
@@ -335,10 +352,12 @@ class SimulatedHypervisor(ClosingContext):
                     f"{path}: expected UTF-8 YAML text, found undecodable bytes"
                 ) from None
             host = parse_host(text, path)
-            sim = cls(path, host, hashlib.sha256(raw).hexdigest())
+            sim = cls(path, host, _boot_identity(host))
             state = sim._read_state(allow_missing=True)
             if state is None or state.get("host_sha256") != sim._host_sha256:
-                # A new or edited host file: the host "reboots" with empty slots and RAM.
+                # A new host file, or one whose boot-time facts changed (crash range, Xen
+                # version, note buffers...): the host "reboots" with empty slots and RAM.
+                # Hot-plug facts (online CPUs, the memory map) change without a reboot.
                 sim._reset_crash_image()
                 sim._write_state(_fresh_state(sim._host_sha256))
             else:
@@ -446,10 +465,29 @@ class SimulatedHypervisor(ClosingContext):
         return self.get_range(KEXEC_RANGE_MA_CPU, cpu)
 
     def max_cpus(self) -> int:
-        return self.host.max_cpus
+        return self._hotplug().max_cpus
+
+    def _hotplug(self) -> SimHost:
+        """The host with hot-plug facts re-read from an edited host file.
+
+        CPU and memory hot-plug change what physinfo and the machine memory map say
+        while Xen keeps its crash image; a running daemon must see that, so the
+        topology queries notice an edited file.  Edits to boot-time facts are a
+        reboot, seen by the next open() only.
+        """
+        stamp = _stamp(self.host_path)
+        if stamp != self._host_stamp:
+            self._host_stamp = stamp
+            try:
+                fresh = parse_host(self.host_path.read_text(encoding="utf-8"), self.host_path)
+            except (OSError, UnicodeDecodeError, ConfigError):
+                return self.host  # a half-written edit: keep what we had
+            if _boot_identity(fresh) == self._host_sha256:
+                self.host = fresh
+        return self.host
 
     def physinfo(self) -> PhysInfo:
-        h = self.host
+        h = self._hotplug()
         return PhysInfo(
             threads_per_core=h.threads_per_core,
             cores_per_socket=h.cores_per_socket,
@@ -461,7 +499,7 @@ class SimulatedHypervisor(ClosingContext):
         )
 
     def machine_memory_map(self) -> list[E820Entry]:
-        return list(self.host.memory_map)
+        return list(self._hotplug().memory_map)
 
     # -- the port: kexec -----------------------------------------------------
 
