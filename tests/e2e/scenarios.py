@@ -203,3 +203,120 @@ class Run:
         self.expect(dumped, "makedumpfile wrote no dump", "XK-CRASH:")
         self.expect(self.boot.stopped_on == CRASH_END, "crash kernel did not finish", "XK-CRASH:")
         return {**token[0], "vmcore_bytes": size[0]["_0"], **dumped[0]}
+
+
+# ---------------------------------------------------------------------------
+# xenkdumpd in dom0 (test_daemon_crash.py): a private bus, the daemon, its status
+
+DAEMON_DIR = "/tmp/xk-daemon"  # dom0's tmpfs /tmp (dom0-init.sh)
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>"""
+# Status fields printed as markers: ``status LABEL State=... Generation=... ...``.
+_STATUS_FIELDS = ("State", "Generation", "ImageSha256", "CrashRegion", "CrashRegionUsed")
+_STATUS_LINE = (
+    "import json, sys; s = json.load(open(sys.argv[2])); "
+    "f = lambda v: ','.join(map(str, v)) if isinstance(v, list) else str(v).replace(' ', '_'); "
+    f"print('status', sys.argv[1], *(k + '=' + f(s.get(k, '')) for k in {_STATUS_FIELDS!r}))"
+)
+
+
+def daemon_config(kernel: Path, initrd: Path, state_dir: str) -> str:
+    """A xenkdump.yaml naming the files and the command line (config/xenkdump.yaml keys)."""
+    return "\n".join(
+        [
+            f"kernel: {kernel}",
+            f"initrd: {initrd}",
+            "cmdline:",
+            f'  base: "{CRASH_CMDLINE}"',
+            f"state_dir: {state_dir}",
+            f"boot_dir: {kernel.parent}",
+        ]
+    )
+
+
+def start_bus_and_daemon(config_yaml: str, hypervisor: str = "xen", work: str = DAEMON_DIR) -> str:
+    """A private dbus-daemon (its address exported), then xenkdumpd in the background.
+
+    NOTIFY_SOCKET stays unset: readiness is read from ``xenkdumpctl status`` instead.
+    Sets ``XK_DAEMON_PID``; the daemon's stderr goes to $OUT/daemon.log.
+    """
+    for text in (config_yaml, _BUS_CONFIG):
+        if "XKEOF" in text:
+            raise ValueError("here-document delimiter inside the text")
+    return "\n".join(
+        [
+            f"mkdir -p {work}",
+            f"cat > {work}/bus.conf <<'XKEOF'",
+            _BUS_CONFIG.format(socket=f"{work}/bus.sock"),
+            "XKEOF",
+            f"cat > {work}/xenkdump.yaml <<'XKEOF'",
+            config_yaml,
+            "XKEOF",
+            # --fork: the parent returns once the bus listens; both lines come on fd 1.
+            f"bus_out=$(/usr/bin/dbus-daemon --config-file={work}/bus.conf --fork "
+            "--print-address=1 --print-pid=1); rc=$?",
+            'DBUS_SYSTEM_BUS_ADDRESS=$(echo "$bus_out" | head -n 1)',
+            "export DBUS_SYSTEM_BUS_ADDRESS",
+            'say "bus rc=$rc address=$DBUS_SYSTEM_BUS_ADDRESS pid=$(echo "$bus_out" | sed -n 2p)"',
+            "unset NOTIFY_SOCKET",
+            "t_daemon=$(now_ns)",
+            f"{VENV_PY} -m xenkdump.daemon.main --config {work}/xenkdump.yaml "
+            f"--hypervisor {hypervisor} -v > $OUT/daemon.log 2>&1 &",
+            "XK_DAEMON_PID=$!",
+            'say "daemon started pid=$XK_DAEMON_PID"',
+        ]
+    )
+
+
+def daemon_wait(label: str, patterns: tuple[str, ...], tries: int = 40) -> str:
+    """Poll ``xenkdumpctl status --json`` until every grep -E pattern matches (bounded).
+
+    Prints ``waited LABEL ok|timeout|daemon-exited tries=N ns=...`` and, when a status
+    was read, ``status LABEL State=... Generation=...``; sets ``xk_ok=0`` on failure.
+    """
+    checks = " && ".join(f"grep -Eq {shlex.quote(p)} $OUT/status-{label}.json" for p in patterns)
+    status = f"{XENKDUMPCTL} status --json > $OUT/status-{label}.json 2> $OUT/status-{label}.err"
+    return "\n".join(
+        [
+            "t0=$(now_ns); i=0; result=timeout",
+            f"while [ $i -lt {tries} ]; do",
+            "  i=$((i + 1))",
+            f"  if {status} && {checks}; then result=ok; break; fi",
+            "  kill -0 $XK_DAEMON_PID 2>/dev/null || { result=daemon-exited; break; }",
+            "  sleep 1",
+            "done",
+            f'say "waited {label} $result tries=$i ns=$(($(now_ns) - t0))"',
+            f"[ -s $OUT/status-{label}.json ] && /usr/bin/python3 -c "
+            f'{shlex.quote(_STATUS_LINE)} {label} $OUT/status-{label}.json | sed "s/^/XK-SCEN: /"',
+            f"sed 's/^/XK-SCEN: status-{label}.err| /' $OUT/status-{label}.err | tail -n 3",
+            '[ "$result" = ok ] || xk_ok=0',
+        ]
+    )
+
+
+def daemon_reload(label: str = "reload") -> str:
+    """``xenkdumpctl reload --force`` through D-Bus, timed; prints ``reload rc=... ns=...``."""
+    return "\n".join(
+        [
+            "t0=$(now_ns)",
+            f"{XENKDUMPCTL} reload --force > $OUT/{label}.log 2>&1; rc=$?",
+            f'say "{label} rc=$rc ns=$(($(now_ns) - t0))"',
+            f"sed 's/^/XK-SCEN: {label}| /' $OUT/{label}.log | tail -n 4",
+            "[ $rc -eq 0 ] || xk_ok=0",
+        ]
+    )
+
+
+def daemon_log_tail(lines: int = 12) -> str:
+    return f"sed 's/^/XK-SCEN: daemon| /' $OUT/daemon.log | tail -n {lines}"
