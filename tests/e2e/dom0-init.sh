@@ -21,8 +21,17 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro hostroot /host || die "mount hos
 mount -t 9p -o trans=virtio,version=9p2000.L,rw xkout "/host$xk_job/out" || die "mount xkout"
 # rbind: /proc/xen (xenfs) must come along into the chroot.
 for d in proc sys dev; do mount -o rbind "/$d" "/host/$d" || die "bind /$d"; done
+# The checkout under test (xk_repo=) may live under /tmp or /run (CI clones
+# anywhere): keep it visible through the tmpfs mounted over them.
+mkdir -p /keep
+case "$xk_repo" in
+  /tmp/*|/run/*) mount -o bind "/host$xk_repo" /keep || die "bind $xk_repo" ;;
+esac
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || die "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || die "tmpfs /run"
+case "$xk_repo" in
+  /tmp/*|/run/*) mkdir -p "/host$xk_repo" && mount -o bind /keep "/host$xk_repo" || die "rebind $xk_repo" ;;
+esac
 # A bare devtmpfs has no /dev/shm (xen-qemu-lab.md "Seen on the real hypervisor").
 mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 say "ready $(cut -d' ' -f1 /proc/uptime)s"

@@ -424,7 +424,7 @@ def qemu_command(
         f"guest_loglvl=all crashkernel={CRASHKERNEL} {xen_extra}"
     ).strip()
     # The kernel hands unknown key=value words to /init as environment variables.
-    dom0_cmdline = f"console=hvc0 earlyprintk=xen xk_job={job.dir}"
+    dom0_cmdline = f"console=hvc0 earlyprintk=xen xk_job={job.dir} xk_repo={REPO}"
     return [
         str(assets.qemu),
         "-accel", "tcg",
