@@ -19,7 +19,6 @@ VENV_PY = REPO / ".venv" / "bin" / "python"
 XENKDUMPCTL = f"{VENV_PY} -m xenkdump.cli.ctl"
 LOADER_MODULE = REPO / "daemon" / "src" / "xenkdump" / "image" / "loader.py"
 DOM0_XEN = Path(__file__).resolve().parent / "dom0_xen.py"
-LIBXENCTRL = "/usr/lib/x86_64-linux-gnu/libxenctrl.so.4.17"  # Debian's libxenmisc4.17
 TOKEN_FILE = "/run/xk-token"  # /run is a tmpfs in dom0 (dom0-init.sh): memory it keeps
 
 
@@ -66,15 +65,10 @@ def kexec_tools_load(assets: Assets, initrd: Path, label: str = "kexec-tools") -
     )
 
 
-def xenkdump_load(
-    assets: Assets, initrd: Path, label: str, state_dir: str, *, env: str = ""
-) -> str:
-    """``xenkdumpctl load`` from the checkout, run by the host's Python in dom0, timed.
-
-    ``env`` is an optional ``NAME=value ...`` prefix for the command.
-    """
+def xenkdump_load(assets: Assets, initrd: Path, label: str, state_dir: str) -> str:
+    """``xenkdumpctl load`` from the checkout, run by the host's Python in dom0, timed."""
     cmd = (
-        f"{env} {XENKDUMPCTL} --hypervisor xen load --kernel {assets.kernel} --initrd {initrd} "
+        f"{XENKDUMPCTL} --hypervisor xen load --kernel {assets.kernel} --initrd {initrd} "
         f"--cmdline {shlex.quote(CRASH_CMDLINE)} --state-dir {state_dir}"
     )
     return "\n".join(
