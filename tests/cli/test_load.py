@@ -13,6 +13,7 @@ import pytest
 
 from xenkdump.hv.port import KEXEC_TYPE_CRASH
 from xenkdump.hv.sim import SimulatedHypervisor
+from xenkdump.image.bzimage import parse_bzimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from imagefixtures import MIB, make_initrd
@@ -172,7 +173,11 @@ def test_no_crash_area_exit_2(host: Host) -> None:
 
 
 def test_fallback_is_shown_in_status(host: Host) -> None:
-    host.yaml.write_text("crash_range: {start: 0x80000000, size: 0x8000000}\n")  # 128 MiB
+    # Twice the kernel's own need (its header's init_size): the image with its initrd
+    # fits in the whole area, not in half of it.
+    memsz = parse_bzimage(host.kernel.read_bytes()).load_memsz
+    size = -(-2 * memsz // MIB) * MIB
+    host.yaml.write_text(f"crash_range: {{start: 0x80000000, size: {size:#x}}}\n")
     r = host.load()
     assert r.returncode == 0, r.stderr
     assert "does not fit in half" in r.stderr and "crashkernel=" in r.stderr

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from xenkdump.errors import HypervisorError, ImageError, PlanError
 from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH
 from xenkdump.hv.sim import SimulatedHypervisor
 from xenkdump.image import loader
-from xenkdump.image.planner import ImageInputs, choose_half, half_window, plan_crash_image
+from xenkdump.image.planner import (
+    ImageInputs,
+    choose_half,
+    fits_in_half,
+    half_window,
+    plan_crash_image,
+    required_bytes,
+)
 from xenkdump.state.record import LoadRecord, RecordStore
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -265,10 +273,15 @@ def test_rejected_load_after_copy(
 def test_fallback_unload_then_load_when_halves_do_not_fit(
     tmp_path: Path, files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    hv = sim_host(tmp_path, 128 * MIB)  # the Debian kernel alone needs 64 MiB
+    inputs = inputs_of(files)
+    # A crash area of 1.5 times what this kernel needs: it fits whole, not in half.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    need = required_bytes(inputs, loader.gather_host(sim_host(probe)))
+    hv = sim_host(tmp_path, -(-need * 3 // 2 // MIB) * MIB)
     store = RecordStore(tmp_path / "state")
     host = loader.gather_host(hv)
-    inputs = inputs_of(files)
+    assert need <= host.crash.size and not fits_in_half(inputs, host)
     with caplog.at_level(logging.WARNING):
         a = loader.load(hv, inputs, host, store)
     assert a.half == "whole" and a.fallback_unload
@@ -295,11 +308,14 @@ def test_too_small_keeps_the_armed_image_and_record(
     a = loader.load(hv, inputs_of(files), host, store)
     record_bytes = store.path.read_bytes()
     big = tmp_path / "big.img"
-    big.write_bytes(os.urandom(200 * MIB))  # kernel 64 MiB + 200 MiB > 256 MiB
+    # The kernel's own need (its header's init_size) plus this initrd exceed 256 MiB.
+    kernel_memsz = inputs_of(files).kernel.load_memsz
+    big.write_bytes(os.urandom(256 * MIB - kernel_memsz + MIB))
     with pytest.raises(PlanError) as err:
         loader.load(hv, inputs_of(files, big), host, store)
     msg = str(err.value)
-    assert "needs 2" in msg and "Xen reserved 256 MiB" in msg and "crashkernel=" in msg
+    need = int(re.search(r"needs (\d+) MiB", msg).group(1))  # type: ignore[union-attr]
+    assert need > 256 and "Xen reserved 256 MiB" in msg and "crashkernel=" in msg
     assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
     assert hv.armed_image(KEXEC_TYPE_CRASH).entry == a.entry  # type: ignore[union-attr]
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
