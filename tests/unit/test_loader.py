@@ -144,7 +144,7 @@ def test_read_inputs_errors_name_the_file(tmp_path: Path) -> None:
         loader.read_inputs(kernel, tmp_path / "missing", cmdline="x")
     with pytest.raises(ImageError, match=f"{tmp_path}/nokernel: kernel not found"):
         loader.read_inputs(tmp_path / "nokernel", None, cmdline="x")
-    with pytest.raises(ImageError, match="expected a file, found a directory"):
+    with pytest.raises(ImageError, match="expected a regular file, found a directory"):
         loader.read_inputs(kernel, tmp_path, cmdline="x")
     (tmp_path / "empty").write_bytes(b"")
     with pytest.raises(ImageError, match="initrd: expected a non-empty file"):

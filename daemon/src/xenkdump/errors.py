@@ -69,3 +69,13 @@ class HypervisorError(OperationError):
 
 class HypervisorUnavailable(HypervisorError):
     """No usable hypervisor interface: no libxenctrl, not a PV dom0, Xen too old."""
+
+
+class FileWriteError(OperationError):
+    """Writing a file failed (no space, read-only file system, I/O error...): names the file."""
+
+    def __init__(self, path: os.PathLike[str] | str, exc: OSError) -> None:
+        self.path = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        self.errno = exc.errno or 0
+        name = _errno.errorcode.get(self.errno, f"errno {self.errno}")
+        super().__init__(f"{self.path}: cannot write: {name} ({exc.strerror or exc})")

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from xenkdump.daemon import kernels
 from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, Scope, Start
+from xenkdump.errors import InputError
 from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange, Hypervisor
 from xenkdump.image import loader, planner
 from xenkdump.image.planner import HostFacts, ImageInputs
+from xenkdump.safefile import Limit, read_file
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
 from xenkdump.state.record import LoadRecord, RecordStore
 
@@ -25,12 +27,12 @@ log = logging.getLogger(__name__)
 def boot_time() -> float:
     """When this (dom0) system booted, in seconds since the epoch (/proc/stat btime)."""
     try:
-        with open("/proc/stat", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
+        text = read_file(Path("/proc/stat"), "kernel statistics", Limit.PROC).decode("ascii")
+    except (InputError, UnicodeDecodeError):
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
     return 0.0
 
 

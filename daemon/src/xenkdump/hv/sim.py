@@ -85,7 +85,8 @@ from xenkdump.hv.port import (
     PhysInfo,
     Segment,
 )
-from xenkdump.hv.simhost import SimHost, default_host, parse_host, render_host
+from xenkdump.hv.simhost import SimHost, default_host, load_host, render_host
+from xenkdump.safefile import Limit, atomic_write, read_file_if_exists, shown
 
 STATE_FORMAT = 1
 U64_MASK = (1 << 64) - 1
@@ -160,23 +161,6 @@ def _fresh_state(host_sha256: str) -> dict[str, Any]:
         "host_sha256": host_sha256,
         "types": {str(KEXEC_TYPE_DEFAULT): one(), str(KEXEC_TYPE_CRASH): one()},
     }
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write temp + fsync + rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class _CrashLoad:
@@ -343,15 +327,8 @@ class SimulatedHypervisor(ClosingContext):
         path.parent.mkdir(parents=True, exist_ok=True)
         with _flock(path.with_suffix(".lock")):
             if not path.exists():
-                _atomic_write(path, render_host(default_host()).encode())
-            raw = path.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(
-                    f"{path}: expected UTF-8 YAML text, found undecodable bytes"
-                ) from None
-            host = parse_host(text, path)
+                atomic_write(path, render_host(default_host()).encode())
+            host = load_host(path)
             sim = cls(path, host, _boot_identity(host))
             state = sim._read_state(allow_missing=True)
             if state is None or state.get("host_sha256") != sim._host_sha256:
@@ -374,12 +351,13 @@ class SimulatedHypervisor(ClosingContext):
             yield state
 
     def _read_state(self, *, allow_missing: bool) -> dict[str, Any] | None:
-        try:
-            raw = self.state_path.read_bytes()
-        except FileNotFoundError:
+        raw = read_file_if_exists(
+            self.state_path, "simulator state", Limit.STATE, error=ConfigError
+        )
+        if raw is None:
             if allow_missing:
                 return None
-            raise
+            raise ConfigError(f"{shown(self.state_path)}: simulator state not found")
         try:
             state = json.loads(raw)
             if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -396,7 +374,7 @@ class SimulatedHypervisor(ClosingContext):
         return state
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        _atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
+        atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
 
     def _reset_crash_image(self) -> None:
         fd = os.open(self.crash_image_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -479,8 +457,8 @@ class SimulatedHypervisor(ClosingContext):
         if stamp != self._host_stamp:
             self._host_stamp = stamp
             try:
-                fresh = parse_host(self.host_path.read_text(encoding="utf-8"), self.host_path)
-            except (OSError, UnicodeDecodeError, ConfigError):
+                fresh = load_host(self.host_path)
+            except ConfigError:
                 return self.host  # a half-written edit: keep what we had
             if _boot_identity(fresh) == self._host_sha256:
                 self.host = fresh

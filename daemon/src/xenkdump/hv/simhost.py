@@ -60,6 +60,7 @@ from xenkdump.hv.port import (
     AddressRange,
     E820Entry,
 )
+from xenkdump.safefile import Limit, read_file, shown
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -506,9 +507,12 @@ def _covered_by_ram(mm: tuple[E820Entry, ...], rng: AddressRange) -> bool:
 
 
 def load_host(path: Path) -> SimHost:
-    """Read and parse the host file at ``path`` (OSError propagates, named by the caller)."""
+    """Read and parse the host file at ``path``; ConfigError naming it when it is bad."""
+    raw = read_file(path, "simulated host", Limit.CONFIG, error=ConfigError)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: expected UTF-8 YAML text, found undecodable bytes") from None
+        raise ConfigError(
+            f"{shown(path)}: expected UTF-8 YAML text, found undecodable bytes"
+        ) from None
     return parse_host(text, path)

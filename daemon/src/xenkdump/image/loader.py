@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from xenkdump.errors import HypervisorError, ImageError, PlanError, XenkdumpError
+from xenkdump.errors import HypervisorError, ImageError, InputError, PlanError, XenkdumpError
 from xenkdump.hv.port import (
     EM_X86_64,
     KEXEC_TYPE_CRASH,
@@ -42,6 +42,7 @@ from xenkdump.image.planner import (
     plan_crash_image,
     required_bytes,
 )
+from xenkdump.safefile import Limit, read_file, read_file_if_exists
 from xenkdump.state.record import LoadRecord, RecordStore
 
 log = logging.getLogger(__name__)
@@ -50,23 +51,10 @@ PROC_CMDLINE = Path("/proc/cmdline")
 EFI_SYSTAB = Path("/sys/firmware/efi/systab")
 
 
-def _read_file(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: {what}: expected a file, found a directory") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: {what} unreadable: {exc.strerror or exc}") from None
-
-
 def read_dom0_cmdline(path: Path = PROC_CMDLINE) -> str:
     """dom0's own command line, the default base of the crash kernel's."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError as exc:
-        raise ImageError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    raw = read_file(path, "dom0 command line", Limit.PROC, error=ImageError)
+    return raw.decode("utf-8", errors="replace").strip()
 
 
 def read_inputs(
@@ -84,11 +72,11 @@ def read_inputs(
     /proc/cmdline); ``remove`` and ``append`` then edit it (cmdline.py).
     ImageError naming the file when one is missing, unreadable or malformed.
     """
-    kernel_data = _read_file(kernel, "kernel")
+    kernel_data = read_file(kernel, "kernel", Limit.KERNEL, error=ImageError)
     image = parse_bzimage(kernel_data, name=str(kernel))
     initrd_data = b""
     if initrd is not None:
-        initrd_data = _read_file(initrd, "initrd")
+        initrd_data = read_file(initrd, "initrd", Limit.INITRD, error=ImageError)
         if not initrd_data:
             raise ImageError(f"{initrd}: initrd: expected a non-empty file, found 0 bytes")
     if cmdline is None:
@@ -116,9 +104,12 @@ def read_acpi_rsdp(path: Path = EFI_SYSTAB) -> int:
     the RSDP itself in the BIOS area, which the lowmem segment maps (§4.3 acpi_rsdp).
     """
     try:
-        text = path.read_text(encoding="ascii", errors="replace")
-    except OSError:
+        raw = read_file_if_exists(path, "EFI system table", Limit.PROC)
+    except InputError:
         return 0
+    if raw is None:
+        return 0
+    text = raw.decode("ascii", errors="replace")
     found: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition("=")

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from xenkdump.errors import ConfigError
+from xenkdump.safefile import Limit, read_file
 from xenkdump.settings.model import CmdlineSettings, InitrdPolicy, KernelPolicy, Settings
 
 STR = "tag:yaml.org,2002:str"
@@ -264,10 +265,5 @@ def parse_settings(text: str | bytes, source: Path | str = "<config>") -> Settin
 
 def load_settings(path: Path) -> Settings:
     """Read and parse the configuration file at ``path`` (ConfigError if unreadable)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
+    raw = read_file(path, "configuration file", Limit.CONFIG, error=ConfigError)
     return parse_settings(raw, path)

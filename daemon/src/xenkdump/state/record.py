@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from xenkdump.errors import InputError
+from xenkdump.safefile import Limit, atomic_write, read_file_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +178,11 @@ class RecordStore:
 
     def read_state(self) -> StateFile:
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return StateFile()
-        try:
-            return StateFile.from_json(json.loads(text))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raw = read_file_if_exists(self.path, "state record", Limit.STATE)
+            if raw is None:
+                return StateFile()
+            return StateFile.from_json(json.loads(raw))
+        except (InputError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             log.warning("%s: ignoring a corrupt state file: %s", self.path, exc)
             return StateFile()
 
@@ -210,20 +211,4 @@ class RecordStore:
     def _write_state(self, state: StateFile) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        # Same directory as the target, so the rename is atomic (one filesystem).
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.state_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(self.path, data)
