@@ -5,7 +5,7 @@ SYSPY := /usr/bin/python3
 SIM_HOST ?= /var/tmp/xenkdump-demo/host.yaml
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test check lint e2e bench demo purgatory clean
+.PHONY: setup test check lint e2e bench demo purgatory man clean
 
 # The main job on a machine without Xen: a simulated host, run with Debian's python3.
 demo:
@@ -46,6 +46,13 @@ bench: setup
 purgatory:
 	$(MAKE) -s -C purgatory
 
+# Man pages from man/*.rst (python3-docutils), into man/build/.
+MAN_PAGES := $(patsubst man/%.rst,man/build/%,$(wildcard man/*.rst))
+man: $(MAN_PAGES)
+man/build/%: man/%.rst
+	@mkdir -p man/build
+	rst2man --strict $< $@
+
 clean:
 	$(MAKE) -s -C purgatory clean
-	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .pytest_cache .mypy_cache .ruff_cache man/build

@@ -234,3 +234,51 @@ def test_cli_refusal_is_one_line_exit_1(shim: Path, mode: str, phrase: str) -> N
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("xenkdumpctl: ")
     assert phrase in lines[0]
+
+
+# -- MemoryDenyWriteExecute= (the unit's hardening) ---------------------------
+
+# Runs the CLI in a process that may never map memory writable and executable, as
+# systemd's MemoryDenyWriteExecute=yes enforces (here with the kernel's own
+# PR_SET_MDWE, Linux 6.3+): first proves the refusal is in force, then runs the command.
+_UNDER_MDWE = """
+import ctypes, errno, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(f"mdwe-unsupported {errno.errorcode[ctypes.get_errno()]}")
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+except PermissionError:
+    pass
+else:
+    sys.exit("mdwe-not-enforced")
+from xenkdump.cli.ctl import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_real_adapter_runs_without_writable_code(
+    shim: Path, debian_kernel: Path, tmp_path: Path
+) -> None:
+    env = dict(os.environ, FAKE_XEN_MODE="ok", **{xc.ENV_LIBRARY: str(shim)})
+    env.pop("FAKE_XEN_RECORD", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _UNDER_MDWE, "--hypervisor", "xen", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=120,
+        )
+
+    info = run("hv", "info", "--json")
+    if info.stderr.startswith("mdwe-unsupported"):
+        pytest.skip(f"kernel without PR_SET_MDWE (Linux < 6.3): {info.stderr.strip()}")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["xen_version"] == "4.17"
+    state = tmp_path / "state"
+    load = run("load", "--kernel", str(debian_kernel), "--no-daemon", "--state-dir", str(state))
+    assert load.returncode == 0, load.stderr
+    assert "Traceback" not in load.stderr
