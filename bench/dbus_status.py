@@ -1,9 +1,9 @@
 """Status reads over D-Bus: latency, throughput, 100 concurrent clients.
 
 Starts a private dbus-daemon and the real xenkdumpd on a simulated host (or uses a
-running daemon with --address), then measures GetStatus over the bus.  Goals
-(issue 5 item 10): p50 under 1 ms, >= 5,000 reads/s, 100 concurrent clients without
-errors.  Prints figures; asserts nothing.
+running daemon with --address), then measures GetStatus over the bus.  Goals:
+p50 under 1 ms, >= 5,000 reads/s, 100 concurrent clients without errors.
+Prints figures; asserts nothing.
 
     .venv/bin/python bench/dbus_status.py [--calls 5000] [--clients 100] [--address ADDR]
 """

@@ -4,7 +4,7 @@ Starts the real daemon on a simulated host, as in production (serving D-Bus on a
 private bus, with a 30 s watchdog and a 60 s topology check), waits for READY=1, lets
 it settle, then samples VmRSS and counts the context switches of all its threads over
 an interval.  The same without D-Bus (--no-bus) shows what the bus stack costs.
-Goals (issue 5): RSS < 40 MB; no wake-ups but the watchdog keep-alive and the topology
+Goals: RSS < 40 MB; no wake-ups but the watchdog keep-alive and the topology
 check.  The crash image's kernel and initrd are kept in memory (a topology change
 rebuilds only the ELF core header, without re-reading files), so RSS grows by the
 image's size: the figure below is with a 1 MiB initrd; add the initrd's size for a

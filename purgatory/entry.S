@@ -3,12 +3,12 @@
  *
  * Xen jumps here in 64-bit mode with undefined GPRs, an unusable IDT, a GDTR
  * pointing at unmapped Xen memory, CR4 = PAE only and page tables that map
- * only the image's segments (xen-kexec-abi.md §3.5, §3.6).  Everything below is
+ * only the image's segments (docs/xen-kexec-contract.md §5.2, §5.3).  Everything below is
  * RIP-relative so the same bytes run wherever the planner puts the segment.
  * Layout constants are mirrored in daemon/src/xenkdump/image/purgatory.py.
  */
 
-#define KERNEL_CS	0x10	/* __BOOT_CS, xen-kexec-abi.md §5.4 */
+#define KERNEL_CS	0x10	/* __BOOT_CS, docs/crash-image.md §1.4 */
 #define KERNEL_DS	0x18	/* __BOOT_DS */
 
 #include "purgatory.h"
@@ -53,7 +53,7 @@ params_end:
 	.globl	purgatory_start
 purgatory_start:
 	/* Interrupts off and string ops forward before anything else: Xen only
-	 * promises IF=0, and DF is not contracted (§3.6). */
+	 * promises IF=0, and DF is not contracted (xen-kexec-contract.md §5.3). */
 	cli
 	cld
 
@@ -68,7 +68,7 @@ purgatory_start:
 	movq	%rax, 2(%rdx)
 	lgdt	(%rdx)
 
-	/* Only now may selectors be loaded: Xen's GDT is unmapped (§3.6). */
+	/* Only now may selectors be loaded: Xen's GDT is unmapped (§5.3). */
 	movl	$KERNEL_DS, %eax
 	movl	%eax, %ds
 	movl	%eax, %es
@@ -89,7 +89,7 @@ purgatory_start:
 	jne	halt_forever
 
 	/* Linux 64-bit entry: rsi = boot_params, everything else zero,
-	 * IF = 0 and DF = 0 (xen-kexec-abi.md §5.4). */
+	 * IF = 0 and DF = 0 (crash-image.md §1.4). */
 	movq	params + XK_P_BOOT_PARAMS(%rip), %rsi
 	pushq	$2
 	popfq
@@ -119,7 +119,7 @@ halt_forever:
 
 	.data
 	.balign	16
-	/* null, null, 0x10 64-bit code, 0x18 flat data (§4.8, §5.4). */
+	/* null, null, 0x10 64-bit code, 0x18 flat data (docs/purgatory.md §3, crash-image.md §1.4). */
 gdt:
 	.quad	0
 	.quad	0

@@ -92,7 +92,7 @@ u32 purgatory_main(struct xk_params *p)
 		serial_puts(port, "xenkdump purgatory: bad parameter block\n");
 		return 0;
 	}
-	/* Every region is checked before anything is written (§4.7): the
+	/* Every region is checked before anything is written (docs/crash-image.md §2.6): the
 	 * backup destination may itself be a verified (all-zero) region. */
 	for (i = 0; i < p->nr_regions; i++) {
 		const struct xk_region *r = &p->regions[i];
@@ -113,7 +113,7 @@ u32 purgatory_main(struct xk_params *p)
 		serial_puts(port, "xenkdump purgatory: not starting the crash kernel\n");
 		return 0;
 	}
-	/* Save the low memory the crash kernel will reuse (§4.2 segment 1). */
+	/* Save the low memory the crash kernel will reuse (§2.2). */
 	if (p->backup_size)
 		memcpy((void *)p->backup_dst, (const void *)p->backup_src, p->backup_size);
 	serial_puts(port, "xenkdump purgatory: ok, starting the crash kernel\n");

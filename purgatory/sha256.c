@@ -1,7 +1,7 @@
 /*
  * SHA-256 (FIPS 180-4) in plain integer C: built with -mgeneral-regs-only so
  * no SSE/x87 instruction can appear (CR4 = PAE only at entry, so one would
- * fault and reset the machine -- xen-kexec-abi.md §3.6).
+ * fault and reset the machine -- docs/xen-kexec-contract.md §5.3).
  */
 #include "purgatory.h"
 

@@ -38,7 +38,7 @@ __all__ = [
 ENV_LIBRARY = "XENKDUMP_LIBXENCTRL"
 
 # libxenctrl's soname carries the Xen release (no ABI stability across
-# releases, xen-kexec-abi.md §2.1); Debian ships 4.17 and later.
+# releases, docs/xen-kexec-contract.md §2.6); Debian ships 4.17 and later.
 _NEWEST_MINOR = 40
 _OLDEST_MINOR = 17
 
@@ -64,7 +64,7 @@ DECLS: tuple[_Decl, ...] = (
 
 # xc_physinfo_t (struct xen_sysctl_physinfo): only its leading u32 fields
 # are the same in every Xen release; later fields moved in 4.10 and 4.17
-# (xen-kexec-abi.md §2.5).  We pass an opaque zeroed buffer of PHYSINFO_SIZE
+# (xen-kexec-contract.md §2.9).  We pass an opaque zeroed buffer of PHYSINFO_SIZE
 # bytes (the 4.17-4.23 struct is 112) and read only these offsets.
 PHYSINFO_FIELDS: tuple[tuple[str, int], ...] = (
     ("threads_per_core", 0),
@@ -115,7 +115,7 @@ def _build_ffi() -> cffi.FFI:
 
 ffi: Any = _build_ffi()
 
-# Layout self-checks (xen-kexec-abi.md §2.6); the full check against the C
+# Layout self-checks (xen-kexec-contract.md §2.3); the full check against the C
 # headers is tests/unit/test_struct_layout.py.
 assert ffi.sizeof("xen_kexec_segment_t") == 32
 assert ffi.offsetof("xen_kexec_segment_t", "dest_size") == 24

@@ -2,7 +2,7 @@
 
 Only the port API is used, so the same tests pass against real Xen (run in the
 real-Xen lab) and against SimulatedHypervisor.  Expected values are Xen's
-(xen-kexec-abi.md §1.5, §1.6, §1.8 and the Xen 4.17.7 lab notes); parity is
+(docs/xen-kexec-contract.md §2.5, §3.1, §4, as measured on Xen 4.17.7: §6); parity is
 asserted relative to the value seen at the start of each test.
 """
 
@@ -58,7 +58,7 @@ def test_memory_map_is_sorted_and_ram_covers_the_crash_range(hv: Hypervisor) -> 
     assert [e.addr for e in mm] == sorted(e.addr for e in mm)
     assert all(e.size > 0 for e in mm)
     crash = hv.crash_range()
-    # Xen still reports its crash area as RAM (§2.4): contiguous RAM covers it.
+    # Xen still reports its crash area as RAM (§2.8): contiguous RAM covers it.
     pos = crash.start
     for e in mm:
         if e.type == E820_RAM and e.addr <= pos < e.end:
@@ -70,7 +70,7 @@ def test_version_and_fixed_ranges(hv: Hypervisor) -> None:
     assert hv.xen_version() >= MIN_XEN_VERSION
     assert isinstance(hv.xen_extraversion(), str)
     assert isinstance(hv.xen_command_line(), str)
-    assert hv.vmcoreinfo_range().size == 4096  # VMCOREINFO_BYTES (§1.4)
+    assert hv.vmcoreinfo_range().size == 4096  # VMCOREINFO_BYTES (§2.4)
     xen = hv.xen_range()
     assert xen.size > 0
     assert not hv.crash_range().overlaps(xen.start, xen.size)
@@ -118,7 +118,7 @@ def test_fifteen_segments_are_accepted(hv: Hypervisor) -> None:
 
 
 def test_entry_at_the_end_of_the_crash_area_is_accepted(hv: Hypervisor) -> None:
-    # Xen's check is end-inclusive (§1.8 D5).
+    # Xen's check is end-inclusive (§4.5).
     crash = hv.crash_range()
     segments, _entry = small_image(crash)
     hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, crash.end, segments)
@@ -133,7 +133,7 @@ def test_map_only_segment_may_lie_outside_the_crash_area(hv: Hypervisor) -> None
 
 
 def test_status_is_the_parity_of_loads_and_unloads(hv: Hypervisor) -> None:
-    # Seen on Xen 4.17.7: load 1, load 0, unload 1, unload 0 (from 0) -- §1.8 D1.
+    # Seen on Xen 4.17.7: load 1, load 0, unload 1, unload 0 (from 0) -- §4.1.
     s0 = hv.kexec_status(KEXEC_TYPE_CRASH)
     segments, entry = small_image(hv.crash_range())
     seen = []
@@ -163,7 +163,7 @@ def test_crash_status_is_independent_of_default(hv: Hypervisor) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Loads that Xen refuses, with the errno it gives (§1.6); none changes the slot.
+# Loads that Xen refuses, with the errno it gives (§3.1); none changes the slot.
 
 
 def _rejections() -> list[

@@ -1,9 +1,9 @@
 """What a load does to the crash area's bytes: the simulator's byte model (sim only).
 
-Real dom0 cannot read the crash area back (xen-kexec-abi.md §6 S3), so these
-pin the simulator against Xen's code paths as §3.1/§3.2 describe them: copy
+Real dom0 cannot read the crash area back (docs/xen-kexec-contract.md §6), so these
+pin the simulator against Xen's code paths as §3.2/§3.3 describe them: copy
 and zero-fill, NULL-buf segments never written, control pages from the
-lowest free pages (zeroed as taken), arch checked after the copy (§1.8 D3/D4).
+lowest free pages (zeroed as taken), arch checked after the copy (§4.3, §4.4).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_control_pages_come_from_the_lowest_free_pages_and_are_zeroed(
     armed = sim.armed_image(C)
     assert armed is not None
     pages = armed.control_pages
-    # xen-kexec-abi.md §3.2 for this layout: code, L4+L3+L2+L1, indirection, an L1 for the
+    # xen-kexec-contract.md §3.3 for this layout: code, L4+L3+L2+L1, indirection, an L1 for the
     # top segment's 2 MiB, L2+L1 for the low 1 MiB, L3+L2+L1 for the kexec_reloc alias.
     assert [p.role for p in pages] == [
         "code", "L4", "L3", "L2", "L1", "indirection", "L1", "L2", "L1", "L3", "L2", "L1",
@@ -112,7 +112,7 @@ def test_control_pages_come_from_the_lowest_free_pages_and_are_zeroed(
     assert ind == struct.pack("<Q", IND_DONE) + bytes(P - 8)
     # The first page past them was not taken: still the old bytes.
     assert sim.read_crash_area(crash.start + len(pages) * P, P) == b"\xaa" * P
-    # The tables are a real identity map of exactly what Xen maps (§3.6 "Mapped").
+    # The tables are a real identity map of exactly what Xen maps (§5.3).
     l4 = pages[1].addr
     assert walk(sim, l4, top + P) == top + P
     assert walk(sim, l4, 0x9F000) == 0x9F000
@@ -136,7 +136,7 @@ def test_control_pages_skip_every_segment_including_null_buf_ones(
 
 
 def test_failed_reload_over_the_armed_image_corrupts_it(sim: SimulatedHypervisor) -> None:
-    # Seen on Xen 4.17.7: a reload refused for its arch had already overwritten A (§1.8 D3/D4).
+    # Seen on Xen 4.17.7: a reload refused for its arch had already overwritten A (§4.3, §4.4).
     crash = sim.crash_range()
     dest = crash.end - 8 * P
     sim.kexec_load(C, EM_X86_64, dest, [Segment(b"A" * 3 * P, dest, 4 * P)])

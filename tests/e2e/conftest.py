@@ -29,7 +29,7 @@ def job() -> Iterator[Job]:
             j.cleanup()
 
 
-# Issue 4 / CI order: the contract and peer scenarios first (they need no image
+# CI order: the contract and peer scenarios first (they need no image
 # builder), then xenkdump's own load-and-crash, then the reload proof.
 _ORDER = ("test_harness_unit", "test_contract", "test_peer", "test_load_crash", "test_reload")
 

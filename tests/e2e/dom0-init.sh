@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # dom0's /init (tests/e2e): Xen devices, the host root over 9p, then the job's
-# scenario in a chroot.  Steps and module order: xen-qemu-lab.md "The dom0 initramfs".
+# scenario in a chroot.  Steps and module order: docs/lab.md §3, §6.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -32,7 +32,7 @@ mount -t tmpfs -o mode=755 tmpfs /host/run || die "tmpfs /run"
 case "$xk_repo" in
   /tmp/*|/run/*) mkdir -p "/host$xk_repo" && mount -o bind /keep "/host$xk_repo" || die "rebind $xk_repo" ;;
 esac
-# A bare devtmpfs has no /dev/shm (xen-qemu-lab.md "Seen on the real hypervisor").
+# A bare devtmpfs has no /dev/shm (docs/lab.md §6).
 mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 say "ready $(cut -d' ' -f1 /proc/uptime)s"
 

@@ -2,12 +2,12 @@
 
 dom0_xen.py status
     prints ``status=N crash=START+SIZE`` (N is Xen's KEXEC_CMD_kexec_status for
-    the crash slot: recorded, never trusted, xen-kexec-abi.md §1.8 D1)
+    the crash slot: recorded, never trusted, docs/xen-kexec-contract.md §4.1)
 dom0_xen.py bogus-load KERNEL INITRD CMDLINE STATE_DIR
     plans the image exactly as ``xenkdumpctl load`` would (same half choice
     from the state record), then hands it to Xen with arch 999 on purpose:
     Xen copies the segments into the crash area and only then rejects the
-    arch (§1.8 D4).  Prints ``bogus-load half=H armed=H errno=E``.
+    arch (§4.4).  Prints ``bogus-load half=H armed=H errno=E``.
 dom0_xen.py timed-load KERNEL INITRD CMDLINE STATE_DIR ROUNDS
     loads the crash image ROUNDS times inside this one process, as xenkdumpd
     reloads (read files, ask Xen, plan, hypercall, record), and prints

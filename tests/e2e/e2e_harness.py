@@ -1,13 +1,13 @@
 """Real Xen 4.17 under QEMU: packages, initramfs images, one boot, the serial log.
 
-Recipe measured in xen-qemu-lab.md: Xen's ELF through QEMU's multiboot loader,
+The recipe (docs/lab.md §3): Xen's ELF through QEMU's multiboot loader,
 ``-accel tcg -cpu qemu64``, a busybox dom0 initramfs that loads the xenfs and 9p
 modules, mounts the host's root read-only over 9p and chroots into it.  Inside
 that chroot the checkout's venv (Debian's /usr/bin/python3 plus the editable
 xenkdump) runs unchanged, so dom0 executes exactly the code under test.
 
 A *job* is a directory under /var/tmp (not /tmp: dom0 mounts a tmpfs over the
-chroot's /tmp, xen-qemu-lab.md "The dom0 initramfs").  It holds the scenario
+chroot's /tmp, §3).  It holds the scenario
 script that dom0 runs, and ``out/``, exported read-write as a second 9p share
 and mounted over the same path inside dom0, so files come back to the host.
 
@@ -57,7 +57,7 @@ APT_PACKAGES = (
 # (and run update-grub hooks); kexec-tools would install a kexec-load service.
 UNPACKED_PACKAGES = ("xen-hypervisor-4.17-amd64", "kexec-tools")
 
-# Module load order matters (xen-qemu-lab.md "The dom0 initramfs").
+# Module load order matters (docs/lab.md §6).
 DOM0_MODULES = (
     "kernel/drivers/xen/xen-privcmd.ko",
     "kernel/drivers/xen/xen-evtchn.ko",
@@ -82,7 +82,7 @@ DOM0_MEM = "512M"
 # Markers printed by the dom0 and crash init scripts (dom0-init.sh, crash-init.sh).
 DOM0_END = "XK-DOM0: end"
 CRASH_END = "XK-CRASH: end"
-CRASH_START = "Executing kexec image"  # Xen, on the dom0 panic (xen-qemu-lab.md "The crash")
+CRASH_START = "Executing kexec image"  # Xen, on the dom0 panic (docs/lab.md §6)
 
 
 class HarnessError(RuntimeError):
@@ -186,7 +186,7 @@ def _xen_elf(xen_root: Path) -> Path:
         raise HarnessError(f"{xen_root}/boot: no xen-4.17*-amd64.gz in the unpacked package")
     elf = E2E_CACHE / (gz[0].name.removesuffix(".gz") + ".elf")
     if not elf.exists():
-        # QEMU's multiboot loader takes the ELF, not the gzip (xen-qemu-lab.md "Booting Xen").
+        # QEMU's multiboot loader takes the ELF, not the gzip (docs/lab.md §2).
         tmp = elf.with_suffix(".tmp")
         with gzip.open(gz[0], "rb") as src, tmp.open("wb") as dst:
             shutil.copyfileobj(src, dst)

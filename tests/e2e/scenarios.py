@@ -96,7 +96,10 @@ def xen_query(args: str, label: str) -> str:
 
 
 def bogus_load(assets: Assets, initrd: Path, state_dir: str, label: str) -> str:
-    """Plan like ``xenkdumpctl load`` and hand it to Xen with a wrong arch (§1.8 D4)."""
+    """Plan like ``xenkdumpctl load``, hand it to Xen with a wrong arch.
+
+    Xen copies it and only then refuses it: docs/xen-kexec-contract.md §4.4.
+    """
     args = " ".join(
         shlex.quote(str(a)) for a in ("bogus-load", assets.kernel, initrd, CRASH_CMDLINE, state_dir)
     )
@@ -104,7 +107,7 @@ def bogus_load(assets: Assets, initrd: Path, state_dir: str, label: str) -> str:
 
 
 def crash() -> str:
-    """Panic dom0: Xen then runs the armed crash image (xen-qemu-lab.md "The crash")."""
+    """Panic dom0: Xen then runs the armed crash image (docs/xen-kexec-contract.md §5.1)."""
     return "\n".join(['say "crashing"', "sync", "echo c > /proc/sysrq-trigger", "sleep 60"])
 
 

@@ -3,7 +3,7 @@
 The suite's ``hv`` fixture adds the real adapter when /dev/xen/privcmd exists and
 XENKDUMP_CONTRACT_XEN=1, so the same assertions (crash range, memory map,
 status, rejections with their errno) run against the simulator and Xen in one
-pytest session.  A disagreement is a simulator bug (issue 4).  The checkout and
+pytest session.  A disagreement is a simulator bug.  The checkout and
 venv are the host's, seen read-only over 9p: no bytecode, no pytest cache, and
 hypothesis' database under dom0's tmpfs.
 """

@@ -5,7 +5,7 @@ for the system bus; xenkdumpd from the checkout starts with a configuration
 naming the Debian kernel and a crash initramfs built here, and loads it on its
 own (first reconcile).  ``xenkdumpctl reload --force`` then asks it, over the
 bus, for a second load, which must land in the other half of the crash area
-(the two-halves reload, xen-kexec-abi.md §1.8 D3).  dom0 keeps a token and
+(the two-halves reload, docs/xen-kexec-contract.md §4.3).  dom0 keeps a token and
 panics; the crash kernel of the reload must boot and find the token in
 /proc/vmcore.
 """

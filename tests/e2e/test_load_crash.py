@@ -1,4 +1,4 @@
-"""Load and crash with xenkdump's own loader on real Xen (issue 4, scenario 2).
+"""Load and crash with xenkdump's own loader on real Xen.
 
 ``xenkdumpctl load`` (the checkout, run by the host's Python in dom0) loads the
 Debian kernel with a crash initramfs built here; dom0 keeps a random token in a

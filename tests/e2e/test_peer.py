@@ -2,7 +2,7 @@
 
 Both loaders run in the same dom0 boot with the same kernel, initramfs and
 command line, so the ratio is not distorted by TCG speed differences between
-runs (xen-qemu-lab.md).  The ratio is written to bench/out/e2e_peer.json (untracked);
+runs (docs/lab.md §6).  The ratio is written to bench/out/e2e_peer.json (untracked);
 it is a figure, not a pass/fail threshold.  The crash afterwards boots kexec-tools'
 image and must find dom0's token in /proc/vmcore.
 """

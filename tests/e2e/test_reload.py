@@ -1,12 +1,12 @@
-"""A reload keeps the armed image safe, on real Xen (issue 4, scenario 3).
+"""A reload keeps the armed image safe, on real Xen.
 
 Boot 1: load A; then hand Xen image B planned exactly as ``xenkdumpctl load``
 would place it, but with a wrong ``arch``: Xen copies B into the crash area and
-only then rejects it (xen-kexec-abi.md §1.8 D3/D4).  The crash must still boot
+only then rejects it (docs/xen-kexec-contract.md §4.3, §4.4).  The crash must still boot
 A and find the token -- with naive placement B's copy overwrites A and nothing
-boots (xen-qemu-lab.md, last section).  Boot 2: load A, then B properly; the
+boots (§4.3, measured with kexec-tools).  Boot 2: load A, then B properly; the
 crash must boot B.  Xen's status answer is recorded after every step (it is
-the parity of load/unload calls, §1.8 D1, so it is printed, not asserted).
+the parity of load/unload calls, §4.1, so it is printed, not asserted).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def test_rejected_reload_keeps_armed_image(assets: Assets, job: Job) -> None:
     run.expect(load and load[0]["rc"] == "0", f"xenkdumpctl load A failed: {load}", "XK-SCEN:")
     bogus = run.values("xen B-bad-arch bogus-load")
     run.expect(bogus, "the wrong-arch load of B did not run", "XK-SCEN:")
-    # Xen must reject it (EINVAL from machine_kexec_load, §1.8 D4), not accept it.
+    # Xen must reject it (EINVAL from machine_kexec_load, §4.4), not accept it.
     run.expect(bogus[0].get("errno") == "22", f"expected EINVAL for arch 999: {bogus}", "XK-SCEN:")
     run.expect(
         bogus[0].get("armed") not in (None, "none"),

@@ -4,7 +4,7 @@
  * The needle is given with every byte inverted so the crash initramfs never
  * holds the token itself.  Prints "found offset=0x.. paddr=0x.." (exit 0) or
  * "notfound scanned=N" (exit 1); 2 on usage or I/O errors.  Streams the file
- * in big reads: busybox grep is OOM-killed on /proc/vmcore (xen-qemu-lab.md).
+ * in big reads: busybox grep is OOM-killed on /proc/vmcore (docs/lab.md §6).
  */
 #define _GNU_SOURCE
 #include <elf.h>

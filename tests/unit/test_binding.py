@@ -29,7 +29,7 @@ from xenkdump.hv.xen import XenHypervisor
 REPO = Path(__file__).resolve().parents[2]
 PRIVCMD = Path("/dev/xen/privcmd")
 
-# What the issue asks the binding to declare (xen-kexec-abi.md §2.2).
+# What the binding must declare (docs/xen-kexec-contract.md §2.6).
 REQUIRED = {
     "xc_interface_open",
     "xc_interface_close",
@@ -228,7 +228,7 @@ def test_real_load_and_unload_with_data() -> None:
         crash = hv.crash_range()
         assert crash.size >= 16 * PAGE_SIZE, "Xen booted without crashkernel="
         # A page of `hlt; jmp .-1` at the start of the crash area: data passes
-        # through hypercall pages; a plain buffer could EFAULT (§2.3).
+        # through hypercall pages; a plain buffer could EFAULT (§2.7).
         code = bytes([0xF4, 0xEB, 0xFD]) + bytes(PAGE_SIZE + 100)
         seg = Segment(buf=code, dest=crash.start, memsz=2 * PAGE_SIZE)
         hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, crash.start, [seg])

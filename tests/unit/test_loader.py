@@ -1,6 +1,6 @@
 """The loader and the load record, on the simulator's byte-level crash area.
 
-The central proof (xen-kexec-abi.md §1.8 D3/D4): with two-halves placement a
+The central proof (docs/xen-kexec-contract.md §4.3, §4.4): with two-halves placement a
 reload never touches the armed image -- not its segments, not the control
 pages Xen took for it -- even when Xen rejects the new image *after* copying
 it; the naive placement (the whole area, as every other loader does) does.
@@ -247,7 +247,7 @@ def test_reload_goes_to_the_other_half_and_never_touches_the_armed_image(
 def test_rejected_load_after_copy(
     tmp_path: Path, files: tuple[Path, Path], half: str, survives: bool
 ) -> None:
-    """Xen checks arch only after copying (§1.8 D4): the armed image survives only two-halves."""
+    """Xen checks arch only after copying (§4.4): the armed image survives only two-halves."""
     hv = sim_host(tmp_path)
     store = RecordStore(tmp_path / "state")
     host = loader.gather_host(hv)
@@ -333,5 +333,5 @@ def test_unload_records_it(tmp_path: Path, files: tuple[Path, Path]) -> None:
     assert store.read() is None
     state = store.read_state()
     assert (state.generation, state.loads_issued, state.unloads_issued) == (1, 1, 1)
-    # Xen's parity agrees with the record's counters (§1.8 D1).
+    # Xen's parity agrees with the record's counters (§4.1).
     assert hv.kexec_status(KEXEC_TYPE_CRASH) == (state.loads_issued + state.unloads_issued) % 2

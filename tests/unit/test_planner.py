@@ -83,14 +83,14 @@ def check_invariants(plan: Plan, inputs: ImageInputs) -> None:
     assert kernel.data == inputs.kernel.kernel
     # Xen's control pages come from the lowest free pages of the crash area; the guard
     # covers the other half, so the free pages at the bottom of *our* window must hold
-    # the whole §3.2 budget.
+    # the whole docs/xen-kexec-contract.md §3.3 budget.
     lowest = min(s.dest for s in segs if s.data is not None)
     free = AddressRange(window.start, lowest - window.start)
     mapped = [(s.dest, s.end) for s in segs]
     assert free.size >= max(1 * MIB, control_budget(mapped, free))
     below = [s for s in segs if s.dest < window.start and s.end > crash.start]
     assert all(s.kind == "guard" for s in below)
-    # boot_params: hardware_subarch 0 (PC), cmdline and initrd pointers (§5.2, §5.3).
+    # boot_params: hardware_subarch 0 (PC), cmdline, initrd (docs/crash-image.md §1.2, §1.3).
     bp = plan.segment("boot_params").data
     assert bp is not None
     assert struct.unpack_from("<I", bp, 0x23C)[0] == 0
@@ -100,7 +100,7 @@ def check_invariants(plan: Plan, inputs: ImageInputs) -> None:
     assert cmd.data is not None and cmd.data.rstrip(b"\0").decode() == plan.cmdline
     ehdr = plan.segment("elfcorehdr")
     assert f"elfcorehdr={ehdr.dest // 1024}K" in plan.cmdline
-    # The purgatory verifies every buffered segment but itself and the backup (§4.7).
+    # The purgatory verifies every buffered segment but itself and the backup (§2.6).
     params = purgatory.parse_params(purg.data or b"")
     verified = {(r.start, r.size, r.sha256.hex()) for r in params.regions}
     expected = {

@@ -67,7 +67,7 @@ def test_known_range_ids(tmp_path: Path) -> None:
 
 def test_host_without_a_crash_area(tmp_path: Path) -> None:
     hv = _host(tmp_path, "crash_range: null\n")
-    assert hv.crash_range() == AddressRange(0, 0)  # success with 0/0 (§1.5)
+    assert hv.crash_range() == AddressRange(0, 0)  # success, 0/0 (xen-kexec-contract.md §2.5)
     assert _errno(lambda: hv.cpu_note_range(0)) == errno.EINVAL  # no notes array
     assert _errno(lambda: hv.cpu_note_range(4)) == errno.ERANGE  # range is checked first
     assert hv.vmcoreinfo_range().size == 4096  # works without a crash area
@@ -79,7 +79,7 @@ def test_host_without_a_crash_area(tmp_path: Path) -> None:
 
 
 def test_xen_before_4_4_accepts_load_and_does_nothing(tmp_path: Path) -> None:
-    # Command 4 is unknown there and the hypercall answers 0 (§1.8 D2).
+    # Command 4 is unknown there and the hypercall answers 0 (§4.2).
     hv = _host(tmp_path, 'xen: {version: "4.3"}\n')
     crash = hv.crash_range()
     dest = crash.end - 4 * P

@@ -133,7 +133,7 @@ def test_struct_layout_matches_header(cname: str, c_layout: dict[str, int]) -> N
 
 
 def test_known_sizes(c_layout: dict[str, int]) -> None:
-    # xen-kexec-abi.md §1.3, §2.3, §2.4: the numbers the spec states.
+    # docs/xen-kexec-contract.md §2.3, §2.7, §2.8: the numbers the spec states.
     assert c_layout["xen_kexec_segment_t sizeof"] == 32
     assert c_layout["xc_hypercall_buffer_t sizeof"] == 40
     assert c_layout["struct e820entry sizeof"] == 20

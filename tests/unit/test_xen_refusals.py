@@ -6,7 +6,7 @@ by $FAKE_XEN_MODE.  The adapter and the CLI load it through the binding's own
 override ($XENKDUMP_LIBXENCTRL or ``XenHypervisor.open(library=...)``), so
 everything above the C library is the production code path: the refusals
 must be HypervisorUnavailable with one line naming the cause, and a load
-must hand libxenctrl exactly the segment bytes (xen-kexec-abi.md §0.1, §2.3).
+must hand libxenctrl exactly the segment bytes (docs/xen-kexec-contract.md §1, §2.7).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_load_delivers_segments_and_unload(
     xcall: str, shim: Path, record: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_XEN_MODE", "ok")
-    # "0": no xencall handle, as before Xen 4.12 (§2.3 fallback).
+    # "0": no xencall handle, as before Xen 4.12 (§2.7 fallback).
     monkeypatch.setenv("FAKE_XEN_XCALL", xcall)
     data = bytes(i * 7 % 251 for i in range(PAGE_SIZE + 904))  # spans two pages
     small = b"purgatory\x00\xff"

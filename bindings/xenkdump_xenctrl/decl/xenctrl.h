@@ -1,5 +1,5 @@
 /* libxenctrl (xenctrl.h, xen/kexec.h, xen/version.h): the calls xenkdump
- * makes, declared for cffi ABI mode (xen-kexec-abi.md §2.2, §2.6).
+ * makes, declared for cffi ABI mode (docs/xen-kexec-contract.md §2.6, §2.3).
  * Layouts are checked against the real headers by
  * tests/unit/test_struct_layout.py. */
 
@@ -7,7 +7,7 @@ typedef struct xc_interface_core xc_interface;
 typedef struct xencall_handle xencall_handle;
 
 /* xenctrl.h: only used with the xc__hypercall_buffer_*_pages fallback
- * (Xen < 4.12, no xc_interface_xcall_handle); 40 bytes (§2.3). */
+ * (Xen < 4.12, no xc_interface_xcall_handle); 40 bytes (§2.7). */
 typedef struct xc_hypercall_buffer {
     void *hbuf;
     struct xc_hypercall_buffer *param_shadow;
@@ -16,7 +16,7 @@ typedef struct xc_hypercall_buffer {
     size_t sz;
 } xc_hypercall_buffer_t;
 
-/* xen/kexec.h: buf is a guest handle, i.e. one pointer on x86_64 (§1.3). */
+/* xen/kexec.h: buf is a guest handle, i.e. one pointer on x86_64 (§2.3). */
 typedef struct xen_kexec_segment {
     union {
         const void *h;
@@ -46,7 +46,7 @@ int xc_interface_close(xc_interface *xch);
 int xc_version(xc_interface *xch, int cmd, void *arg);
 int xc_get_max_cpus(xc_interface *xch);
 /* info is an opaque buffer: xc_physinfo_t's size and later offsets vary by
- * Xen release (§2.5). */
+ * Xen release (§2.9). */
 int xc_physinfo(xc_interface *xch, void *info);
 int xc_get_machine_memory_map(xc_interface *xch, struct e820entry entries[], uint32_t max_entries);
 /* Declared so that the symbol is checked; xenkdump never calls it outside a

@@ -1,6 +1,6 @@
 /* libxentoollog (xentoollog.h): only what xenkdump needs to give libxenctrl
  * a logger, so that its messages reach our exceptions instead of stderr
- * (xen-kexec-abi.md §2.1 "Logging"). */
+ * (docs/xen-kexec-contract.md §2.6). */
 
 typedef enum xentoollog_level {
     XTL_NONE,

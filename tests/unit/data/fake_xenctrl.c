@@ -7,8 +7,8 @@
  * handle exactly as it does through the real libxenctrl.
  *
  * FAKE_XEN_MODE picks the host:
- *   old     Xen 4.3 (kexec segment loads need 4.4, xen-kexec-abi.md 1.7)
- *   pvh     kexec_op answers ENOSYS, as on a PVH/HVM dom0 (0.1 rule 1)
+ *   old     Xen 4.3 (kexec segment loads need 4.4, docs/xen-kexec-contract.md §2.2)
+ *   pvh     kexec_op answers ENOSYS, as on a PVH/HVM dom0 (§2.1)
  *   eacces  opening the interface fails with EACCES and logs why
  *   ok      Xen 4.17 with a 256 MiB crash area, 2 CPUs, a small e820
  * FAKE_XEN_XCALL=0 makes xc_interface_xcall_handle return NULL, which

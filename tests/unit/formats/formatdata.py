@@ -19,7 +19,7 @@ MIB = 1 << 20
 GIB = 1 << 30
 
 # A 16 GiB server as Xen's XENMEM_machine_memory_map reports it (the crash area
-# still shows as RAM there, xen-kexec-abi.md §2.4).
+# still shows as RAM there, docs/xen-kexec-contract.md §2.8).
 MACHINE_MAP: tuple[E820Entry, ...] = (
     E820Entry(0x0, 0x9FC00, E820_RAM),
     E820Entry(0x9FC00, 0x400, E820_RESERVED),
@@ -36,9 +36,10 @@ MACHINE_MAP: tuple[E820Entry, ...] = (
 )
 # crashkernel=256M: Xen's highest fit below 4 GiB, page aligned (§7).
 CRASH = AddressRange(0xAFC00000, 256 * MIB)
-# The backup source: the first RAM range ending at or below 640 KiB (§4.2).
+# The backup source: the first RAM range ending at or below 640 KiB (docs/crash-image.md §2.2).
 LOW_RAM = AddressRange(0x0, 0x9FC00)
-# Per-CPU crash notes in the Xen heap: 500 bytes for CPU 0, 404 for the others (§3.8).
+# Per-CPU crash notes in the Xen heap: 500 bytes for CPU 0, 404 for the others
+# (xen-kexec-contract.md §5.4).
 CPU_NOTES: tuple[AddressRange, ...] = (
     AddressRange(0x43FFF6000, 500),
     AddressRange(0x43FFF5000, 404),

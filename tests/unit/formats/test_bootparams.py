@@ -140,7 +140,7 @@ def test_debian_kernel_boot_params(debian_kernel: Path) -> None:
         img, cmdline_addr=CRASH.start + MIB, initrd_addr=0, initrd_size=0, e820=e820
     )
     p = parse_boot_params(bp)
-    # startup_64 reads these from boot_params (§5.4): they must be the file's values
+    # startup_64 reads these from boot_params (docs/crash-image.md §1.4): the file's values
     assert p["kernel_alignment"] == struct.unpack_from("<I", data, 0x230)[0]
     assert p["init_size"] == struct.unpack_from("<I", data, 0x260)[0]
     assert p["pref_address"] == struct.unpack_from("<Q", data, 0x258)[0]

@@ -75,7 +75,7 @@ def test_round_trip() -> None:
     assert all(p["p_paddr"] == p["p_offset"] and p["p_vaddr"] == 0 for p in notes)
     loads = [p for p in ph if p["p_type"] == PT_LOAD]
     assert [(p["p_paddr"], p["p_paddr"] + p["p_memsz"]) for p in loads] == EXPECTED_RAM
-    # the backed-up low RAM is read from the backup copy (§4.5); the rest in place
+    # the backed-up low RAM is read from the backup (docs/crash-image.md §2.4); the rest in place
     assert loads[0]["p_offset"] == BACKUP_DST
     assert all(p["p_offset"] == p["p_paddr"] for p in loads[1:])
     assert all(p["p_vaddr"] == LINUX_PAGE_OFFSET + p["p_paddr"] for p in loads)

@@ -1,9 +1,9 @@
-"""The purgatory run from the CPU state Xen leaves (xen-kexec-abi.md §3.6), in unicorn.
+"""The purgatory run from the CPU state Xen leaves (docs/xen-kexec-contract.md §5.3), in unicorn.
 
 The 2013 xen-devel thread on the kexec hypercall settled that register state at
 entry is undefined; these tests give the purgatory random GPRs, flags and
 [rsp], Xen's unusable GDTR/IDTR and page tables that map only the segments, and
-require that it reaches the Linux entry exactly as §5.4 wants it -- or, with
+require that it reaches the Linux entry exactly as docs/crash-image.md §1.4 wants it -- or, with
 any byte of a verified region changed, that it never does.
 """
 
@@ -107,7 +107,7 @@ def test_reaches_linux_entry_from_xen_state(blob: bytes, seed: int) -> None:
 
 @pytest.mark.parametrize("top", [0, 0xFFFF82D08012345A])
 def test_ignores_what_xen_left_at_rsp(blob: bytes, top: int) -> None:
-    # ≥4.22 leaves 0 at [rsp], ≤4.21 a return address (§3.6, §3.7); the
+    # ≥4.22 leaves 0 at [rsp], ≤4.21 a return address (xen-kexec-contract.md §5.3); the
     # machine faults on any touch of that stack page, so both must pass.
     rng = random.Random(top)
     image = make_crash_image(rng, parse_header(blob).memsz)
@@ -155,7 +155,7 @@ def test_tampered_region_never_reaches_kernel(
     image = make_crash_image(rng, parse_header(blob).memsz, backup_size=0x2000, kernel_tail_pages=2)
     _, entry = arm(image, blob)
     seg = image.segments[region]
-    if where == "tail":  # in the zero fill Xen adds after buf (§3.1 step 4)
+    if where == "tail":  # in the zero fill Xen adds after buf (§3.2 step 2)
         off = rng.randrange(len(seg.data), seg.dest_size)
     else:
         off = rng.randrange(0, max(1, len(seg.data)) if seg.data else seg.dest_size)

@@ -11,7 +11,7 @@ import pytest
 from xenkdump.image.purgatory import PAGE_SIZE, parse_header
 
 # Anything that raises an exception or needs SSE/x87/MMX state (CR4 = PAE only,
-# IDT limit 0: xen-kexec-abi.md §3.6) or leaves/enters another privilege level.
+# IDT limit 0: docs/xen-kexec-contract.md §5.3) or leaves/enters another privilege level.
 FORBIDDEN_REGS = re.compile(r"%(?:[xyz]mm\d+|mm\d|st(?:\(\d\))?|k[0-7])\b")
 FORBIDDEN_MNEMONICS = {
     "int", "int1", "int3", "into", "iret", "iretq", "iretd", "iretw", "syscall", "sysret",

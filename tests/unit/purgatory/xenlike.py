@@ -1,6 +1,6 @@
 """A Xen-like x86-64 machine in unicorn: the CPU as Xen leaves it at a crash.
 
-xen-kexec-abi.md §3.5/§3.6: 64-bit long mode with 4-level identity page tables
+docs/xen-kexec-contract.md §5.2/§5.3: 64-bit long mode with 4-level identity page tables
 that map only the image's segments (the page-table pages themselves are not
 mapped), CR4 = PAE only, IDTR limit 0, a GDTR pointing at unmapped Xen memory,
 Xen's selectors still cached, IF = 0 and every general register undefined.
@@ -74,7 +74,7 @@ RFLAGS_IF = 1 << 9
 # Arithmetic flags, DF, NT and AC are random at entry; TF/VM/RF would change
 # how the emulator runs and Xen never leaves them set.
 RFLAGS_RANDOM_MASK = 0x08D5 | 0x0400 | 0x4000 | 0x40000
-XEN_CS, XEN_DS = 0xE008, 0xE010  # Xen's hypervisor selectors (§3.6)
+XEN_CS, XEN_DS = 0xE008, 0xE010  # Xen's hypervisor selectors (§5.3)
 XEN_GDT_VA = 0xFFFF82D080000000  # Xen per-CPU GDT: not mapped in the kexec tables
 
 GPRS = {
@@ -163,7 +163,7 @@ class XenLikeMachine:
             self.uc.mem_map(s.start, s.dest_size)
             self.uc.mem_write(s.start, s.image())
         # Page-table pages and the stack page are RAM too, but only the stack
-        # page (Xen's control code page) is in the page tables (§3.1 step 3).
+        # page (Xen's control code page) is in the page tables (§3.2 step 1).
         self.uc.mem_map(pt_pool, 0x20000)
         self.uc.mem_map(entry_stack, PAGE)
         self._l4 = pt_pool
@@ -197,7 +197,7 @@ class XenLikeMachine:
     # CPU state --------------------------------------------------------------
 
     def enter_like_xen(self, rng: random.Random, stack_top_qword: int | None = None) -> None:
-        """Put the CPU in the state of §3.6 with random undefined parts."""
+        """Put the CPU in the state of §5.3 with random undefined parts."""
         uc = self.uc
         # Xen's hypervisor selectors, loaded while a readable GDT exists, so
         # their cached descriptors stay behind when the GDTR goes away.
@@ -217,7 +217,7 @@ class XenLikeMachine:
             uc.reg_write(reg, rng.getrandbits(64))
         flags = (rng.getrandbits(32) & RFLAGS_RANDOM_MASK | 0x2) & ~RFLAGS_IF
         uc.reg_write(UC_X86_REG_EFLAGS, flags)
-        # rsp somewhere in Xen's tiny stack, [rsp] anything (§3.6).
+        # rsp somewhere in Xen's tiny stack, [rsp] anything (§5.3).
         rsp = self.entry_stack + rng.randrange(0x200, PAGE - 8, 8)
         top = rng.getrandbits(64) if stack_top_qword is None else stack_top_qword
         uc.mem_write(self.entry_stack, rng.randbytes(PAGE))
@@ -298,7 +298,7 @@ class XenLikeMachine:
 # A crash image as the planner would lay it out ---------------------------------
 
 LOW_1M = 0x100000
-KERNEL_ENTRY_OFFSET = 0x200  # Linux 64-bit entry (§5.1)
+KERNEL_ENTRY_OFFSET = 0x200  # Linux 64-bit entry (docs/crash-image.md §1.1)
 KERNEL_STUB = bytes.fromhex("f4ebfd")  # 1: hlt; jmp 1b -- "the kernel" for the tests
 
 
@@ -330,7 +330,7 @@ def make_crash_image(
     """Random placement inside a random crash area, possibly above 4 GiB.
 
     Xen's control pages and page tables come from the bottom of the crash
-    area (§3.1, §3.2), so the page-table pool goes there and is not mapped.
+    area (xen-kexec-contract.md §3.2, §3.3), so the page-table pool goes there and is not mapped.
     """
     crash_start = rng.randrange(0x0100_0000, 0x2_0000_0000, 0x20_0000)
     pt_pool = crash_start
@@ -367,7 +367,7 @@ def make_crash_image(
     segs["purgatory"] = Segment(
         "purgatory", place(purgatory_memsz), b"", purgatory_memsz, writable=True
     )
-    # Xen's NULL-buf low segment: low RAM as it was at the crash (§4.2 "+").
+    # Xen's NULL-buf low segment: low RAM as it was at the crash (crash-image.md §2.1).
     segs["low"] = Segment("low", 0, rng.randbytes(LOW_1M), LOW_1M)
     verified: list[str] = [n for n in ("kernel", "setup", "initrd", "backup") if n in segs]
     rng.shuffle(verified)

@@ -4,7 +4,7 @@ Shows Xen's version and command line, the crash range, Xen's own image, the
 VMCOREINFO buffer, the CPUs with their crash-note buffers, the machine memory
 map, and Xen's raw ``kexec_status`` answer -- which is the PARITY of the load
 and unload calls made so far, not whether an image is loaded
-(xen-kexec-abi.md §1.8 D1; use ``xenkdumpctl status`` for that).
+(docs/xen-kexec-contract.md §4.1; use ``xenkdumpctl status`` for that).
 
 The JSON form (``--json``) is stable; keys are only ever added.  Integers are
 plain JSON numbers (addresses too)::
@@ -71,7 +71,7 @@ def _status(hv: Hypervisor, type_: int) -> int | None:
     try:
         return hv.kexec_status(type_)
     except HypervisorError as exc:
-        # No status call on this Xen or libxenctrl (before 4.9, §1.7): say so, don't fail.
+        # No status call on this Xen or libxenctrl (before 4.9, §2.2): say so, don't fail.
         if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP, 0):
             return None
         raise
@@ -84,7 +84,7 @@ def collect(hv: Hypervisor) -> dict[str, Any]:
     max_cpus = hv.max_cpus()
     notes: list[dict[str, int]] = []
     if crash.size:
-        # Without a crash area Xen has no note buffers and answers EINVAL (§1.5).
+        # Without a crash area Xen has no note buffers and answers EINVAL (§2.5).
         for cpu in range(max_cpus):
             note = hv.cpu_note_range(cpu)
             notes.append({"cpu": cpu, "start": note.start, "size": note.size})

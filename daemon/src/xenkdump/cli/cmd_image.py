@@ -34,7 +34,7 @@ the load record lives (xenkdump.state.record).
 
 ``status [--json]``
     What xenkdump armed, from its own record (Xen's status call cannot say,
-    xen-kexec-abi.md §1.8 D1).  The JSON form is ``{"armed": false}`` or
+    docs/xen-kexec-contract.md §4.1).  The JSON form is ``{"armed": false}`` or
     ``{"armed": true, "record": {LoadRecord fields}}`` plus ``"counters"``
     (loads_issued, unloads_issued, generation).  Exit 0 either way.
 

@@ -216,7 +216,10 @@ class DaemonCore:
             self._feed(ev.ReloadRequested(reason))
 
     async def check_host(self) -> None:
-        """Compare Xen's CPUs and memory map with the last seen fingerprint (§2.5)."""
+        """Compare Xen's CPUs and memory map with the last seen fingerprint.
+
+        What is compared: docs/xen-kexec-contract.md §2.8, §2.9.
+        """
         if self.engine.busy is not None or self.engine.starting:
             return  # the running load gathers the host itself
         try:

@@ -8,7 +8,7 @@ What the engine keeps
     phase       STARTING until the first reconcile's load has a result, then RUNNING.
     armed       the image this daemon knows is armed in Xen (generation, fallback flag),
                 or None.  It comes from our durable record only when the record agrees
-                with Xen's load/unload parity (xen-kexec-abi.md §1.8 D1: status is only
+                with Xen's load/unload parity (docs/xen-kexec-contract.md §4.1: status is only
                 the parity, so it can disprove a record but never prove an image).
     failure     why the newest load failed, while that failure stands.
     host_stale  the host's CPUs or memory map changed after the armed image was built.

@@ -69,7 +69,10 @@ class Executor:
     # ---- start-up: what is armed? ----
 
     def check_record(self) -> Start:
-        """Cross-check our durable record with Xen's load/unload parity (§1.8 D1)."""
+        """Cross-check our durable record with Xen's load/unload parity.
+
+        Why only the parity: docs/xen-kexec-contract.md §4.1.
+        """
         state = self.store.read_state()
         self.record = state.armed
         parity = self.hv.kexec_status(KEXEC_TYPE_CRASH) & 1

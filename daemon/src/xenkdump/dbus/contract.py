@@ -2,7 +2,7 @@
 
 Pure (no dbus_fast, no I/O beyond reading the package's own XML): the service
 dispatches and introspects from an ``InterfaceSpec``, so the XML stays the one
-definition of the API (issue 5 item 4: "loaded at runtime").
+definition of the API.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _has_doc(elem: ET.Element) -> bool:
 
 
 def parse_interface(xml_text: str, interface: str = names.INTERFACE) -> InterfaceSpec:
-    """Parse the contract; every member must carry a <doc:doc> (issue 5 item 4)."""
+    """Parse the contract; every member must carry a <doc:doc>."""
     try:
         root = ET.fromstring(xml_text)
     except ET.ParseError as exc:

@@ -298,7 +298,7 @@ class _Service:
 
     async def _authorize(self, msg: Message) -> int:
         # The bus policy already limits these methods to root; check again here so a
-        # permissive or missing policy file does not open them (issue 5 item 5).
+        # permissive or missing policy file does not open them.
         uid = await self._caller_uid(msg)
         if uid not in self.allowed_uids:
             raise errors.NotPermittedError(

@@ -5,7 +5,7 @@ Two adapters implement it and pass the same contract tests
 cffi) and ``xenkdump.hv.sim.SimulatedHypervisor`` (a faithful model of Xen's
 kexec_op).  Everything else in xenkdump depends only on this module.
 
-Values and names follow Xen's public/kexec.h and xen-kexec-abi.md (§1).
+Values and names follow Xen's public/kexec.h and docs/xen-kexec-contract.md §2.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ KEXEC_RANGE_MA_VMCOREINFO = 6
 KEXEC_SEGMENT_MAX = 16
 MAX_SEGMENTS = KEXEC_SEGMENT_MAX - 1
 
-# ELF machine numbers Xen accepts as `arch` (§1.3).
+# ELF machine numbers Xen accepts as `arch` (§2.3).
 EM_386 = 3
 EM_X86_64 = 62
 
@@ -44,7 +44,7 @@ E820_UNUSABLE = 5
 E820_PMEM = 7
 E820_PRAM = 12
 
-# Xen versions this project can drive: segment load exists from 4.4 (§1.7).
+# Xen versions this project can drive: segment load exists from 4.4 (§2.2).
 MIN_XEN_VERSION = (4, 4)
 
 
@@ -103,7 +103,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class PhysInfo:
-    """The stable leading fields of xen_sysctl_physinfo (offsets 0-28, §2.5)."""
+    """The stable leading fields of xen_sysctl_physinfo (offsets 0-28, §2.9)."""
 
     threads_per_core: int
     cores_per_socket: int
@@ -165,7 +165,7 @@ class Hypervisor(Protocol):
     def kexec_unload(self, type: int) -> None: ...
 
     def kexec_status(self, type: int) -> int:
-        """Xen's raw status answer: the PARITY of load and unload calls (§1.8 D1)."""
+        """Xen's raw status answer: the PARITY of load and unload calls (§4.1)."""
         ...
 
     def close(self) -> None: ...

@@ -2,17 +2,17 @@
 
 It implements ``xenkdump.hv.port.Hypervisor`` and passes the same contract
 tests as the real adapter (tests/contract/).  What it models, with the
-section of xen-kexec-abi.md each rule comes from:
+section of docs/xen-kexec-contract.md each rule comes from:
 
-* ``kexec_load`` validates in Xen's order (§1.6 "Validation order for load",
-  §3.1): nr_segments >= 16 -> EINVAL; type not 0/1 -> EINVAL; crash: entry
+* ``kexec_load`` validates in Xen's order (xen-kexec-contract.md §3.1):
+  nr_segments >= 16 -> EINVAL; type not 0/1 -> EINVAL; crash: entry
   outside [start, start+size] (end inclusive) -> EADDRNOTAVAIL, a segment
   *with a buffer* outside the area -> EADDRNOTAVAIL; any unaligned dest or
   dest+size -> EADDRNOTAVAIL; overlap (NULL-buf segments too) -> EINVAL;
   buf_size > dest_size -> EINVAL.  ``dest + size`` wraps at 2**64 as Xen's
-  paddr_t does (§1.8 D6).
+  paddr_t does (§4.6).
 * The crash area is a byte model (a sparse file).  A crash load takes Xen's
-  control pages with Xen's bump allocator (§3.1 step 3, §3.2): from the
+  control pages with Xen's bump allocator (§3.2 step 1, §3.3): from the
   crash start upwards, skipping pages that overlap any segment, each page
   zeroed as it is taken -- the code page, the L4, page-table pages
   (L3/L2/L1) as the identity map of every mapped page needs them, the
@@ -20,7 +20,7 @@ section of xen-kexec-abi.md each rule comes from:
   to dest_size, then its pages are mapped; NULL-buf segments are mapped and
   never written.  ENOMEM arrives when no page is left, after whatever was
   already taken or copied (exactly as in Xen).  Only then is ``arch``
-  checked (-> EINVAL, the bytes stay written: §1.8 D3/D4); then Xen's
+  checked (-> EINVAL, the bytes stay written: §4.3, §4.4); then Xen's
   kexec_reloc is copied into the code page and the code page is mapped a
   second time at Xen's kexec_reloc address (its own L3+L2+L1); then the
   slot swap.  The page tables written are real x86-64 4-level tables.
@@ -28,11 +28,11 @@ section of xen-kexec-abi.md each rule comes from:
   image in the other slot and toggles the slot bit; an unload toggles the
   bit and empties the old slot; unloading nothing succeeds.
 * ``kexec_status`` returns the slot bit: the PARITY of load and unload calls
-  (§1.8 D1; seen on Xen 4.17.7: nothing 0, load 1, load 0, load 1, unload 0,
+  (§4.1; seen on Xen 4.17.7: nothing 0, load 1, load 0, load 1, unload 0,
   unload 1), not "loaded".
-* get_range (§1.5): MA_CPU past max_cpus -> ERANGE, MA_CPU without a crash
+* get_range (§2.5): MA_CPU past max_cpus -> ERANGE, MA_CPU without a crash
   area -> EINVAL, ids 3, 4, 5, >= 7 -> EINVAL, MA_CRASH without an area ->
-  0/0.  Old Xen (§1.7, D2): below 4.4 load/unload return success and do
+  0/0.  Old Xen (§2.2, §4.2): below 4.4 load/unload return success and do
   nothing; below 4.9 status answers 0.
 
 DEFAULT-type loads are validated the same way minus the crash-area rules;
@@ -92,17 +92,17 @@ STATE_FORMAT = 1
 U64_MASK = (1 << 64) - 1
 
 # Page-table entry bits Xen's machine_kexec_add_page writes (__PAGE_HYPERVISOR:
-# present, rw, accessed, dirty) and the address bits of an entry (§3.1 step 3).
+# present, rw, accessed, dirty) and the address bits of an entry (§3.2 step 1).
 PTE_FLAGS = 0x063
 PTE_PRESENT = 0x001
 PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 ENTRIES = PAGE_SIZE // 8
 
-# xen/kimage.h: the indirection list of a crash image is just IND_DONE (§3.1 step 5).
+# xen/kimage.h: the indirection list of a crash image is just IND_DONE (§5.2).
 IND_DONE = 0x4
 
 # Stand-in for Xen's kexec_reloc code (< 1 page, copied into the control code
-# page by machine_kexec_load, §3.1 step 6).  Not Xen's bytes: a fixed pattern,
+# page by machine_kexec_load, §3.2 step 3).  Not Xen's bytes: a fixed pattern,
 # so that a damaged code page is detectable.
 KEXEC_RELOC_CODE = b"".join(hashlib.sha256(b"sim kexec_reloc %d" % i).digest() for i in range(24))
 
@@ -164,7 +164,7 @@ def _fresh_state(host_sha256: str) -> dict[str, Any]:
 
 
 class _CrashLoad:
-    """One KEXEC_CMD_kexec_load of a crash image against the crash-area bytes (§3.1)."""
+    """One KEXEC_CMD_kexec_load of a crash image against the crash-area bytes (§3.2)."""
 
     def __init__(
         self,
@@ -203,7 +203,7 @@ class _CrashLoad:
             errno.ENOMEM,
             f"no free page left in the crash area for Xen's {role} page "
             f"({len(self.pages)} control pages taken; leave room below or between segments, "
-            "xen-kexec-abi.md §3.2)",
+            "docs/xen-kexec-contract.md §3.3)",
         )
 
     def _child(self, table: int, index: int, role: str) -> int:
@@ -261,12 +261,12 @@ class _CrashLoad:
             first = seg.dest & ~(PAGE_SIZE - 1)
             self.map_pages(first, first, max(0, (end - first + PAGE_SIZE - 1) // PAGE_SIZE))
         struct.pack_into("<Q", self.pages[ind], 0, IND_DONE)  # kimage_terminate
-        # machine_kexec_load: arch only now, after the copy (§1.8 D4).
+        # machine_kexec_load: arch only now, after the copy (§4.4).
         if arch not in (EM_386, EM_X86_64):
             raise _RefusedError(
                 errno.EINVAL,
                 f"arch {arch} is not EM_X86_64 (62) or EM_386 (3); Xen checks it only "
-                "after copying the segments into the crash area (§1.8 D4)",
+                "after copying the segments into the crash area (§4.4)",
             )
         self.pages[code][: len(KEXEC_RELOC_CODE)] = KEXEC_RELOC_CODE
         self.map_pages(self.reloc_va, code, 1)
@@ -404,7 +404,7 @@ class SimulatedHypervisor(ClosingContext):
         return self.host.xen_command_line
 
     def get_range(self, range_id: int, nr: int = 0) -> AddressRange:
-        """KEXEC_CMD_kexec_get_range with a raw range id (§1.5)."""
+        """KEXEC_CMD_kexec_get_range with a raw range id (§2.5)."""
         host = self.host
         if range_id == KEXEC_RANGE_MA_CRASH:
             return host.crash_range
@@ -486,7 +486,7 @@ class SimulatedHypervisor(ClosingContext):
         _check_abi_fields(type, arch, entry, segs)
         with self._locked() as state:
             if self.host.xen_version < (4, 4):
-                return  # cmd 4 is unknown there and answers 0 without loading (§1.8 D2)
+                return  # cmd 4 is unknown there and answers 0 without loading (§4.2)
             try:
                 record = self._load(type, arch, entry, segs)
             except _RefusedError as r:
@@ -508,10 +508,10 @@ class SimulatedHypervisor(ClosingContext):
             )
         if type not in (KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH):
             raise _RefusedError(errno.EINVAL, _bad_type(type))
-        ends = [(s.dest + s.memsz) & U64_MASK for s in segs]  # paddr_t wraps (§1.8 D6)
+        ends = [(s.dest + s.memsz) & U64_MASK for s in segs]  # paddr_t wraps (§4.6)
         crash = self.host.crash_range
         if type == KEXEC_TYPE_CRASH:
-            if not crash.start <= entry <= crash.end:  # end inclusive (§1.8 D5)
+            if not crash.start <= entry <= crash.end:  # end inclusive (§4.5)
                 raise _RefusedError(
                     errno.EADDRNOTAVAIL,
                     f"entry {entry:#x} outside the crash area {crash.start:#x}-{crash.end:#x}",
@@ -564,7 +564,7 @@ class SimulatedHypervisor(ClosingContext):
     def kexec_unload(self, type: int) -> None:
         with self._locked() as state:
             if self.host.xen_version < (4, 4):
-                return  # cmd 5 unknown: 0, nothing done (§1.8 D2)
+                return  # cmd 5 unknown: 0, nothing done (§4.2)
             if type not in (KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH):
                 raise HypervisorError("xc_kexec_unload", errno.EINVAL, _bad_type(type))
             # kexec_swap_images with no new image: toggle the bit, empty the old slot.
@@ -577,7 +577,7 @@ class SimulatedHypervisor(ClosingContext):
 
     def kexec_status(self, type: int) -> int:
         if self.host.xen_version < (4, 9):
-            return 0  # cmd 6 unknown before 4.9: the hypercall answers 0 (§1.7)
+            return 0  # cmd 6 unknown before 4.9: the hypercall answers 0 (§2.2)
         if type not in (KEXEC_TYPE_DEFAULT, KEXEC_TYPE_CRASH):
             raise HypervisorError("xc_kexec_status", errno.EINVAL, _bad_type(type))
         with self._locked() as state:
@@ -679,7 +679,7 @@ def _bad_type(type_: int) -> str:
 
 
 def _check_abi_fields(type: int, arch: int, entry: int, segs: list[Segment]) -> None:
-    """Values must fit xen_kexec_load_t / xen_kexec_segment_t (§1.3), as cffi would insist."""
+    """Values must fit xen_kexec_load_t / xen_kexec_segment_t (§2.3), as cffi would insist."""
     fields = [("type", type, 8), ("arch", arch, 16), ("entry_maddr", entry, 64)]
     for i, s in enumerate(segs):
         fields += [(f"segment {i} dest_maddr", s.dest, 64), (f"segment {i} dest_size", s.memsz, 64)]

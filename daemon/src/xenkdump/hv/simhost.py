@@ -3,7 +3,7 @@
 ``SimulatedHypervisor`` (hv/sim.py) answers every query of the hypervisor
 port from this description: Xen's version and command line, its machine
 memory map (as XENMEM_machine_memory_map returns it: the crash area still
-shows as RAM, xen-kexec-abi.md §2.4), the crash range (§1.5; ``null`` models
+shows as RAM, docs/xen-kexec-contract.md §2.8), the crash range (§2.5; ``null`` models
 a Xen booted without ``crashkernel=``), the per-CPU crash-note buffers, the
 VMCOREINFO buffer and Xen's own image.
 
@@ -17,7 +17,7 @@ CPUs, Xen 4.17.7).  The file format, with the defaults::
       command_line: "console=com1 ..."
       range: {start: 0xbe800000, size: 0x800000}      # KEXEC_RANGE_MA_XEN
       vmcoreinfo: {start: 0xbe9c3000, size: 4096}     # KEXEC_RANGE_MA_VMCOREINFO
-      kexec_reloc_va: 0xffff82d04036d000              # where Xen's kexec_reloc runs (§3.1 step 6)
+      kexec_reloc_va: 0xffff82d04036d000              # where Xen's kexec_reloc runs (§3.2 step 3)
     crash_range: {start: 0xae6ff000, size: 0x10000000}  # null: no crash area
     cpus:
       online: 4                      # nr_cpus; max_cpus is the number of notes
@@ -66,7 +66,7 @@ GIB = 1 << 30
 MIB = 1 << 20
 U64_MAX = (1 << 64) - 1
 
-# E820 type names as the file spells them (values: xen-kexec-abi.md §2.4).
+# E820 type names as the file spells them (values: xen-kexec-contract.md §2.8).
 E820_NAMES: Mapping[str, int] = {
     "ram": E820_RAM,
     "reserved": E820_RESERVED,
@@ -94,7 +94,7 @@ class SimHost:
     xen_range: AddressRange
     vmcoreinfo_range: AddressRange
     kexec_reloc_va: int
-    crash_range: AddressRange  # size 0: Xen reserved no crash area (§1.5)
+    crash_range: AddressRange  # size 0: Xen reserved no crash area (§2.5)
     nr_cpus: int
     threads_per_core: int
     cores_per_socket: int
@@ -105,7 +105,7 @@ class SimHost:
 
     @property
     def max_cpus(self) -> int:
-        """nr_cpu_ids = max_cpu_id + 1: one note buffer per possible CPU (§1.5)."""
+        """nr_cpu_ids = max_cpu_id + 1: one note buffer per possible CPU (§2.5)."""
         return len(self.cpu_notes)
 
 
@@ -134,14 +134,14 @@ def default_host() -> SimHost:
         vmcoreinfo_range=AddressRange(0xBE9C3000, 4096),
         kexec_reloc_va=0xFFFF82D04036D000,
         # crashkernel=256M: the highest page-aligned hole below Xen; page-aligned only,
-        # not 2 MiB aligned (xen-kexec-abi.md §7, last row).
+        # not 2 MiB aligned (xen-kexec-contract.md §7).
         crash_range=AddressRange(0xAE6FF000, 256 * MIB),
         nr_cpus=4,
         threads_per_core=1,
         cores_per_socket=4,
         nr_nodes=1,
         cpu_khz=2_400_000,
-        # Note buffers are xmalloc'd in the Xen heap: CPU 0 500 bytes, others 404 (§3.8).
+        # Note buffers are xmalloc'd in the Xen heap: CPU 0 500 bytes, others 404 (§5.4).
         cpu_notes=(
             AddressRange(0x43F8E1A40, 500),
             AddressRange(0x43F8E2C80, 404),

@@ -49,7 +49,7 @@ COMMANDLINE_LEN = 1024
 
 # Xen inserts reserved entries for I/O gaps, so the machine map can be far
 # longer than the firmware's; too small an array gives EINVAL.  kexec-tools
-# uses 32768 for crash loads (xen-kexec-abi.md §2.4).
+# uses 32768 for crash loads (docs/xen-kexec-contract.md §2.8).
 MACHINE_MAP_MAX = 32768
 
 # What libxenctrl would print to stderr with no logger (it defaults to
@@ -146,7 +146,7 @@ class XenHypervisor(ClosingContext):
         self._xch: Any = xch
         self._log = captured
         self._lock = threading.RLock()
-        # Xen 4.12+: page buffers straight from libxencall (§2.2).
+        # Xen 4.12+: page buffers straight from libxencall (§2.7).
         self._xcall: Any = None
         if xc.has_symbol(self._ctrl, "xc_interface_xcall_handle"):
             self._xcall = self._ctrl.xc_interface_xcall_handle(xch)
@@ -181,13 +181,13 @@ class XenHypervisor(ClosingContext):
         major, minor = self.xen_version()
         if (major, minor) < MIN_XEN_VERSION:
             # Xen < 4.4 answers the segment load command with 0 without
-            # loading anything (xen-kexec-abi.md §1.7, D2).
+            # loading anything (xen-kexec-contract.md §4.2).
             need = ".".join(map(str, MIN_XEN_VERSION))
             raise HypervisorUnavailable(
                 "xc_version", 0, f"Xen {major}.{minor} is too old: kexec loading needs Xen {need}+"
             )
         # Probe the hypercall: ENOSYS means a PVH/HVM dom0 or no CONFIG_KEXEC
-        # (§0.1 rule 1); _call turns it into HypervisorUnavailable.
+        # (§2.1); _call turns it into HypervisorUnavailable.
         self.crash_range()
 
     # -- plumbing ---------------------------------------------------------
@@ -277,13 +277,13 @@ class XenHypervisor(ClosingContext):
     def physinfo(self) -> PhysInfo:
         # Opaque zeroed buffer bigger than any release's xc_physinfo_t; only
         # the leading u32 fields (offsets 0-24) are read, because later
-        # offsets differ between releases (xen-kexec-abi.md §2.5).
+        # offsets differ between releases (xen-kexec-contract.md §2.9).
         buf = ffi.new("unsigned char[]", xc.PHYSINFO_SIZE)
         self._int_call("xc_physinfo", self._ctrl.xc_physinfo, buf)
         return PhysInfo(*_PHYSINFO.unpack_from(ffi.buffer(buf, _PHYSINFO.size)))
 
     def machine_memory_map(self) -> list[E820Entry]:
-        # struct e820entry is packed (20 bytes) in the cdef (§2.4).
+        # struct e820entry is packed (20 bytes) in the cdef (§2.8).
         entries = ffi.new("struct e820entry[]", MACHINE_MAP_MAX)
         n = self._int_call(
             "xc_get_machine_memory_map",
@@ -312,7 +312,7 @@ class XenHypervisor(ClosingContext):
             self._handle(op)
             try:
                 # libxenctrl bounces only the segment array; each segment's
-                # data must already be in hypercall-safe pages (§2.3, rule 3).
+                # data must already be in hypercall-safe pages (§2.7).
                 for i, seg in enumerate(segments):
                     if seg.buf is None:
                         array[i].buf.h = ffi.NULL
@@ -359,7 +359,7 @@ class XenHypervisor(ClosingContext):
         self._int_call("xc_kexec_unload", self._ctrl.xc_kexec_unload, type)
 
     def kexec_status(self, type: int) -> int:
-        # Reports load/unload parity, not "loaded" (§1.8 D1): for display only.
+        # Reports load/unload parity, not "loaded" (§4.1): for display only.
         if not xc.has_symbol(self._ctrl, "xc_kexec_status"):
             raise HypervisorError(
                 "xc_kexec_status", errno.ENOSYS, "kexec status needs Xen 4.9 or later"

@@ -2,7 +2,7 @@
 purgatory), the segment planner and the loader that feeds the hypervisor port.
 
 The builders take values and return bytes; they never open files or make
-hypercalls (style.md §3 rule 9).
+hypercalls (docs/architecture.md §7).
 """
 
 from __future__ import annotations

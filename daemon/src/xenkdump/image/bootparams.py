@@ -1,10 +1,10 @@
 """boot_params (the "zero page") for the crash kernel, and its e820 table.
 
-Layout from zero-page.rst / boot.rst (xen-kexec-abi.md §5.2, §5.3).  What goes
-in follows kexec-tools' choices (§4.3, §4.6) with three deliberate differences:
+Layout from zero-page.rst / boot.rst (docs/crash-image.md §1.2, §1.3).  What goes
+in follows kexec-tools' choices (§1.3, §2.5) with three deliberate differences:
 
 * hardware_subarch is 0 (PC), not dom0's Xen value 2: the crash kernel boots
-  on bare metal, outside Xen (§5.2).
+  on bare metal, outside Xen (§1.2).
 * type_of_loader is 0xFF, boot.rst's value for a loader without an assigned
   ID; 0xD0 belongs to kexec-tools and we are not it.
 * screen_info, EDD and setup_data stay zero: the crash kernel gets its console
@@ -42,13 +42,14 @@ X86_SUBARCH_PC: Final = 0
 ONE_MIB: Final = 1 << 20
 _U32: Final = (1 << 32) - 1
 
-# struct boot_e820_entry: packed {u64 addr; u64 size; u32 type} (§5.3, §2.4).
+# struct boot_e820_entry: packed {u64 addr; u64 size; u32 type}
+# (§1.3, xen-kexec-contract.md §2.8).
 E820_ENTRY: Final = Layout(
     "boot_e820_entry", size=20, rows=((0, "addr", "Q"), (8, "size", "Q"), (16, "type", "I"))
 )
 assert E820_ENTRY.size == 20
 
-# The zero-page fields outside the setup header that we fill or read back (§5.3).
+# The zero-page fields outside the setup header that we fill or read back (crash-image.md §1.3).
 # Everything not listed is left zero; the setup header (0x1F1..) uses SETUP_HEADER.
 BOOT_PARAMS: Final = Layout(
     "boot_params",
@@ -71,7 +72,7 @@ BOOT_PARAMS: Final = Layout(
 assert BOOT_PARAMS.size == BOOT_PARAMS_SIZE
 assert E820_TABLE_OFFSET + E820_MAX_ENTRIES_ZEROPAGE * E820_ENTRY.size == 0xCD0
 
-# Machine-map types the crash kernel must see with their type (§4.6); anything
+# Machine-map types the crash kernel must see with their type (§2.5); anything
 # else that is not RAM is passed on as well, so nothing is mistaken for free RAM.
 KNOWN_TYPES: Final = frozenset(
     {E820_RAM, E820_RESERVED, E820_ACPI, E820_NVS, E820_UNUSABLE, E820_PMEM, E820_PRAM}
@@ -100,7 +101,7 @@ def crash_e820(
     exclude: Sequence[AddressRange] = (),
     low_ram: AddressRange | None = None,
 ) -> list[E820Entry]:
-    """The crash kernel's memory map (§4.6).
+    """The crash kernel's memory map (§2.5).
 
     RAM is ``low_ram`` (the backup source, restored by purgatory, so the crash
     kernel may use it) plus the crash range minus ``exclude`` (elfcorehdr and
@@ -147,7 +148,7 @@ def crash_e820(
 
 def _alt_mem_k(e820: Sequence[E820Entry]) -> int:
     # KiB of RAM above 1 MiB in the RAM entry straddling 1 MiB, as kexec-tools
-    # computes it (§4.3); 0 when none does (the crash map normally has no such entry).
+    # computes it (§1.3); 0 when none does (the crash map normally has no such entry).
     for ent in e820:
         if ent.type == E820_RAM and ent.addr <= ONE_MIB < ent.end:
             return min((ent.end - ONE_MIB) >> 10, _U32)
@@ -169,7 +170,7 @@ def build_boot_params(
     e820: Sequence[E820Entry],
     acpi_rsdp: int = 0,
 ) -> bytes:
-    """The 4096-byte zero page for ``image`` (§4.3, §5.3).
+    """The 4096-byte zero page for ``image`` (§1.3).
 
     The setup header is copied from the image, then the loader's fields are
     written: type_of_loader, hardware_subarch 0, cmd_line_ptr and the

@@ -1,6 +1,6 @@
 """bzImage parser: the setup header, the protected-mode kernel and its 64-bit entry.
 
-Field names and offsets are boot.rst's (xen-kexec-abi.md §5.1, §5.2).  The
+Field names and offsets are boot.rst's (docs/crash-image.md §1.1, §1.2).  The
 offsets are the same in the file and in boot_params, so one table serves both.
 Pure: bytes in, a frozen value out; every malformed input raises ImageError
 with one line naming the file and field, expected versus found.
@@ -18,18 +18,18 @@ SECTOR: Final = 512
 PAGE_SIZE: Final = 4096
 
 SETUP_HEADER_START: Final = 0x1F1
-SETUP_HEADER_END_MAX: Final = 0x202 + 0x7F  # byte 0x201 is a short jmp displacement (§5.1)
+SETUP_HEADER_END_MAX: Final = 0x202 + 0x7F  # byte 0x201 is a short jmp displacement (§1.1)
 
 BOOT_FLAG: Final = 0xAA55
 HDRS_MAGIC: Final = 0x53726448  # "HdrS"
-MIN_VERSION: Final = 0x020C  # 2.12: xloadflags and the 64-bit entry (§5.1)
+MIN_VERSION: Final = 0x020C  # 2.12: xloadflags and the 64-bit entry (§1.1)
 LOADED_HIGH: Final = 1 << 0
 XLF_KERNEL_64: Final = 1 << 0
 XLF_CAN_BE_LOADED_ABOVE_4G: Final = 1 << 1
 XLF_EFI_KEXEC: Final = 1 << 4
-ENTRY_64: Final = 0x200  # startup_64 is at load address + 0x200 (§5.1)
+ENTRY_64: Final = 0x200  # startup_64 is at load address + 0x200 (§1.1)
 
-# boot.rst "The real-mode kernel header", offsets as in the file (§5.2).
+# boot.rst "The real-mode kernel header", offsets as in the file (§1.2).
 SETUP_HEADER: Final = Layout(
     "setup_header",
     start=0x1F1,
@@ -87,7 +87,7 @@ class SetupHeader:
 
     ``setup_sects`` is the file's value (0 means 4, see ``setup_size``);
     ``raw`` is the header as found, 0x1F1 up to 0x202 + byte[0x201], which
-    build_boot_params copies into the zero page (§4.3, §5.3).
+    build_boot_params copies into the zero page (§1.3).
     """
 
     setup_sects: int
@@ -108,7 +108,7 @@ class SetupHeader:
 
     @property
     def setup_size(self) -> int:
-        """Bytes before the protected-mode kernel: boot sector plus setup sectors (§5.1)."""
+        """Bytes before the protected-mode kernel: boot sector plus setup sectors (§1.1)."""
         return ((self.setup_sects or 4) + 1) * SECTOR
 
     @property
@@ -130,7 +130,7 @@ class BzImage:
 
     @property
     def load_memsz(self) -> int:
-        """Bytes the kernel needs at its load address: init_size covers decompression (§5.4)."""
+        """Bytes the kernel needs at its load address: init_size covers decompression (§1.4)."""
         need = max(len(self.kernel), self.header.init_size)
         return (need + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
@@ -175,7 +175,7 @@ def parse_bzimage(data: bytes, name: str = "kernel") -> BzImage:
         "boot protocol 2.12 (0x020c) or newer",
         f"{f['version']:#06x}",
     )
-    # byte 0x201 is the jmp displacement, so the header ends right after it (§5.1).
+    # byte 0x201 is the jmp displacement, so the header ends right after it (§1.1).
     hdr_end = 0x202 + data[0x201]
     _need(
         name,

@@ -2,9 +2,9 @@
 
 Starts from the user's line (or dom0's /proc/cmdline), drops what only makes
 sense in a Xen dom0, adds what a crash kernel needs and what kexec-tools adds
-(xen-kexec-abi.md §4.4: ``elfcorehdr=<addr/1024>K`` and ``acpi_rsdp=``).
+(docs/crash-image.md §2.3: ``elfcorehdr=<addr/1024>K`` and ``acpi_rsdp=``).
 Nothing else is added: in particular never ``kexec_jump_back_entry=``, which
-kexec-tools' purgatory appends on Xen <= 4.21 (§3.7) and ours does not.
+kexec-tools' purgatory appends on Xen <= 4.21 (docs/xen-kexec-contract.md §5.3) and ours does not.
 
 Tokens are split the way the kernel's next_arg() does (whitespace outside
 double quotes) and kept verbatim.  Everything after a lone ``--`` belongs to
@@ -34,7 +34,7 @@ _DOM0_KEYS: Final = frozenset(
         "kexec_jump_back_entry",
         "BOOT_IMAGE",  # GRUB's note of the dom0 image path
         "initrd",  # a boot loader's initrd path, not ours
-        "memmap",  # the e820 in boot_params is the crash kernel's map (§4.6)
+        "memmap",  # the e820 in boot_params is the crash kernel's map (crash-image.md §2.5)
         "mem",
         "hugepages",  # the distributions' kdump scripts drop these too
         "hugepagesz",
@@ -194,7 +194,7 @@ def crash_cmdline(
     cmdline_size: int = 2047,
     defaults: bool = True,
 ) -> str:
-    """The crash kernel's full command line (§4.4).
+    """The crash kernel's full command line (§2.3).
 
     ``base`` stripped (dom0-only args, ``remove``), DEFAULT_CRASH_ARGS not
     present (unless ``defaults`` is False, for a base already built by

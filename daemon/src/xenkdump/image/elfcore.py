@@ -1,14 +1,14 @@
 """The ELF64 core header (elfcorehdr) the crash kernel turns into /proc/vmcore.
 
-Content as kexec-tools builds it on Xen (xen-kexec-abi.md §4.5):
+Content as kexec-tools builds it on Xen (docs/crash-image.md §2.4):
 
 * one PT_NOTE per physical CPU's crash-note buffer (KEXEC_RANGE_MA_CPU).
-  Xen's own CRASH_INFO note lives inside CPU 0's buffer (§3.8), so it needs
-  no header of its own;
+  Xen's own CRASH_INFO note lives inside CPU 0's buffer
+  (docs/xen-kexec-contract.md §5.4), so it needs no header of its own;
 * one PT_NOTE for Xen's VMCOREINFO_XEN buffer;
 * one PT_LOAD per RAM range of the *machine* map with the crash area cut out;
   the low range the purgatory backs up points (p_offset) at the backup copy,
-  because the crash kernel reuses that low memory (§4.2, §4.5).
+  because the crash kernel reuses that low memory (crash-image.md §2.2, §2.4).
 
 Layouts are the ELF gABI's Elf64_Ehdr and Elf64_Phdr.  Pure: values in, bytes out.
 """
@@ -35,10 +35,10 @@ PF_W: Final = 2
 PF_R: Final = 4
 PN_XNUM: Final = 0xFFFF
 
-# Linux x86_64's direct-map base: kexec-tools' p_vaddr guess for RAM (§4.5).  It
+# Linux x86_64's direct-map base: kexec-tools' p_vaddr guess for RAM (§2.4).  It
 # means nothing for a Xen dump (tools use p_paddr) but keeps the headers identical.
 LINUX_PAGE_OFFSET: Final = 0xFFFF888000000000
-HEADER_ALIGN: Final = 1024  # elfcorehdr is padded to 1 KiB (§4.5)
+HEADER_ALIGN: Final = 1024  # elfcorehdr is padded to 1 KiB (§2.4)
 
 ELF64_EHDR: Final = Layout(
     "Elf64_Ehdr",
@@ -85,7 +85,7 @@ assert ELF64_PHDR.size == 56
 
 
 def dump_ranges(machine_map: Sequence[E820Entry], crash: AddressRange) -> list[AddressRange]:
-    """RAM of the machine map minus the crash range, sorted: what the dump covers (§4.5)."""
+    """RAM of the machine map minus the crash range, sorted: what the dump covers (§2.4)."""
     out: list[AddressRange] = []
     for ent in sorted(machine_map):
         if ent.type != E820_RAM or ent.size <= 0:
@@ -165,7 +165,8 @@ def build_elfcorehdr(
     """The elfcorehdr segment's content, zero padded to a 1 KiB multiple.
 
     ``cpu_notes``: KEXEC_RANGE_MA_CPU per CPU; a zero-size range (Xen could not
-    allocate that CPU's buffer, §1.5) gets no PT_NOTE.  ``ram``: dump_ranges().
+    allocate that CPU's buffer, xen-kexec-contract.md §2.5) gets no PT_NOTE.
+    ``ram``: dump_ranges().
     ``backup``: (backup source range, backup segment address) or None.
     ``page_offset``: base of the PT_LOAD p_vaddr guess (0 writes p_vaddr 0).
     """

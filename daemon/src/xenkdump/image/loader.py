@@ -5,7 +5,7 @@ asks the hypervisor port for every fact the image depends on; ``load`` picks
 the half of the crash area (planner.choose_half), plans, loads through the
 port and records the result; ``unload`` unloads and records that.
 
-Reload without a window (xen-kexec-abi.md §1.8 D3/D4): when the new image fits
+Reload without a window (docs/xen-kexec-contract.md §4.3, §4.4): when the new image fits
 in half the crash area it goes into the half the armed image does not use,
 with the other half guarded, so the armed image stays intact whatever Xen
 does with the new one, and Xen's slot swap replaces it atomically.  Only when
@@ -101,7 +101,7 @@ def read_acpi_rsdp(path: Path = EFI_SYSTAB) -> int:
     """The ACPI RSDP address from dom0's EFI system table (ACPI20= preferred), 0 if absent.
 
     A PV dom0 usually has no EFI runtime and so no systab: the crash kernel then finds
-    the RSDP itself in the BIOS area, which the lowmem segment maps (§4.3 acpi_rsdp).
+    the RSDP itself in the BIOS area, which the lowmem segment maps (docs/crash-image.md §1.3).
     """
     try:
         raw = read_file_if_exists(path, "EFI system table", Limit.PROC)
@@ -139,7 +139,7 @@ def gather_host(hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB) -> HostFacts:
         try:
             notes.append(hv.cpu_note_range(cpu))
         except HypervisorError as exc:
-            # kexec-tools stops at the first CPU Xen will not describe (§4.1).
+            # kexec-tools stops at the first CPU Xen will not describe (§2.2).
             log.debug("no crash note for cpu %d: %s", cpu, exc)
             break
     vmcoreinfo = hv.vmcoreinfo_range()
@@ -199,7 +199,7 @@ def load(
     exception propagates and the record says what is armed now: the previous
     image (two-halves placement: untouched), or nothing (after the fallback
     unload, or after a failed whole-area load, which is unloaded because it
-    may have overwritten whatever was armed, §1.8 D3).
+    may have overwritten whatever was armed, xen-kexec-contract.md §4.3).
     """
     armed = _armed_record(store, host)
     plan, must_unload = plan_for_load(inputs, host, armed)
@@ -236,7 +236,7 @@ def load(
         hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, plan.entry, plan.kexec_segments())
     except XenkdumpError:
         if plan.half == "whole" and not must_unload:
-            # A whole-area load may have overwritten an image we did not know about (§1.8 D3):
+            # A whole-area load may have overwritten an image we did not know about (§4.3):
             # leave nothing half-written armed.
             try:
                 hv.kexec_unload(KEXEC_TYPE_CRASH)
@@ -295,6 +295,6 @@ def new_record(
 
 
 def unload(hv: Hypervisor, store: RecordStore) -> None:
-    """Unload the crash image (an empty slot unloads fine, §1.2) and record that."""
+    """Unload the crash image (an empty slot unloads fine, §2.2) and record that."""
     hv.kexec_unload(KEXEC_TYPE_CRASH)
     store.clear_armed(unloads=1)

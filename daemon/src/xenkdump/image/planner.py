@@ -3,13 +3,14 @@
 Pure: parsed inputs and host facts in, a :class:`Plan` (segments with their
 bytes, the entry address) out.  No files, no hypercalls.
 
-Two-halves reload (xen-kexec-abi.md §1.8 D3, §3.1, §3.2).  Xen copies a new
-crash image straight into the crash area, and carves its control pages out of
-the lowest free pages there, *before* it swaps the new image in; a load that
-overlaps the armed image destroys it even when Xen then rejects the load.  So
+Two-halves reload (docs/reload-safety.md §2, and for Xen's side
+docs/xen-kexec-contract.md §4.3, §3.2, §3.3).  Xen copies a new crash image
+straight into the crash area, and carves its control pages out of the lowest
+free pages there, *before* it swaps the new image in; a load that overlaps
+the armed image destroys it even when Xen then rejects the load.  So
 the crash area is split into a lower and an upper half.  A new image goes into
 the half the armed image does not use, and a NULL-buffer "guard" segment (map
-only, never written, §3.1 step 4) covers the other half, so that neither the
+only, never written, §3.2 step 2) covers the other half, so that neither the
 copy nor Xen's control-page allocator (which skips every page of every
 segment, NULL-buffer ones included) can touch the armed image.  An image that
 does not fit in half uses the ``"whole"`` area; the loader then has to unload
@@ -17,26 +18,28 @@ first (see loader.py).
 
 Placement rules, each checked by tests/unit/test_planner.py:
 
-* at most 15 segments (§0.1 rule 4): lowmem, guard, backup, elfcorehdr,
+* at most 15 segments (§3.1): lowmem, guard, backup, elfcorehdr,
   purgatory, boot_params, cmdline, kernel, initrd;
 * every dest and size page aligned, no two segments overlap (§3.1);
 * every buffered segment inside the chosen half (or area), and the entry
-  inside the purgatory segment (§3.3);
-* top-down inside the half, like kexec-tools (§4.2), so that the bottom of
-  the half stays free for Xen's control pages: at least the §3.2 budget and at
-  least 1 MiB;
+  inside the purgatory segment (§3.4);
+* top-down inside the half, like kexec-tools (docs/crash-image.md §2.1), so
+  that the bottom of the half stays free for Xen's control pages: at least the
+  budget of xen-kexec-contract.md §3.3 and at least 1 MiB;
 * kernel at a multiple of kernel_alignment, at or above pref_address, with
-  dest_size covering init_size (§5.4);
-* a NULL-buffer "lowmem" segment maps [0, 1 MiB) (§3.6, §0.1 rule 8);
+  dest_size covering init_size (crash-image.md §1.4);
+* a NULL-buffer "lowmem" segment maps [0, 1 MiB) (xen-kexec-contract.md §5.3,
+  crash-image.md §2.1);
 * a "backup" segment receives low RAM at crash time (the purgatory copies it),
-  and the elfcorehdr's PT_LOAD for that RAM points at it (§4.2, §4.5).
+  and the elfcorehdr's PT_LOAD for that RAM points at it (§2.2, §2.4).
 
 Segment digests (``PlannedSegment.sha256``) are over the buffer Xen copies.
-Xen zero-fills the rest of each segment up to dest_size itself (§3.1 step 4),
-so ``(sha256, bufsz, memsz)`` pins the bytes at dest; hashing the zero tail
-would add ~40 ms per plan for the kernel's 56 MiB init_size window and tells
-nothing.  The purgatory verifies the same buffer ranges (regions = every
-buffered segment but the purgatory itself and the backup, §4.7).
+Xen zero-fills the rest of each segment up to dest_size itself
+(xen-kexec-contract.md §3.2 step 2), so ``(sha256, bufsz, memsz)`` pins the
+bytes at dest; hashing the zero tail would add ~40 ms per plan for the
+kernel's 56 MiB init_size window and tells nothing.  The purgatory verifies
+the same buffer ranges (regions = every buffered segment but the purgatory
+itself and the backup, crash-image.md §2.6).
 """
 
 from __future__ import annotations
@@ -61,10 +64,10 @@ from xenkdump.image.bzimage import BzImage
 KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
-LOWMEM_END = 1 * MIB  # the low identity map: [0, 1 MiB) (§0.1 rule 8)
-BACKUP_SRC_LIMIT = 0xA0000  # backup source: first RAM range ending at or below 640 KiB (§4.2)
-ELFCOREHDR_MIN = 16 * KIB  # kexec-tools' minimum elfcorehdr segment (§4.2)
-CONTROL_RESERVE_MIN = 1 * MIB  # §3.2: "keep >= 1 MiB spare"
+LOWMEM_END = 1 * MIB  # the low identity map: [0, 1 MiB) (§2.1)
+BACKUP_SRC_LIMIT = 0xA0000  # backup source: first RAM range ending at or below 640 KiB (§2.2)
+ELFCOREHDR_MIN = 16 * KIB  # kexec-tools' minimum elfcorehdr segment (§2.1)
+CONTROL_RESERVE_MIN = 1 * MIB  # never less at the bottom (xen-kexec-contract.md §3.3)
 
 HALVES = ("lower", "upper", "whole")
 
@@ -281,7 +284,7 @@ def _elfcorehdr_memsz(host: HostFacts) -> int:
 
 
 def _cmdline_memsz(inputs: ImageInputs) -> int:
-    # cmdline_size excludes the NUL (§5.2); one page for every kernel seen so far.
+    # cmdline_size excludes the NUL (crash-image.md §1.2); one page for every kernel seen so far.
     return page_up(inputs.kernel.header.cmdline_size + 1)
 
 
@@ -318,7 +321,7 @@ def _slots(ranges: list[tuple[int, int]], size: int) -> int:
 
 
 def control_budget(mapped: list[tuple[int, int]], reserve: AddressRange) -> int:
-    """Bytes Xen may take for control pages, for these mapped ranges (§3.2).
+    """Bytes Xen may take for control pages, for these mapped ranges (xen-kexec-contract.md §3.3).
 
     Code page, first indirection page, L4, and the code page's alias at Xen's
     own kexec_reloc address (its own L3, L2, L1): 6 pages; then one L3 per
@@ -445,7 +448,7 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
     memsz = {n.kind: n.memsz for n in needs}
     segs: dict[str, PlannedSegment] = {}
 
-    # Backup: zeros at load (one zero page; Xen zero-fills the rest, §3.1).
+    # Backup: zeros at load (one zero page; Xen zero-fills the rest, §3.2).
     src = backup_source(host.machine_map)
     backup_dst = dests.get("backup", 0)
     if src is not None:
@@ -466,7 +469,7 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
         )
     segs["elfcorehdr"] = PlannedSegment("elfcorehdr", ehdr_dest, memsz["elfcorehdr"], hdr_bytes)
 
-    # The command line carries elfcorehdr= (§4.4), so it is built after elfcorehdr is placed.
+    # The command line carries elfcorehdr= (crash-image.md §2.3): built after elfcorehdr is placed.
     line = cmdline.crash_cmdline(
         base=inputs.cmdline,
         xen_cmdline=host.xen_cmdline,
@@ -491,7 +494,7 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
         )
 
     # boot_params: the e820 is the crash area (and low RAM) minus what the crash kernel
-    # must not overwrite: the elfcorehdr and the backup (§4.6).
+    # must not overwrite: the elfcorehdr and the backup (§2.5).
     exclude = [AddressRange(ehdr_dest, memsz["elfcorehdr"])]
     if src is not None:
         exclude.append(AddressRange(backup_dst, memsz["backup"]))
@@ -508,7 +511,7 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
         "boot_params", dests["boot_params"], memsz["boot_params"], bp
     )
 
-    # Purgatory last: it carries the digests of everything it verifies (§4.7).
+    # Purgatory last: it carries the digests of everything it verifies (§2.6).
     regions = [
         purgatory.VerifiedRegion(s.dest, s.bufsz, bytes.fromhex(s.sha256))
         for s in sorted(segs.values(), key=lambda s: s.dest)
@@ -527,7 +530,7 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
         "purgatory", dests["purgatory"], memsz["purgatory"], purg_bytes
     )
 
-    # Map-only segments: low memory and the guarded half (§3.1: never written).
+    # Map-only segments, never written (xen-kexec-contract.md §3.2): low memory, the guarded half.
     segs["lowmem"] = PlannedSegment("lowmem", 0, LOWMEM_END, None)
     if guard is not None:
         segs["guard"] = PlannedSegment("guard", guard.start, guard.size, None)

@@ -1,9 +1,9 @@
 """xenkdump's own purgatory: the shipped flat binary and its parameter block.
 
-The purgatory is the first code Xen runs at a crash (xen-kexec-abi.md §3.6).  It
+The purgatory is the first code Xen runs at a crash (docs/xen-kexec-contract.md §5.3).  It
 sets up its own GDT, selectors and stack, verifies the SHA-256 of every region
 listed here, copies low memory to the backup area and only then enters the
-Linux 64-bit entry with %rsi = boot_params (§5.4).  Its sources are in
+Linux 64-bit entry with %rsi = boot_params (docs/crash-image.md §1.4).  Its sources are in
 purgatory/ (see purgatory/README.md); ``make purgatory`` installs the binary as
 package data next to this module.
 
@@ -113,7 +113,7 @@ class VerifiedRegion:
     Xen adds up to dest_size: the tail is the kernel's decompression scratch space
     (init_size), which carries nothing the crash kernel reads, and hashing its tens
     of MiB would slow every plan and every crash for no protection (kexec-tools
-    hashes it, §4.7).  A region may still cover a tail where that matters.
+    hashes it, §2.6).  A region may still cover a tail where that matters.
     """
 
     start: int
@@ -246,8 +246,9 @@ def build_purgatory(
     """Fill the parameter block; return (segment bytes, entry address).
 
     The code is position independent, so only ``params`` changes the bytes;
-    ``load_addr`` (page aligned, as Xen requires of dest_maddr, §3.1) gives the
-    entry address.  The segment's dest_size must be :func:`purgatory_memsz`.
+    ``load_addr`` (page aligned, as Xen requires of dest_maddr,
+    xen-kexec-contract.md §3.1) gives the entry address.  The segment's dest_size
+    must be :func:`purgatory_memsz`.
     """
     if blob is None:
         blob = purgatory_blob()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 DEFAULT_CONFIG_PATH = Path("/etc/xenkdump/xenkdump.yaml")
 # /run is emptied at boot, so a record there can never describe a previous boot's
-# Xen (whose load/unload parity restarts at 0; xen-kexec-abi.md §1.8 D1).
+# Xen (whose load/unload parity restarts at 0; docs/xen-kexec-contract.md §4.1).
 DEFAULT_STATE_DIR = Path("/run/xenkdump")
 DEFAULT_BOOT_DIR = Path("/boot")
 DEFAULT_TOPOLOGY_CHECK_INTERVAL = 60.0

@@ -2,7 +2,7 @@
 
 Xen's ``KEXEC_CMD_kexec_status`` answers the parity of load/unload calls, not
 whether a crash image is loaded, and nothing tells which kernel, command line
-or half of the crash area an armed image uses (xen-kexec-abi.md §1.8 D1).  So
+or half of the crash area an armed image uses (docs/xen-kexec-contract.md §4.1).  So
 every successful load or unload xenkdump issues is written down here, in one
 small JSON file under the state directory (default ``/run/xenkdump``, which
 is emptied at boot together with Xen's own state).
