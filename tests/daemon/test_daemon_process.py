@@ -25,11 +25,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip(
-    "xenkdump.hv.sim", reason="the simulated hypervisor (hv/sim.py) is not built yet"
-)
-pytest.importorskip("xenkdump.image.bzimage", reason="the image builder is not built yet")
-
 from xenkdump.daemon.core import DaemonCore, State
 from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange
 from xenkdump.hv.sim import SimulatedHypervisor

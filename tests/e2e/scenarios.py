@@ -17,14 +17,8 @@ from e2e_harness import CRASH_CMDLINE, CRASH_END, REPO, Assets, Boot, Job, clean
 
 VENV_PY = REPO / ".venv" / "bin" / "python"
 XENKDUMPCTL = f"{VENV_PY} -m xenkdump.cli.ctl"
-LOADER_MODULE = REPO / "daemon" / "src" / "xenkdump" / "image" / "loader.py"
 DOM0_XEN = Path(__file__).resolve().parent / "dom0_xen.py"
 TOKEN_FILE = "/run/xk-token"  # /run is a tmpfs in dom0 (dom0-init.sh): memory it keeps
-
-
-def loader_present() -> bool:
-    """xenkdump's image builder/loader has landed (load-and-crash and reload run)."""
-    return LOADER_MODULE.exists()
 
 
 def prelude() -> str:

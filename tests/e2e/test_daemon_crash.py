@@ -28,9 +28,6 @@ def _pair(value: str) -> tuple[int, int]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(
-    not sc.loader_present(), reason="xenkdump/image/loader.py is not in the tree yet"
-)
 def test_daemon_arms_reloads_and_crash_boots(assets: Assets, job: Job) -> None:
     token = os.urandom(32)
     initrd = build_crash_initramfs(

@@ -19,9 +19,6 @@ STATE = "/run/xk-state"
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(
-    not sc.loader_present(), reason="xenkdump/image/loader.py is not in the tree yet"
-)
 def test_xenkdump_load_and_crash(assets: Assets, job: Job) -> None:
     token = os.urandom(32)
     initrd = build_crash_initramfs(

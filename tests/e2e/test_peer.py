@@ -28,15 +28,11 @@ def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
     initrd = build_crash_initramfs(
         assets, job.dir / "crash-peer.cpio.gz", marker="peer", token=token
     )
-    ours = sc.loader_present()
     steps = [sc.prelude(), sc.write_token(token)]
-    if ours:
-        steps += [
-            sc.xenkdump_load(assets, initrd, f"ours{i}", "/run/xk-state") for i in range(ROUNDS)
-        ]
-        # The same loads inside one running Python, as xenkdumpd reloads: the
-        # interpreter and imports (seconds under TCG) are paid once at daemon start.
-        steps.append(sc.xen_query(sc.in_process_args(assets, initrd, ROUNDS), "inproc"))
+    steps += [sc.xenkdump_load(assets, initrd, f"ours{i}", "/run/xk-state") for i in range(ROUNDS)]
+    # The same loads inside one running Python, as xenkdumpd reloads: the
+    # interpreter and imports (seconds under TCG) are paid once at daemon start.
+    steps.append(sc.xen_query(sc.in_process_args(assets, initrd, ROUNDS), "inproc"))
     # kexec-tools last, so the crash runs its image.
     steps += [sc.kexec_tools_load(assets, initrd, f"kexec-tools{i}") for i in range(ROUNDS)]
     steps.append(sc.crash())
@@ -60,11 +56,11 @@ def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
         mine = loads.get(f"ours{i}")
         if mine and mine["rc"] == "0":
             ours_ns.append(int(mine["ns"]))
-        elif ours:
+        else:
             tail = job.read_out(f"ours{i}.log")[-300:]
             ours_failures.append(f"ours round {i}: {mine} {tail}")
     inproc_ns = [int(v["ns"]) for v in run.values("xen inproc timed-load")]
-    if ours and len(inproc_ns) != ROUNDS:
+    if len(inproc_ns) != ROUNDS:
         said = [line for line in run.scen if line.startswith("xen inproc")]
         ours_failures.append(f"in-process loads: {inproc_ns}: {said[-5:]}")
 
@@ -73,12 +69,7 @@ def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
     theirs_med = statistics.median(theirs_ns)
     ours_med = statistics.median(ours_ns) if ours_ns else None
     inproc_med = statistics.median(inproc_ns) if inproc_ns else None
-    if not ours:
-        why = "xenkdump's loader (xenkdump/image/loader.py) is not in the tree yet"
-    elif ours_failures:
-        why = "xenkdumpctl load failed: " + " | ".join(ours_failures)
-    else:
-        why = None
+    why = ("xenkdumpctl load failed: " + " | ".join(ours_failures)) if ours_failures else None
     figures = {
         "scenario": "e2e peer: same dom0 boot, Xen 4.17 under QEMU TCG",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -20,12 +20,7 @@ from e2e_harness import Assets, Job, boot, build_crash_initramfs
 
 STATE = "/run/xk-state"
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not sc.loader_present(), reason="xenkdump/image/loader.py is not in the tree yet"
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 
 def _statuses(run: sc.Run) -> list[str]:

@@ -1,0 +1,265 @@
+"""Fixtures for the daemon tier: a real, private dbus-daemon per test.
+
+``private_bus`` yields the address of a dbus-daemon started with its own config in a
+fresh directory (no system or session bus is touched).  The socket directory is
+world-searchable so a test may also connect as another user (setpriv) to check uid
+handling.  ``dbus_daemon`` starts one with a caller-supplied <policy> body, e.g. one
+that includes systemd/org.xenkdump.Kdump1.conf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from xenkdump.errors import BusyError
+
+T = TypeVar("T")
+
+DBUS_DAEMON = shutil.which("dbus-daemon")
+
+# Everything allowed for every user: the bus of the behaviour tests.
+OPEN_POLICY = """
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+"""
+
+
+def _config(socket_path: Path, body: str) -> str:
+    return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket_path}</listen>
+  <auth>EXTERNAL</auth>
+{body}
+</busconfig>
+"""
+
+
+StartBus = Callable[[str], str]
+
+
+@pytest.fixture
+def dbus_daemon() -> Iterator[StartBus]:
+    """``start(policy_xml) -> address``: a real dbus-daemon with that policy."""
+    if DBUS_DAEMON is None:
+        pytest.skip("dbus-daemon is not installed (apt-get install dbus-daemon)")
+    started: list[tuple[subprocess.Popen[str], Path]] = []
+
+    def start(body: str) -> str:
+        # Not under tmp_path: its parents are mode 0700, which would lock out
+        # the tests that connect as another user.
+        directory = Path(tempfile.mkdtemp(prefix="xenkdump-bus-"))
+        directory.chmod(0o755)
+        config = directory / "bus.conf"
+        config.write_text(_config(directory / "socket", body))
+        proc = subprocess.Popen(
+            [str(DBUS_DAEMON), "--config-file", str(config), "--nofork", "--print-address"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append((proc, directory))
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        if not address:
+            proc.wait(5)
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"dbus-daemon did not start: {err.strip()}")
+        return address
+
+    yield start
+    for proc, directory in started:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def private_bus(dbus_daemon: StartBus, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The address of a private, permissive dbus-daemon; also set as DBUS_SYSTEM_BUS_ADDRESS."""
+    address = dbus_daemon(OPEN_POLICY)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+    return address
+
+
+RunAs = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def run_as_nobody() -> RunAs:
+    """``run(argv)``: run a command as the unprivileged user nobody (the tests run as root)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run a client as another user")
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+        return subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=environ,
+            check=False,
+        )
+
+    return run
+
+
+# ---- an in-test core behind the real D-Bus service ----
+#
+# The D-Bus tests drive xenkdump.dbus.service.serve() with this small core, which
+# has DaemonCore's API (status/reload/unload/subscribe) and lets a test script its
+# outcomes; test_dbus_daemon.py runs the same calls against the real xenkdumpd.
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSnapshot:
+    state: str = "loaded"
+    state_reason: str = "crash kernel armed (generation 1)"
+    crash_kernel: str = "/boot/vmlinuz-6.1.0-test"
+    initrd: str = "/boot/initrd.img-6.1.0-test"
+    command_line: str = "console=ttyS0 irqpoll nr_cpus=1"
+    image_sha256: str = "ab" * 32
+    loaded_at: int = 1_764_000_000_000_000
+    last_reload_reason: str = "start: no record"
+    last_error: str = ""
+    crash_region: tuple[int, int] = (0x1_0000_0000, 0x1000_0000)
+    crash_region_used: tuple[int, int] = (0x1_0000_0000, 0x800_0000)
+    required_bytes: int = 0x300_0000
+    xen_version: str = "4.17.3"
+    daemon_version: str = "0.1.0"
+    config_digest: str = "cd" * 32
+    generation: int = 1
+    fallback_unload: bool = False
+
+
+@pytest.fixture
+def snapshot() -> FakeSnapshot:
+    """A StatusSnapshot-shaped value of a loaded host."""
+    return FakeSnapshot()
+
+
+class FakeCore:
+    """DaemonCore's API with scripted results; runs on the service's loop."""
+
+    def __init__(self) -> None:
+        self.snapshot = FakeSnapshot()
+        self.subscribers: list[Callable[[FakeSnapshot, FakeSnapshot], None]] = []
+        self.calls: list[tuple[str, str, dict[str, object]]] = []
+        self.fail: BaseException | None = None
+        self.gate: asyncio.Event | None = None  # set: reload/unload wait for it
+        self.busy = False
+
+    def status(self) -> FakeSnapshot:
+        return self.snapshot
+
+    def subscribe(self, callback: Callable[[FakeSnapshot, FakeSnapshot], None]) -> None:
+        self.subscribers.append(callback)
+
+    def publish(self, **changes: object) -> None:
+        old, self.snapshot = self.snapshot, dataclasses.replace(self.snapshot, **changes)  # type: ignore[arg-type]
+        for callback in self.subscribers:
+            callback(old, self.snapshot)
+
+    async def _work(self, kind: str, reason: str, options: Mapping[str, object]) -> FakeSnapshot:
+        self.calls.append((kind, reason, dict(options)))
+        if self.busy and options.get("wait") is False:
+            raise BusyError(f"a {kind} is already running")
+        self.busy = True
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail is not None:
+                self.publish(state="degraded", last_error=str(self.fail))
+                raise self.fail
+            if kind == "reload":
+                gen = self.snapshot.generation + 1
+                self.publish(
+                    generation=gen,
+                    last_reload_reason=reason,
+                    state_reason=f"crash kernel armed (generation {gen})",
+                )
+            else:
+                self.publish(state="not-loaded", crash_kernel="", crash_region_used=(0, 0))
+            return self.snapshot
+        finally:
+            self.busy = False
+
+    async def reload(self, reason: str, options: Mapping[str, object]) -> FakeSnapshot:
+        return await self._work("reload", reason, options)
+
+    async def unload(self, options: Mapping[str, object]) -> FakeSnapshot:
+        return await self._work("unload", "", options)
+
+
+class Served:
+    """serve(FakeCore) running on its own event loop in a thread."""
+
+    def __init__(self, address: str, allowed_uids: frozenset[int]) -> None:
+        self.address = address
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.core = self.run(self._make_core())
+        from xenkdump.dbus.service import serve  # noqa: PLC0415
+
+        self.handle = self.run(serve(self.core, address, allowed_uids=allowed_uids))
+
+    async def _make_core(self) -> FakeCore:
+        return FakeCore()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the service's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def on_loop(self, fn: Callable[[], T]) -> T:
+        async def call() -> T:
+            return fn()
+
+        return self.run(call())
+
+    def close(self) -> None:
+        try:
+            self.run(self.handle.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def serve_fake(private_bus: str) -> Iterator[Callable[..., Served]]:
+    """``start(allowed_uids=frozenset({0}), address=private_bus)``: the service over a FakeCore."""
+    started: list[Served] = []
+
+    def start(allowed_uids: frozenset[int] = frozenset({0}), address: str | None = None) -> Served:
+        s = Served(address or private_bus, allowed_uids)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
