@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from xenkdump import safefile
 from xenkdump.errors import ConfigError, FileWriteError, InputError
 from xenkdump.safefile import Limit, atomic_write, read_file, read_file_if_exists, shown
 
@@ -112,7 +111,7 @@ def test_atomic_write_never_follows_a_planted_symlink(
     victim = tmp_path / "victim"
     victim.write_bytes(b"root's file")
     victim.chmod(0o600)
-    monkeypatch.setattr(safefile.secrets, "token_hex", lambda _n: "fixed")
+    monkeypatch.setattr("xenkdump.safefile.secrets.token_hex", lambda _n: "fixed")
     planted = tmp_path / f".state.json.{os.getpid()}.fixed.tmp"
     planted.symlink_to(victim)
     with pytest.raises(FileWriteError, match=r"state.json: cannot write: EEXIST"):
@@ -131,7 +130,7 @@ def test_write_failures_name_the_file_and_keep_the_old_one(
     def failing_write(_fd: int, _data: object) -> int:
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(safefile.os, "write", failing_write)
+    monkeypatch.setattr("xenkdump.safefile.os.write", failing_write)
     with pytest.raises(FileWriteError) as info:
         atomic_write(target, b"new")
     assert str(info.value) == (
