@@ -137,6 +137,13 @@ def test_docs_have_numbered_sections() -> None:
     assert not unnumbered, f"docs without numbered sections: {unnumbered}"
 
 
+def test_the_index_lists_every_page() -> None:
+    index = (DOCS / "README.md").read_text("utf-8")
+    missing = [p.name for p in sorted(DOCS.glob("*.md")) if p.name != "README.md"
+               and f"]({p.name})" not in index]  # fmt: skip
+    assert not missing, f"docs/README.md does not link {missing}"
+
+
 def test_every_reference_resolves_inside_the_repository() -> None:
     sections = _sections()
     files = list(_files())
