@@ -77,10 +77,23 @@ BAD = [
     ("unknown key", "xen:\n  versoin: '4.17'\n", r"bad.yaml:2: xen.versoin: unknown key"),
     ("top-level list", "- 1\n", r"bad.yaml:1: expected a mapping, found a list"),
     ("number version", "xen:\n  version: 4.17\n", r"bad.yaml:2: xen.version: expected a quoted"),
-    ("bad version", "xen: {version: 'four'}\n", r'bad.yaml:1: xen.version: expected "MAJOR.MINOR"'),
+    (
+        "bad version",
+        "xen: {version: 'four'}\n",
+        r'bad.yaml:1: xen.version: expected a quoted string "MAJOR.MINOR"',
+    ),
     ("string int", "cpus:\n  online: 'four'\n", r"bad.yaml:2: cpus.online: expected an integer"),
     ("negative", "cpus:\n  khz: -1\n", r"bad.yaml:2: cpus.khz: expected an integer in \[0"),
-    ("missing size", "crash_range: {start: 0x1000}\n", r"bad.yaml:1: crash_range.size: missing"),
+    (
+        "missing size",
+        "crash_range: {start: 0x1000}\n",
+        r"bad.yaml:1: crash_range.size: missing \(expected {start: ADDR, size: BYTES}\)",
+    ),
+    (
+        "empty note",
+        "cpus:\n  notes:\n    - {start: 0x1000, size: 0}\n",
+        r"bad.yaml:3: cpus.notes\[0\].size: expected a size > 0 .*, found integer '0'",
+    ),
     (
         "unaligned crash range",
         "crash_range: {start: 0x20000800, size: 0x1000000}\n",
@@ -129,6 +142,18 @@ def test_malformed_host_file_names_file_line_and_field(
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("xen:\n  versoin: '4.17'\ncpus:\n  khz: -1\nmemory_map: {}\n")
+    with pytest.raises(ConfigError) as info:
+        SimulatedHypervisor.open(path)
+    assert [p.split(": ")[0:2] for p in str(info.value).split("; ")] == [
+        [f"{path}:2", "xen.versoin"],
+        [f"{path}:4", "cpus.khz"],
+        [f"{path}:5", "memory_map"],
+    ]
 
 
 def test_non_utf8_host_file(tmp_path: Path) -> None:

@@ -33,19 +33,17 @@ CPUs, Xen 4.17.7).  The file format, with the defaults::
       - {addr: 0x0, size: 0x9fc00, type: ram}
       - ...
 
-Problems are reported as one ConfigError naming ``file:line: key: what was
-expected, what was found``.
+The keys and their types are ``schema/sim-host-v1.json``, read by the project's one
+YAML-and-schema mechanism (``xenkdump.schema``): every problem is reported in one
+ConfigError as ``file:line: key: expected ..., found ...``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from xenkdump.errors import ConfigError
 from xenkdump.hv.port import (
@@ -61,6 +59,7 @@ from xenkdump.hv.port import (
     E820Entry,
 )
 from xenkdump.safefile import Limit, read_file, shown
+from xenkdump.schema import SIM_HOST_SCHEMA, KeyPath, load
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -212,286 +211,95 @@ def _yaml_str(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Parsing
-
-_STR = "tag:yaml.org,2002:str"
-_INT = "tag:yaml.org,2002:int"
-_NULL = "tag:yaml.org,2002:null"
+# Parsing: the shape is schema/sim-host-v1.json; what a real Xen could never report
+# (an unsorted memory map, a crash area outside RAM) is ``_check``'s.
 
 
-class _BadError(Exception):
-    def __init__(self, node: yaml.Node, key: str, message: str) -> None:
-        super().__init__(message)
-        self.line = int(node.start_mark.line) + 1
-        self.key = key
-        self.message = message
+def parse_host(text: str | bytes, source: Path | str = "<sim-host>") -> SimHost:
+    """Parse a simulated-host description; ConfigProblems ``source:line: key: message``."""
+    raw = text.encode() if isinstance(text, str) else text
+    value = load([(str(source), raw)], SIM_HOST_SCHEMA, _check)
+    return _apply(default_host(), value)
 
 
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    kind = {
-        _STR: "string",
-        _INT: "integer",
-        "tag:yaml.org,2002:float": "number",
-        "tag:yaml.org,2002:bool": "boolean",
-    }.get(str(node.tag))
-    if str(node.tag) == _NULL:
-        return "null"
-    return f"{kind or 'value'} {node.value!r}"
+def _range(value: dict[str, int]) -> AddressRange:
+    return AddressRange(value["start"], value["size"])
 
 
-def _int(node: yaml.Node, key: str, *, minimum: int = 0) -> int:
-    if not isinstance(node, yaml.ScalarNode) or node.tag != _INT:
-        raise _BadError(node, key, f"expected an integer, found {_describe(node)}")
-    value = yaml.safe_load(node.value)
-    if not isinstance(value, int) or not minimum <= value <= U64_MAX:
-        raise _BadError(node, key, f"expected an integer in [{minimum}, 2**64), found {value}")
-    return value
-
-
-def _str(node: yaml.Node, key: str) -> str:
-    if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
-        raise _BadError(node, key, f"expected a string, found {_describe(node)}")
-    return str(node.value)
-
-
-def _version(node: yaml.Node, key: str) -> tuple[int, int]:
-    if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
-        raise _BadError(
-            node,
-            key,
-            f'expected a quoted string "MAJOR.MINOR" such as "4.17", found {_describe(node)}',
-        )
-    m = re.fullmatch(r"(\d+)\.(\d+)", str(node.value))
-    if not m:
-        raise _BadError(node, key, f'expected "MAJOR.MINOR" such as "4.17", found {node.value!r}')
-    return (int(m.group(1)), int(m.group(2)))
-
-
-def _mapping(
-    node: yaml.Node, key: str, rows: Mapping[str, Callable[[yaml.Node, str], Any]]
-) -> dict[str, tuple[Any, yaml.Node]]:
-    """Convert a mapping by ``rows``; every key optional, unknown keys rejected."""
-    if not isinstance(node, yaml.MappingNode):
-        raise _BadError(node, key, f"expected a mapping, found {_describe(node)}")
-    out: dict[str, tuple[Any, yaml.Node]] = {}
-    for key_node, value_node in node.value:
-        name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-        dotted = f"{key}.{name}" if key else name
-        if name in out:
-            raise _BadError(key_node, dotted, "duplicate key")
-        if name not in rows:
-            known = ", ".join(rows)
-            raise _BadError(key_node, dotted, f"unknown key (expected one of: {known})")
-        out[name] = (rows[name](value_node, dotted), value_node)
-    return out
-
-
-def _range(node: yaml.Node, key: str) -> AddressRange:
-    rows = {"start": _int, "size": _int}
-    values = _mapping(node, key, rows)
-    for name in rows:
-        if name not in values:
-            raise _BadError(node, f"{key}.{name}", "missing (expected {start: ADDR, size: BYTES})")
-    return AddressRange(values["start"][0], values["size"][0])
-
-
-def _optional_range(node: yaml.Node, key: str) -> AddressRange:
-    if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
-        return AddressRange(0, 0)
-    return _range(node, key)
-
-
-def _e820_type(node: yaml.Node, key: str) -> int:
-    if isinstance(node, yaml.ScalarNode) and node.tag == _STR and node.value in E820_NAMES:
-        return E820_NAMES[str(node.value)]
-    if isinstance(node, yaml.ScalarNode) and node.tag == _INT:
-        return _int(node, key, minimum=1)
-    names = ", ".join(E820_NAMES)
-    raise _BadError(node, key, f"expected one of {names} or a number, found {_describe(node)}")
-
-
-def _e820_entry(node: yaml.Node, key: str) -> E820Entry:
-    rows = {"addr": _int, "size": _int, "type": _e820_type}
-    values = _mapping(node, key, rows)
-    for name in rows:
-        if name not in values:
-            raise _BadError(node, f"{key}.{name}", "missing (expected {addr:, size:, type:})")
-    return E820Entry(values["addr"][0], values["size"][0], values["type"][0])
-
-
-def _list(item: Callable[[yaml.Node, str], Any]) -> Callable[[yaml.Node, str], list[Any]]:
-    def convert(node: yaml.Node, key: str) -> list[Any]:
-        if not isinstance(node, yaml.SequenceNode):
-            raise _BadError(node, key, f"expected a list, found {_describe(node)}")
-        return [item(n, f"{key}[{i}]") for i, n in enumerate(node.value)]
-
-    return convert
-
-
-def _sub(rows: Mapping[str, Callable[[yaml.Node, str], Any]]) -> Callable[[yaml.Node, str], Any]:
-    def convert(node: yaml.Node, key: str) -> dict[str, tuple[Any, yaml.Node]]:
-        return _mapping(node, key, rows)
-
-    return convert
-
-
-_XEN_ROWS: Mapping[str, Callable[[yaml.Node, str], Any]] = {
-    "version": _version,
-    "extraversion": _str,
-    "command_line": _str,
-    "range": _range,
-    "vmcoreinfo": _range,
-    "kexec_reloc_va": _int,
-}
-_CPU_ROWS: Mapping[str, Callable[[yaml.Node, str], Any]] = {
-    "online": _int,
-    "threads_per_core": _int,
-    "cores_per_socket": _int,
-    "nodes": _int,
-    "khz": _int,
-    "notes": _list(_range),
-}
-_TOP_ROWS: Mapping[str, Callable[[yaml.Node, str], Any]] = {
-    "xen": _sub(_XEN_ROWS),
-    "crash_range": _optional_range,
-    "cpus": _sub(_CPU_ROWS),
-    "memory_map": _list(_e820_entry),
-}
-
-
-def parse_host(text: str, source: Path | str = "<sim-host>") -> SimHost:
-    """Parse a simulated-host description; ConfigError ``source:line: key: message``."""
-    try:
-        doc = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}{line}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
-    host = default_host()
-    if doc is None or (isinstance(doc, yaml.ScalarNode) and doc.tag == _NULL):
-        return host
-    try:
-        top = _mapping(doc, "", _TOP_ROWS)
-        host = _apply(host, top)
-        _check(host, top, doc)
-    except _BadError as bad:
-        where = f"{source}:{bad.line}" if bad.line else str(source)
-        what = f"{bad.key}: {bad.message}" if bad.key else bad.message
-        raise ConfigError(f"{where}: {what}") from None
-    return host
-
-
-def _apply(host: SimHost, top: dict[str, tuple[Any, yaml.Node]]) -> SimHost:
-    if "xen" in top:
-        xen: dict[str, tuple[Any, yaml.Node]] = top["xen"][0]
-        names = {
-            "version": "xen_version",
-            "extraversion": "xen_extraversion",
-            "command_line": "xen_command_line",
-            "range": "xen_range",
-            "vmcoreinfo": "vmcoreinfo_range",
-            "kexec_reloc_va": "kexec_reloc_va",
-        }
-        host = replace(host, **{names[k]: v for k, (v, _n) in xen.items()})
+def _apply(host: SimHost, top: dict[str, Any]) -> SimHost:
+    """``host`` with the keys of a schema-valid host description applied."""
+    fields: dict[str, Any] = {}
+    xen = top.get("xen", {})
+    if "version" in xen:
+        major, minor = xen["version"].split(".")
+        fields["xen_version"] = (int(major), int(minor))
+    for key, name in (("extraversion", "xen_extraversion"), ("command_line", "xen_command_line")):
+        if key in xen:
+            fields[name] = xen[key]
+    for key, name in (("range", "xen_range"), ("vmcoreinfo", "vmcoreinfo_range")):
+        if key in xen:
+            fields[name] = _range(xen[key])
+    if "kexec_reloc_va" in xen:
+        fields["kexec_reloc_va"] = xen["kexec_reloc_va"]
     if "crash_range" in top:
-        host = replace(host, crash_range=top["crash_range"][0])
-    if "cpus" in top:
-        cpus: dict[str, tuple[Any, yaml.Node]] = top["cpus"][0]
-        names = {
-            "online": "nr_cpus",
-            "threads_per_core": "threads_per_core",
-            "cores_per_socket": "cores_per_socket",
-            "nodes": "nr_nodes",
-            "khz": "cpu_khz",
-        }
-        host = replace(host, **{names[k]: v for k, (v, _n) in cpus.items() if k in names})
-        if "notes" in cpus:
-            host = replace(host, cpu_notes=tuple(cpus["notes"][0]))
+        crash = top["crash_range"]
+        fields["crash_range"] = AddressRange(0, 0) if crash is None else _range(crash)
+    cpus = top.get("cpus", {})
+    for key, name in (
+        ("online", "nr_cpus"),
+        ("threads_per_core", "threads_per_core"),
+        ("cores_per_socket", "cores_per_socket"),
+        ("nodes", "nr_nodes"),
+        ("khz", "cpu_khz"),
+    ):
+        if key in cpus:
+            fields[name] = cpus[key]
+    if "notes" in cpus:
+        fields["cpu_notes"] = tuple(_range(n) for n in cpus["notes"])
     if "memory_map" in top:
-        host = replace(host, memory_map=tuple(top["memory_map"][0]))
-    return host
-
-
-def _node(top: dict[str, tuple[Any, yaml.Node]], doc: yaml.Node, *path: str) -> yaml.Node:
-    """The node of ``path`` for line numbers (the document when the key was left out)."""
-    node = doc
-    level: dict[str, tuple[Any, yaml.Node]] | None = top
-    for name in path:
-        if level is None or name not in level:
-            return node
-        value, node = level[name]
-        level = value if isinstance(value, dict) else None
-    return node
-
-
-def _item(node: yaml.Node, index: int) -> yaml.Node:
-    """The node of list item ``index`` (the list itself when it has no such item)."""
-    if isinstance(node, yaml.SequenceNode) and index < len(node.value):
-        item: yaml.Node = node.value[index]
-        return item
-    return node
-
-
-def _check(host: SimHost, top: dict[str, tuple[Any, yaml.Node]], doc: yaml.Node) -> None:
-    """Cross-field rules: what a real Xen could never report is refused."""
-    mm = host.memory_map
-    mm_node = _node(top, doc, "memory_map")
-    if not any(e.type == E820_RAM for e in mm):
-        raise _BadError(mm_node, "memory_map", "expected at least one ram entry, found none")
-    for i, e in enumerate(mm):
-        if e.size == 0:
-            raise _BadError(
-                _item(mm_node, i), f"memory_map[{i}].size", "expected a size > 0, found 0"
+        fields["memory_map"] = tuple(
+            E820Entry(
+                e["addr"],
+                e["size"],
+                E820_NAMES[e["type"]] if isinstance(e["type"], str) else e["type"],
             )
+            for e in top["memory_map"]
+        )
+    return replace(host, **fields)
+
+
+def _check(top: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
+    """Cross-field rules: what a real Xen could never report is refused."""
+    host = _apply(default_host(), top)
+    mm = host.memory_map
+    if not any(e.type == E820_RAM for e in mm):
+        yield ("memory_map",), "expected at least one ram entry, found none"
+    for i, e in enumerate(mm):
         if i and e.addr < mm[i - 1].end:
-            raise _BadError(
-                _item(mm_node, i),
-                f"memory_map[{i}]",
+            yield (
+                ("memory_map", i),
                 f"expected entries sorted and not overlapping, found {e.addr:#x} "
                 f"before the end of the previous entry ({mm[i - 1].end:#x})",
             )
     crash = host.crash_range
-    cr_node = _node(top, doc, "crash_range")
     if crash.size:
         if crash.start % PAGE_SIZE or crash.size % PAGE_SIZE:
-            raise _BadError(
-                cr_node,
-                "crash_range",
+            yield (
+                ("crash_range",),
                 f"expected a page-aligned start and size (Xen reserves whole pages), "
                 f"found start {crash.start:#x} size {crash.size:#x}",
             )
         if not _covered_by_ram(mm, crash):
-            raise _BadError(
-                cr_node,
-                "crash_range",
+            yield (
+                ("crash_range",),
                 f"expected a range inside ram entries of memory_map, found "
                 f"{crash.start:#x}-{crash.end:#x} outside RAM",
             )
         if crash.overlaps(host.xen_range.start, host.xen_range.size):
-            raise _BadError(
-                cr_node, "crash_range", "expected a range apart from xen.range, found an overlap"
-            )
-    for key, rng in (("xen.range", host.xen_range), ("xen.vmcoreinfo", host.vmcoreinfo_range)):
-        if rng.size == 0:
-            raise _BadError(_node(top, doc, *key.split(".")), key, "expected a size > 0, found 0")
-    notes_node = _node(top, doc, "cpus", "notes")
-    if not host.cpu_notes:
-        raise _BadError(notes_node, "cpus.notes", "expected at least one note buffer, found none")
-    for i, n in enumerate(host.cpu_notes):
-        if n.size == 0:
-            raise _BadError(
-                _item(notes_node, i), f"cpus.notes[{i}].size", "expected a size > 0, found 0"
-            )
+            yield ("crash_range",), "expected a range apart from xen.range, found an overlap"
     if not 1 <= host.nr_cpus <= host.max_cpus:
-        raise _BadError(
-            _node(top, doc, "cpus", "online"),
-            "cpus.online",
+        yield (
+            ("cpus", "online"),
             f"expected 1..{host.max_cpus} (the number of notes), found {host.nr_cpus}",
         )
 
@@ -509,10 +317,4 @@ def _covered_by_ram(mm: tuple[E820Entry, ...], rng: AddressRange) -> bool:
 def load_host(path: Path) -> SimHost:
     """Read and parse the host file at ``path``; ConfigError naming it when it is bad."""
     raw = read_file(path, "simulated host", Limit.CONFIG, error=ConfigError)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            f"{shown(path)}: expected UTF-8 YAML text, found undecodable bytes"
-        ) from None
-    return parse_host(text, path)
+    return parse_host(raw, shown(path))
