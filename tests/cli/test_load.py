@@ -66,7 +66,8 @@ def host(tmp_path: Path, debian_kernel: Path) -> Host:
 def test_load_status_plan_unload(host: Host) -> None:
     r = host.run("status", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["armed"] is False
+    doc = json.loads(r.stdout)
+    assert doc["State"] == "not-loaded" and doc["CrashKernel"] == "" and doc["Generation"] == 0
 
     r = host.load()
     assert r.returncode == 0, r.stderr
@@ -76,15 +77,21 @@ def test_load_status_plan_unload(host: Host) -> None:
 
     r = host.run("status")
     assert r.returncode == 0, r.stderr
-    assert "loaded, generation 1, in the lower half" in r.stdout
-    assert str(host.kernel) in r.stdout and str(host.initrd) in r.stdout
-    assert "elfcorehdr=" in r.stdout and "crash area:  0xae6ff000" in r.stdout
+    lines = dict(line.split(":", 1) for line in r.stdout.splitlines())
+    assert lines["State"].strip().startswith("loaded (armed by xenkdump (generation 1)")
+    assert lines["Crash kernel"].strip() == str(host.kernel)
+    assert lines["Initrd"].strip() == str(host.initrd)
+    assert "elfcorehdr=" in lines["Command line"]
+    assert lines["Crash region"].strip().startswith("0xae6ff000-")
+    assert ", the lower half, needs " in lines["Used"]
+    assert lines["Versions"].strip().endswith("xenkdumpd not running")
 
     r = host.run("status", "--json")
     doc = json.loads(r.stdout)
-    assert doc["armed"] is True and doc["record"]["half"] == "lower"
-    assert doc["record"]["entry"] == sim.armed_image(KEXEC_TYPE_CRASH).entry  # type: ignore[union-attr]
-    assert doc["counters"] == {"generation": 1, "loads_issued": 1, "unloads_issued": 0}
+    record = json.loads((host.state / "state.json").read_text())
+    assert doc["State"] == "loaded" and doc["Generation"] == 1
+    assert doc["ImageSha256"] == record["armed"]["image_sha256"]
+    assert doc["CrashRegionUsed"] == [0xAE6FF000, 128 * MIB]
 
     r = host.run(
         "plan", "--kernel", str(host.kernel), "--initrd", str(host.initrd), "--cmdline", "quiet",
@@ -115,9 +122,9 @@ def test_load_status_plan_unload(host: Host) -> None:
     assert r.returncode == 0, r.stderr
     assert host.sim().armed_image(KEXEC_TYPE_CRASH) is None
     r = host.run("status", "--json")
-    doc = json.loads(r.stdout)
-    assert doc["armed"] is False
-    assert doc["counters"] == {"generation": 2, "loads_issued": 2, "unloads_issued": 1}
+    assert json.loads(r.stdout)["State"] == "not-loaded"
+    record = json.loads((host.state / "state.json").read_text())
+    assert (record["generation"], record["loads_issued"], record["unloads_issued"]) == (2, 2, 1)
 
 
 def _one_line_exit_2(r: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -156,7 +163,7 @@ def test_bad_inputs_exit_2_and_keep_the_armed_image(host: Host, tmp_path: Path) 
     _one_line_exit_2(r, "needs", "Xen reserved 256 MiB", "crashkernel=")
 
     for r in (host.run("status", "--json"),):
-        assert json.loads(r.stdout)["record"]["generation"] == 1
+        assert json.loads(r.stdout)["Generation"] == 1
     assert (host.state / "state.json").read_bytes() == record
     assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
     assert sim.armed_image(KEXEC_TYPE_CRASH).entry == entry  # type: ignore[union-attr]
@@ -169,7 +176,8 @@ def test_no_crash_area_exit_2(host: Host) -> None:
     _one_line_exit_2(r, "crashkernel=")
     r = host.run("status")
     assert r.returncode == 0
-    assert "crash area:  none" in r.stdout and "not loaded" in r.stdout
+    assert "Crash region:  none (Xen was booted without crashkernel=)" in r.stdout
+    assert "State:         not-loaded" in r.stdout
 
 
 def test_fallback_is_shown_in_status(host: Host) -> None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from xenkdump.errors import BusyError
+from xenkdump.status import Status
 
 T = TypeVar("T")
 
@@ -135,48 +136,48 @@ def run_as_nobody() -> RunAs:
 # outcomes; test_dbus_daemon.py runs the same calls against the real xenkdumpd.
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeSnapshot:
-    state: str = "loaded"
-    state_reason: str = "crash kernel armed (generation 1)"
-    crash_kernel: str = "/boot/vmlinuz-6.1.0-test"
-    initrd: str = "/boot/initrd.img-6.1.0-test"
-    command_line: str = "console=ttyS0 irqpoll nr_cpus=1"
-    image_sha256: str = "ab" * 32
-    loaded_at: int = 1_764_000_000_000_000
-    last_reload_reason: str = "start: no record"
-    last_error: str = ""
-    crash_region: tuple[int, int] = (0x1_0000_0000, 0x1000_0000)
-    crash_region_used: tuple[int, int] = (0x1_0000_0000, 0x800_0000)
-    required_bytes: int = 0x300_0000
-    xen_version: str = "4.17.3"
-    daemon_version: str = "0.1.0"
-    config_digest: str = "cd" * 32
-    generation: int = 1
-    fallback_unload: bool = False
+def loaded_status() -> Status:
+    """The status of a loaded host."""
+    return Status(
+        state="loaded",
+        state_reason="crash kernel armed (generation 1)",
+        crash_kernel="/boot/vmlinuz-6.1.0-test",
+        initrd="/boot/initrd.img-6.1.0-test",
+        command_line="console=ttyS0 irqpoll nr_cpus=1",
+        image_sha256="ab" * 32,
+        loaded_at=1_764_000_000_000_000,
+        last_reload_reason="start: no record",
+        crash_region=(0x1_0000_0000, 0x1000_0000),
+        crash_region_used=(0x1_0000_0000, 0x800_0000),
+        required_bytes=0x300_0000,
+        xen_version="4.17.3",
+        daemon_version="0.1.0",
+        config_digest="cd" * 32,
+        generation=1,
+    )
 
 
 @pytest.fixture
-def snapshot() -> FakeSnapshot:
-    """A StatusSnapshot-shaped value of a loaded host."""
-    return FakeSnapshot()
+def snapshot() -> Status:
+    """The status of a loaded host."""
+    return loaded_status()
 
 
 class FakeCore:
     """DaemonCore's API with scripted results; runs on the service's loop."""
 
     def __init__(self) -> None:
-        self.snapshot = FakeSnapshot()
-        self.subscribers: list[Callable[[FakeSnapshot, FakeSnapshot], None]] = []
+        self.snapshot = loaded_status()
+        self.subscribers: list[Callable[[Status, Status], None]] = []
         self.calls: list[tuple[str, str, dict[str, object]]] = []
         self.fail: BaseException | None = None
         self.gate: asyncio.Event | None = None  # set: reload/unload wait for it
         self.busy = False
 
-    def status(self) -> FakeSnapshot:
+    def status(self) -> Status:
         return self.snapshot
 
-    def subscribe(self, callback: Callable[[FakeSnapshot, FakeSnapshot], None]) -> None:
+    def subscribe(self, callback: Callable[[Status, Status], None]) -> None:
         self.subscribers.append(callback)
 
     def publish(self, **changes: object) -> None:
@@ -184,7 +185,7 @@ class FakeCore:
         for callback in self.subscribers:
             callback(old, self.snapshot)
 
-    async def _work(self, kind: str, reason: str, options: Mapping[str, object]) -> FakeSnapshot:
+    async def _work(self, kind: str, reason: str, options: Mapping[str, object]) -> Status:
         self.calls.append((kind, reason, dict(options)))
         if self.busy and options.get("wait") is False:
             raise BusyError(f"a {kind} is already running")
@@ -208,10 +209,10 @@ class FakeCore:
         finally:
             self.busy = False
 
-    async def reload(self, reason: str, options: Mapping[str, object]) -> FakeSnapshot:
+    async def reload(self, reason: str, options: Mapping[str, object]) -> Status:
         return await self._work("reload", reason, options)
 
-    async def unload(self, options: Mapping[str, object]) -> FakeSnapshot:
+    async def unload(self, options: Mapping[str, object]) -> Status:
         return await self._work("unload", "", options)
 
 

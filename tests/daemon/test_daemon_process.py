@@ -342,10 +342,10 @@ def test_topology_change_rebuilds_only_the_core_header(host: Host) -> None:
                 cpu_notes=(*sim.host.cpu_notes, AddressRange(last.start + 0x1000, last.size)),
             )
             await core.check_host()
-            assert core.status().state is State.DEGRADED  # stale header until the rebuild lands
+            assert core.status().state == State.DEGRADED  # stale header until the rebuild lands
             await core.wait_idle()
             snap = core.status()
-            assert snap.state is State.LOADED and snap.generation == 2
+            assert snap.state == State.LOADED and snap.generation == 2
             second = host.record()
             assert core.executor.files_read == reads  # files not re-read
             assert second["kernel_sha256"] == first["kernel_sha256"]

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from xenkdump.cli import cmd_daemon, ctl
+from xenkdump.cli import cmd_daemon, cmd_status, ctl
+from xenkdump.dbus import contract
 from xenkdump.errors import ConfigError, HypervisorError
 
 XENKDUMPCTL = Path(sys.executable).parent / "xenkdumpctl"
@@ -19,7 +20,7 @@ XENKDUMPCTL = Path(sys.executable).parent / "xenkdumpctl"
 
 def test_status_human_output(serve_fake: Any, capsys: pytest.CaptureFixture[str]) -> None:
     serve_fake()
-    assert cmd_daemon.daemon_status(as_json=False) == 0
+    assert ctl.main(["status"]) == 0
     out = capsys.readouterr().out
     lines = dict(line.split(":", 1) for line in out.splitlines())
     assert lines["State"].strip() == "loaded (crash kernel armed (generation 1))"
@@ -27,32 +28,43 @@ def test_status_human_output(serve_fake: Any, capsys: pytest.CaptureFixture[str]
     assert lines["Image sha256"].strip() == "ab" * 32
     assert lines["Config sha256"].strip() == "cd" * 32
     assert lines["Crash region"].strip() == "0x100000000-0x10fffffff (256.0 MiB)"
-    assert lines["Used"].strip() == "0x100000000-0x107ffffff (128.0 MiB), needs 48.0 MiB"
+    assert lines["Used"].strip() == (
+        "0x100000000-0x107ffffff (128.0 MiB), the lower half, needs 48.0 MiB"
+    )
     assert lines["Free"].strip() == "128.0 MiB"
     assert "(generation 1)" in lines["Loaded at"] and "2025" in lines["Loaded at"]
     assert lines["Last reload"].strip() == "start: no record"
-    assert "Last error" not in lines
+    assert "Last error" not in lines and "Warning" not in lines
+    assert lines["Versions"].strip() == "Xen 4.17.3, xenkdumpd 0.1.0"
 
 
-def test_status_json_is_the_getstatus_dict(
-    serve_fake: Any, capsys: pytest.CaptureFixture[str]
+def test_status_json_is_the_getstatus_dict_with_the_same_keys_without_the_daemon(
+    serve_fake: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    serve_fake()
-    assert cmd_daemon.daemon_status(as_json=True) == 0
+    s = serve_fake()
+    assert ctl.main(["status", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["State"] == "loaded" and data["CrashRegion"] == [0x1_0000_0000, 0x1000_0000]
-    assert len(data) == 18
+    assert data == s.core.snapshot.to_json()
+    assert sorted(data) == sorted(contract.load_interface().properties)
+    # The same keys from xenkdump's record, without asking the daemon.
+    offline = ["--hypervisor", f"sim:{tmp_path / 'host.yaml'}", "status", "--json"]
+    assert ctl.main([*offline, "--no-daemon", "--state-dir", str(tmp_path / "state")]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert sorted(alone) == sorted(data)
+    assert alone["State"] == "not-loaded" and alone["DaemonVersion"] == ""
+    assert alone["CrashRegion"][1] == 256 << 20 and alone["XenVersion"].startswith("4.")
 
 
-def test_status_and_unload_return_none_without_a_daemon(private_bus: str) -> None:
+def test_status_and_unload_fall_back_without_a_daemon(private_bus: str) -> None:
     # The bus runs, nobody owns the name: the caller falls back to its offline path.
-    assert cmd_daemon.daemon_status(as_json=False) is None
+    assert cmd_status.daemon_status() is None
     assert cmd_daemon.daemon_unload() is None
 
 
-def test_status_returns_none_without_a_bus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_status_falls_back_without_a_bus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
-    assert cmd_daemon.daemon_status(as_json=True) is None
+    assert cmd_status.daemon_status() is None
 
 
 def test_unload(serve_fake: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,6 +24,7 @@ from xenkdump.errors import (
     OperationError,
     PlanError,
 )
+from xenkdump.status import INTERFACE_REVISION
 
 DATA = Path(__file__).parent / "data"
 SPEC = contract.load_interface()
@@ -117,7 +118,7 @@ def test_property_values_follow_the_snapshot(snapshot: Any) -> None:
     snap = snapshot
     values = contract.property_values(SPEC, snap)
     assert list(values) == list(SPEC.properties)
-    assert values["InterfaceRevision"] == ("u", names.INTERFACE_REVISION)
+    assert values["InterfaceRevision"] == ("u", INTERFACE_REVISION)
     assert values["CrashRegion"] == ("(tt)", [0x1_0000_0000, 0x1000_0000])
     assert values["LoadedAt"] == ("t", snap.loaded_at)
     new = dataclasses.replace(snap, generation=2, last_error="boom", daemon_version="9")

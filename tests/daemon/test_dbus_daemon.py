@@ -25,9 +25,10 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 
 from xenkdump import __version__
-from xenkdump.cli import cmd_daemon
+from xenkdump.cli import cmd_daemon, ctl
 from xenkdump.dbus import client, errors, names
 from xenkdump.dbus.client import DaemonClient
+from xenkdump.status import INTERFACE_REVISION
 
 pytestmark = pytest.mark.kernel
 
@@ -177,7 +178,7 @@ def test_status_of_a_freshly_started_daemon(daemon: Running) -> None:
     assert status["State"] == "loaded" and status["Generation"] == 1
     assert status["CrashKernel"] == str(daemon.kernel)
     assert status["DaemonVersion"] == __version__
-    assert status["InterfaceRevision"] == names.INTERFACE_REVISION
+    assert status["InterfaceRevision"] == INTERFACE_REVISION
     (start, size), (ustart, usize) = status["CrashRegion"], status["CrashRegionUsed"]
     assert size > 0 and start <= ustart and ustart + usize <= start + size
     assert 0 < int(status["RequiredBytes"]) <= usize
@@ -232,7 +233,7 @@ def test_bad_arguments_and_bad_config_are_named_errors(daemon: Running) -> None:
 def test_unload_then_reload(daemon: Running, capsys: pytest.CaptureFixture[str]) -> None:
     assert cmd_daemon.daemon_unload() == 0
     assert with_client(lambda c: c.get_property("State")) == "not-loaded"
-    assert cmd_daemon.daemon_status(as_json=False) == 0
+    assert ctl.main(["status"]) == 0
     out = capsys.readouterr().out
     assert "State:         not-loaded" in out
     status = with_client(lambda c: c.reload({}))

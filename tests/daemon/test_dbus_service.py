@@ -31,6 +31,7 @@ from xenkdump.errors import (
     OperationError,
     PlanError,
 )
+from xenkdump.status import INTERFACE_REVISION
 
 DATA = Path(__file__).parent / "data"
 T = TypeVar("T")
@@ -155,7 +156,7 @@ def test_getstatus_getall_and_every_get_agree(serve_fake: Any) -> None:
     assert status["CrashRegion"] == list(snap.crash_region)
     assert status["CrashRegionUsed"] == list(snap.crash_region_used)
     assert status["LoadedAt"] == snap.loaded_at
-    assert status["InterfaceRevision"] == names.INTERFACE_REVISION
+    assert status["InterfaceRevision"] == INTERFACE_REVISION
     assert status["FallbackUnload"] is False
 
 

@@ -27,12 +27,12 @@ from xenkdump.daemon.engine import (
     ReloadRequested,
     Scope,
     Start,
-    State,
     Unload,
     UnloadDone,
     UnloadFailed,
     UnloadRequested,
 )
+from xenkdump.status import State
 
 GEN1 = Armed(1)
 GEN2 = Armed(2)

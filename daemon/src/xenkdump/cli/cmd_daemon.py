@@ -1,20 +1,17 @@
-"""xenkdumpctl over D-Bus: the ``reload`` command, and status and unload helpers.
+"""xenkdumpctl over D-Bus: the ``reload`` command, and the helpers of status and unload.
 
-``status`` and ``unload`` are registered by the module that also handles the case
-without a daemon; it calls ``daemon_status``/``daemon_unload`` first and falls back
-when they return None (nobody owns org.xenkdump.Kdump1).  ``reload`` needs the daemon.
+``status`` and ``unload`` are registered by the modules that also handle the case
+without a daemon; they ask the daemon first (``optional``, ``daemon_unload``) and fall
+back when nobody owns org.xenkdump.Kdump1.  ``reload`` needs the daemon.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from xenkdump.dbus import names
 from xenkdump.dbus.client import DaemonClient, DaemonNotRunningError, run
 
 T = TypeVar("T")
@@ -52,7 +49,7 @@ async def _with_daemon(work: Callable[[DaemonClient], Awaitable[T]]) -> T:
         return await work(c)
 
 
-def _optional(work: Callable[[DaemonClient], Awaitable[T]]) -> T | None:
+def optional(work: Callable[[DaemonClient], Awaitable[T]]) -> T | None:
     """``work`` against the daemon, or None when no daemon is on the bus."""
     try:
         return run(_with_daemon(work))
@@ -89,23 +86,7 @@ def daemon_owner_present() -> bool:
     async def work(c: DaemonClient) -> bool:
         return True
 
-    return _optional(work) is not None
-
-
-def daemon_status(as_json: bool) -> int | None:
-    """Print xenkdumpd's status; None if no daemon owns the name (the caller falls back)."""
-
-    async def work(c: DaemonClient) -> dict[str, object]:
-        return await c.get_status()
-
-    status = _optional(work)
-    if status is None:
-        return None
-    if as_json:
-        print(json.dumps(status, indent=2, sort_keys=True))
-    else:
-        print(format_status(status))
-    return EXIT_OK
+    return optional(work) is not None
 
 
 def daemon_unload() -> int | None:
@@ -114,57 +95,8 @@ def daemon_unload() -> int | None:
     async def work(c: DaemonClient) -> dict[str, object]:
         return await c.unload({})
 
-    status = _optional(work)
+    status = optional(work)
     if status is None:
         return None
     print(f"crash kernel unloaded; {status.get('State')}: {status.get('StateReason')}")
     return EXIT_OK
-
-
-# ---- human output ----
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-def _range(start: int, size: int) -> str:
-    return f"{start:#x}-{start + size - 1:#x} ({_mib(size)})" if size else "none"
-
-
-def _pair(value: object) -> tuple[int, int]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    return 0, 0
-
-
-def _when(usec: object) -> str:
-    if not isinstance(usec, int) or usec <= 0:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1e6))
-
-
-def format_status(s: dict[str, object]) -> str:
-    """The human form of a GetStatus reply."""
-    region, used = _pair(s.get("CrashRegion")), _pair(s.get("CrashRegionUsed"))
-    free = region[1] - used[1]
-    rows = [
-        ("State", f"{s.get('State')} ({s.get('StateReason')})"),
-        ("Crash kernel", s.get("CrashKernel") or "none"),
-        ("Initrd", s.get("Initrd") or "none"),
-        ("Command line", s.get("CommandLine") or ""),
-        ("Image sha256", s.get("ImageSha256") or "none"),
-        ("Config sha256", s.get("ConfigDigest") or ""),
-        ("Crash region", _range(*region)),
-        ("Used", f"{_range(*used)}, needs {_mib(int(str(s.get('RequiredBytes') or 0)))}"),
-        ("Free", _mib(free) if region[1] else "none"),
-        ("Loaded at", f"{_when(s.get('LoadedAt'))} (generation {s.get('Generation')})"),
-        ("Last reload", s.get("LastReloadReason") or "none"),
-    ]
-    if s.get("LastError"):
-        rows.append(("Last error", s.get("LastError")))
-    if s.get("FallbackUnload"):
-        rows.append(("Note", "the last load had to unload first (no free half)"))
-    rows.append(("Versions", f"Xen {s.get('XenVersion')}, xenkdumpd {s.get('DaemonVersion')}"))
-    rows.append(("Bus", f"{names.BUS_NAME} interface revision {s.get('InterfaceRevision')}"))
-    return "\n".join(f"{k + ':':<15}{v}" for k, v in rows)

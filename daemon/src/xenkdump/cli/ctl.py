@@ -26,6 +26,7 @@ EXIT_USAGE = 2
 COMMAND_MODULES = (
     "xenkdump.cli.cmd_hv",
     "xenkdump.cli.cmd_image",
+    "xenkdump.cli.cmd_status",
     "xenkdump.cli.cmd_daemon",
 )
 

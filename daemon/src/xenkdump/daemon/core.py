@@ -3,7 +3,7 @@
 Callers (the D-Bus service, signal handlers, watchers) use only this class.  It feeds
 events to the sans-I/O engine (engine.py), runs the Load/Unload actions the engine
 returns in a worker thread through the executor, feeds their results back, and
-publishes a StatusSnapshot after every change.  Everything here runs on the asyncio
+publishes a Status (xenkdump.status) after every change.  Everything here runs on the asyncio
 loop; ``status()`` never blocks.
 """
 
@@ -13,12 +13,10 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xenkdump import __version__
 from xenkdump.daemon import engine as ev
-from xenkdump.daemon.engine import State
 from xenkdump.daemon.executor import Executor
 from xenkdump.daemon.notify import (
     MESSAGE_ID_LOADED,
@@ -29,43 +27,13 @@ from xenkdump.errors import BusyError, ConfigError, InputError, OperationError, 
 from xenkdump.hv.port import Hypervisor
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import Settings
+from xenkdump.status import State, Status, build
 
 log = logging.getLogger("xenkdump.daemon")
 
-__all__ = ["BusyError", "DaemonCore", "State", "StatusSnapshot"]
+__all__ = ["BusyError", "DaemonCore", "State"]
 
-
-@dataclass(frozen=True)
-class StatusSnapshot:
-    state: State
-    state_reason: str
-    crash_kernel: str
-    initrd: str
-    command_line: str
-    image_sha256: str
-    loaded_at: int  # microseconds since the epoch, 0 if none
-    last_reload_reason: str
-    last_error: str
-    crash_region: tuple[int, int]  # (start, size)
-    crash_region_used: tuple[int, int]  # the half in use (start, size), (0, 0) if none
-    required_bytes: int
-    xen_version: str
-    daemon_version: str
-    config_digest: str
-    generation: int
-    fallback_unload: bool
-
-    def as_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["state"] = str(self.state)
-        return out
-
-    def status_line(self) -> str:
-        """One line for systemd's STATUS=."""
-        return f"{self.state}: {self.state_reason}"
-
-
-Subscriber = Callable[[StatusSnapshot, StatusSnapshot], None]
+Subscriber = Callable[[Status, Status], None]
 
 _LOG_LEVEL = {
     ev.LogKind.LOADED: (logging.INFO, MESSAGE_ID_LOADED),
@@ -113,7 +81,7 @@ class DaemonCore:
         self._subscribers: list[Subscriber] = []
         self._settings_listeners: list[Callable[[Settings], None]] = []
         self._tickets = itertools.count(1)
-        self._waiters: dict[int, asyncio.Future[StatusSnapshot]] = {}
+        self._waiters: dict[int, asyncio.Future[Status]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -122,14 +90,14 @@ class DaemonCore:
 
     # ---- the API the D-Bus service uses ----
 
-    def status(self) -> StatusSnapshot:
+    def status(self) -> Status:
         return self._snapshot
 
     def subscribe(self, callback: Subscriber) -> None:
         """``callback(old, new)`` after every change of the snapshot."""
         self._subscribers.append(callback)
 
-    async def reload(self, reason: str, options: Mapping[str, object]) -> StatusSnapshot:
+    async def reload(self, reason: str, options: Mapping[str, object]) -> Status:
         """Re-read the configuration, then load if anything changed (or ``force``).
 
         Raises ConfigError (the file is invalid: nothing changes), the builder's
@@ -156,12 +124,12 @@ class DaemonCore:
         if self._reread_config():
             self._feed(ev.ConfigAccepted())
         ticket = next(self._tickets)
-        future: asyncio.Future[StatusSnapshot] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
         self._waiters[ticket] = future
         self._feed(ev.ReloadRequested(reason, force=force, overrides=over, ticket=ticket))
         return await future
 
-    async def unload(self, options: Mapping[str, object]) -> StatusSnapshot:
+    async def unload(self, options: Mapping[str, object]) -> Status:
         """Unload the crash image (the daemon then stays unloaded until a Reload)."""
         unknown = sorted(set(options) - UNLOAD_OPTIONS)
         if unknown:
@@ -171,14 +139,14 @@ class DaemonCore:
         if not _flag(options, "wait", True) and self.engine.busy is not None:
             raise BusyError(f"a {type(self.engine.busy).__name__.lower()} is already running")
         ticket = next(self._tickets)
-        future: asyncio.Future[StatusSnapshot] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
         self._waiters[ticket] = future
         self._feed(ev.UnloadRequested("unload requested", ticket=ticket))
         return await future
 
     # ---- what the daemon's own watchers call ----
 
-    async def start(self) -> StatusSnapshot:
+    async def start(self) -> Status:
         """The first reconcile: check our record against Xen, adopt or load; wait for it."""
         event = await asyncio.to_thread(self.executor.check_record)
         log.info(
@@ -319,28 +287,17 @@ class DaemonCore:
             else:
                 future.set_result(self._snapshot)
 
-    def _make_snapshot(self) -> StatusSnapshot:
-        rec = self.executor.record
-        crash = self.executor.crash_range
-        used = self.executor.used_range() if rec is not None else None
-        return StatusSnapshot(
+    def _make_snapshot(self) -> Status:
+        return build(
             state=self.engine.state,
             state_reason=self.engine.state_reason,
-            crash_kernel=rec.kernel if rec else "",
-            initrd=(rec.initrd or "") if rec else "",
-            command_line=rec.cmdline if rec else "",
-            image_sha256=rec.image_sha256 if rec else "",
-            loaded_at=int(rec.loaded_at * 1_000_000) if rec else 0,
-            last_reload_reason=rec.reason if rec else self.engine.last_reason,
-            last_error=self.engine.last_error,
-            crash_region=(crash.start, crash.size),
-            crash_region_used=(used.start, used.size) if used else (0, 0),
-            required_bytes=rec.required_bytes if rec else 0,
+            record=self.executor.record,
+            crash=self.executor.crash_range,
             xen_version=self.executor.xen_version,
             daemon_version=__version__,
             config_digest=self.settings.digest,
-            generation=rec.generation if rec else 0,
-            fallback_unload=rec.fallback_unload if rec else False,
+            last_error=self.engine.last_error,
+            last_reason=self.engine.last_reason,
         )
 
     def _publish(self) -> None:

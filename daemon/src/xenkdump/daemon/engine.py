@@ -58,13 +58,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-
-class State(enum.StrEnum):
-    STARTING = "starting"
-    LOADED = "loaded"
-    DEGRADED = "degraded"
-    NOT_LOADED = "not-loaded"
-    FAILED = "failed"
+from xenkdump.status import State
 
 
 class RecordCheck(enum.Enum):

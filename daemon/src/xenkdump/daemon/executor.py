@@ -14,8 +14,8 @@ from pathlib import Path
 from xenkdump.daemon import kernels
 from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, Scope, Start
 from xenkdump.errors import InputError
-from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange, Hypervisor
-from xenkdump.image import loader, planner
+from xenkdump.hv.port import KEXEC_TYPE_CRASH, Hypervisor
+from xenkdump.image import loader
 from xenkdump.image.planner import HostFacts, ImageInputs
 from xenkdump.safefile import Limit, read_file
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
@@ -179,13 +179,6 @@ class Executor:
         loader.unload(self.hv, self.store)
         self.record = self.store.read()
         self._cached = None
-
-    def used_range(self) -> AddressRange:
-        """The part of the crash area the armed image uses ((0, 0) when none)."""
-        rec = self.record
-        if rec is None:
-            return AddressRange(0, 0)
-        return planner.half_window(AddressRange(*rec.crash_range), rec.half)[0]
 
 
 def _with_kernel(settings: Settings, kernel: Path) -> Settings:

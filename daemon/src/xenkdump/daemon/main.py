@@ -21,13 +21,14 @@ from typing import Protocol
 
 from xenkdump import __version__
 from xenkdump.daemon import kernels
-from xenkdump.daemon.core import DaemonCore, StatusSnapshot
+from xenkdump.daemon.core import DaemonCore
 from xenkdump.daemon.notify import Notifier, setup_logging, watchdog_period
 from xenkdump.daemon.watch import Debouncer, DirectoryWatcher, PeriodicTimer
 from xenkdump.errors import OperationError, XenkdumpError
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import DEFAULT_CONFIG_PATH, Settings
+from xenkdump.status import Status
 
 log = logging.getLogger("xenkdump.daemon")
 
@@ -92,7 +93,7 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_status(self, _old: StatusSnapshot, new: StatusSnapshot) -> None:
+    def _on_status(self, _old: Status, new: Status) -> None:
         self.notifier.status(new.status_line())
 
     def _watch_dirs(self, settings: Settings) -> set[Path]:

@@ -1,4 +1,5 @@
 """The D-Bus surface of xenkdumpd: the contract XML, its names, the service and a client.
 
-Only ``service.py`` and ``client.py`` import dbus_fast; everything else here is pure.
+Only ``transport.py``, ``service.py`` and ``client.py`` import dbus_fast; everything else
+here is pure, and the client imports nothing of the service.
 """

@@ -16,7 +16,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio.message_bus import MessageBus
 
 from xenkdump.dbus import errors, names
-from xenkdump.dbus.service import new_bus, system_bus_address
+from xenkdump.dbus.transport import new_bus, system_bus_address
 from xenkdump.errors import InputError, OperationError
 
 T = TypeVar("T")

@@ -8,12 +8,12 @@ definition of the API.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from xenkdump.dbus import names
 from xenkdump.errors import InputError, XenkdumpError
+from xenkdump.status import PROPERTY_NAMES, Status
 
 DOC_NS = "http://www.freedesktop.org/dbus/1.0/doc.dtd"
 EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
@@ -21,45 +21,6 @@ EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 class ContractError(XenkdumpError):
     """The interface XML disagrees with the code (a packaging or development bug)."""
-
-
-class Snapshot(Protocol):
-    """What the service reads from the core (xenkdump.daemon.core.StatusSnapshot)."""
-
-    @property
-    def state(self) -> object: ...
-    @property
-    def state_reason(self) -> str: ...
-    @property
-    def crash_kernel(self) -> str: ...
-    @property
-    def initrd(self) -> str: ...
-    @property
-    def command_line(self) -> str: ...
-    @property
-    def image_sha256(self) -> str: ...
-    @property
-    def loaded_at(self) -> int: ...
-    @property
-    def last_reload_reason(self) -> str: ...
-    @property
-    def last_error(self) -> str: ...
-    @property
-    def crash_region(self) -> tuple[int, int]: ...
-    @property
-    def crash_region_used(self) -> tuple[int, int]: ...
-    @property
-    def required_bytes(self) -> int: ...
-    @property
-    def xen_version(self) -> str: ...
-    @property
-    def daemon_version(self) -> str: ...
-    @property
-    def config_digest(self) -> str: ...
-    @property
-    def generation(self) -> int: ...
-    @property
-    def fallback_unload(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -173,49 +134,25 @@ def served_interface(iface: ET.Element) -> str:
 
 
 def load_interface() -> InterfaceSpec:
-    """The installed contract, checked against the property table below."""
+    """The installed contract, checked against the status model (xenkdump.status)."""
     spec = parse_interface(names.interface_xml())
-    missing = sorted(set(spec.properties) ^ set(PROPERTY_SOURCES))
+    missing = sorted(set(spec.properties) ^ set(PROPERTY_NAMES))
     if missing:
         raise ContractError(
             f"{names.INTERFACE_XML}: properties {missing} are not both in the XML and in "
-            "xenkdump.dbus.contract.PROPERTY_SOURCES"
+            "the status model (xenkdump.status.Status)"
         )
     return spec
 
 
-# D-Bus property name -> how to read it from a status snapshot.
-PROPERTY_SOURCES: dict[str, Callable[[Snapshot], object]] = {
-    "InterfaceRevision": lambda s: names.INTERFACE_REVISION,
-    "State": lambda s: str(s.state),
-    "StateReason": lambda s: s.state_reason,
-    "CrashKernel": lambda s: s.crash_kernel,
-    "Initrd": lambda s: s.initrd,
-    "CommandLine": lambda s: s.command_line,
-    "ImageSha256": lambda s: s.image_sha256,
-    "LoadedAt": lambda s: s.loaded_at,
-    "LastReloadReason": lambda s: s.last_reload_reason,
-    "LastError": lambda s: s.last_error,
-    "CrashRegion": lambda s: list(s.crash_region),
-    "CrashRegionUsed": lambda s: list(s.crash_region_used),
-    "RequiredBytes": lambda s: s.required_bytes,
-    "XenVersion": lambda s: s.xen_version,
-    "DaemonVersion": lambda s: s.daemon_version,
-    "ConfigDigest": lambda s: s.config_digest,
-    "Generation": lambda s: s.generation,
-    "FallbackUnload": lambda s: s.fallback_unload,
-}
-
-
-def property_values(spec: InterfaceSpec, snapshot: Snapshot) -> dict[str, tuple[str, object]]:
+def property_values(spec: InterfaceSpec, status: Status) -> dict[str, tuple[str, object]]:
     """Every property as (signature, value), in the XML's order."""
-    return {
-        name: (p.signature, PROPERTY_SOURCES[name](snapshot)) for name, p in spec.properties.items()
-    }
+    values = status.to_json()
+    return {name: (p.signature, values[name]) for name, p in spec.properties.items()}
 
 
 def changed_properties(
-    spec: InterfaceSpec, old: Snapshot, new: Snapshot
+    spec: InterfaceSpec, old: Status, new: Status
 ) -> dict[str, tuple[str, object]]:
     """The properties whose value differs, for PropertiesChanged (const ones never)."""
     before = property_values(spec, old)

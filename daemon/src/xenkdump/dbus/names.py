@@ -13,9 +13,6 @@ INTERFACE = "org.xenkdump.Kdump1"
 OBJECT_PATH = "/org/xenkdump/Kdump1"
 INTERFACE_XML = "org.xenkdump.Kdump1.xml"
 
-# Grows with every compatible addition to the interface (the InterfaceRevision property).
-INTERFACE_REVISION = 1
-
 DBUS_SERVICE = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 PROPERTIES = "org.freedesktop.DBus.Properties"

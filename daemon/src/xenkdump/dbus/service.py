@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
-from dbus_fast import BusType, Message, MessageType, NameFlag, RequestNameReply, Variant
-from dbus_fast.aio.message_bus import MessageBus, _MessageWriter
+from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
+from dbus_fast.aio.message_bus import MessageBus
 from dbus_fast.errors import DBusError
 
 from xenkdump.dbus import contract, errors, names
-from xenkdump.dbus.contract import InterfaceSpec, Snapshot
+from xenkdump.dbus.contract import InterfaceSpec
+from xenkdump.dbus.transport import new_bus, system_bus_address
 from xenkdump.errors import OperationError
+from xenkdump.status import Status
 
 log = logging.getLogger("xenkdump.dbus")
 
@@ -35,77 +36,10 @@ BUS_TIMEOUT = 30.0
 class Core(Protocol):
     """The part of xenkdump.daemon.core.DaemonCore the service uses."""
 
-    def status(self) -> Any: ...
-    async def reload(self, reason: str, options: Mapping[str, object]) -> Any: ...
-    async def unload(self, options: Mapping[str, object]) -> Any: ...
-    def subscribe(self, callback: Callable[[Any, Any], None]) -> None: ...
-
-
-def system_bus_address(bus_address: str | None = None) -> str:
-    """The address used: ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the default."""
-    if bus_address:
-        return bus_address
-    # The same rule as libdbus and dbus_fast (D-Bus specification, "Well-known buses").
-    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
-
-
-class _Writer(_MessageWriter):
-    """dbus_fast's socket writer, fixed for load (python3-dbus-fast 1.84).
-
-    Upstream's write_callback treats EAGAIN from send() as a fatal error and drops
-    the connection (altdesktop/python-dbus-next#153, inherited by dbus-fast): with
-    ~100 clients calling at once the socket buffer fills and the service silently
-    leaves the bus.  It also sends queued messages newest-first.  This one waits
-    for the socket to become writable instead, and keeps the queue in order.
-    """
-
-    buf: Any  # memoryview | None; upstream leaves it untyped
-
-    def write_callback(self, remove_writer: bool = True) -> None:
-        try:
-            while True:
-                if self.buf is None:
-                    if not self.messages:
-                        if remove_writer:
-                            self.loop.remove_writer(self.fd)
-                        return
-                    buf, unix_fds, fut = self.messages.popleft()
-                    self.unix_fds = unix_fds
-                    self.buf = memoryview(buf)
-                    self.offset = 0
-                    self.fut = fut
-                if self.unix_fds:
-                    raise OperationError("xenkdumpd does not pass file descriptors over D-Bus")
-                try:
-                    self.offset += self.sock.send(self.buf[self.offset :])
-                except (BlockingIOError, InterruptedError):
-                    # Socket buffer full: resume when the loop says it is writable.
-                    self.loop.add_writer(self.fd, self.write_callback)
-                    return
-                if self.offset >= len(self.buf):
-                    self.buf = None
-                    if self.fut is not None and not self.fut.done():
-                        self.fut.set_result(None)
-                else:
-                    self.loop.add_writer(self.fd, self.write_callback)
-                    return
-        except Exception as exc:
-            if self.fut is not None and not self.fut.done():
-                # A closed socket (the bus went away) is a disconnect, which _finalize
-                # reports to every pending call; failing this send's future as well
-                # would only leave an exception nobody retrieves.
-                if self.bus._user_disconnect or isinstance(exc, OSError):
-                    self.fut.set_result(None)
-                else:
-                    self.fut.set_exception(exc)
-            self.bus._finalize(exc)
-
-
-def new_bus(address: str) -> MessageBus:
-    """An unconnected dbus_fast bus for ``address``, with the fixed writer."""
-    bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
-    bus._writer = _Writer(bus)
-    return bus
+    def status(self) -> Status: ...
+    async def reload(self, reason: str, options: Mapping[str, object]) -> Status: ...
+    async def unload(self, options: Mapping[str, object]) -> Status: ...
+    def subscribe(self, callback: Callable[[Status, Status], None]) -> None: ...
 
 
 def _variants(values: Mapping[str, tuple[str, object]]) -> dict[str, Variant]:
@@ -131,14 +65,14 @@ class _Service:
 
     # ---- status ----
 
-    def _status(self, snapshot: Snapshot | None = None) -> dict[str, Variant]:
+    def _status(self, snapshot: Status | None = None) -> dict[str, Variant]:
         snap = self.core.status() if snapshot is None else snapshot
         if snap is not self._cached_for:
             self._cached = _variants(contract.property_values(self.spec, snap))
             self._cached_for = snap
         return self._cached
 
-    def on_change(self, old: Snapshot, new: Snapshot) -> None:
+    def on_change(self, old: Status, new: Status) -> None:
         """Core subscriber: PropertiesChanged with the new values of what changed."""
         if self.closed:
             return
@@ -239,12 +173,12 @@ class _Service:
 
     # ---- the methods that change things ----
 
-    def _spawn(self, msg: Message, work: Awaitable[tuple[Snapshot, str]]) -> None:
+    def _spawn(self, msg: Message, work: Awaitable[tuple[Status, str]]) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(msg, work))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _answer(self, msg: Message, work: Awaitable[tuple[Snapshot, str]]) -> None:
+    async def _answer(self, msg: Message, work: Awaitable[tuple[Status, str]]) -> None:
         operation = (msg.member or "").lower()
         reason = ""
         try:
@@ -259,10 +193,10 @@ class _Service:
                 self._finished(operation, name, text, reason, self.core.status())
             return
         self.bus.send(Message.new_method_return(msg, "a{sv}", [self._status(snapshot)]))
-        self._finished(operation, "", "", reason or str(snapshot.last_reload_reason), snapshot)
+        self._finished(operation, "", "", reason or snapshot.last_reload_reason, snapshot)
 
     def _finished(
-        self, operation: str, error: str, message: str, reason: str, snap: Snapshot
+        self, operation: str, error: str, message: str, reason: str, snap: Status
     ) -> None:
         if self.closed:
             return
@@ -310,14 +244,14 @@ class _Service:
         raw = {key: (v.signature, v.value) for key, v in msg.body[0].items()}
         return contract.check_options(msg.member or "", raw, allowed)
 
-    async def _reload(self, msg: Message) -> tuple[Snapshot, str]:
+    async def _reload(self, msg: Message) -> tuple[Status, str]:
         uid = await self._authorize(msg)
         options = self._options(msg, names.RELOAD_OPTIONS)
         reason = options.pop("reason", None)
         text = str(reason) if reason else f"Reload requested over D-Bus by uid {uid}"
         return await self.core.reload(text, options), text
 
-    async def _unload(self, msg: Message) -> tuple[Snapshot, str]:
+    async def _unload(self, msg: Message) -> tuple[Status, str]:
         await self._authorize(msg)
         options = self._options(msg, names.UNLOAD_OPTIONS)
         return await self.core.unload(options), "Unload requested over D-Bus"

@@ -1,0 +1,163 @@
+"""xenkdumpctl status [--json]: what is armed, from xenkdumpd when it runs, else the record.
+
+Both ways print the same status model (xenkdump.status): ``--json`` is the D-Bus
+GetStatus dictionary (property name -> value), with the same keys whether or not
+xenkdumpd runs.  Without the daemon the values come from xenkdump's own record
+(Xen's status call cannot say what is armed, docs/xen-kexec-contract.md §4.1); the
+daemon-only ones are then empty: DaemonVersion "", ConfigDigest "", LastError "".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+from xenkdump.cli.options import no_daemon_option, state_option, store
+from xenkdump.dbus.names import BUS_NAME
+from xenkdump.status import MIB, State, Status, suggested_reservation
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "status",
+        help="show the armed crash image (from xenkdumpd when it runs, else from the record)",
+        description=(
+            "Show the armed crash image: state, kernel, initrd, command line, digests, the "
+            "part of Xen's crash area it uses, and the last reload.  Asks xenkdumpd when it "
+            "runs, else reads xenkdump's record.  --json prints the D-Bus GetStatus "
+            "dictionary, with the same keys either way."
+        ),
+    )
+    state_option(p)
+    no_daemon_option(p, "read xenkdump's record directly even when xenkdumpd runs")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(handler=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = None if args.no_daemon else daemon_status()
+    if status is None:
+        status = record_status(args)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2, sort_keys=True))
+    else:
+        print(render(status))
+    return 0
+
+
+def daemon_status() -> Status | None:
+    """xenkdumpd's status over D-Bus; None when no daemon owns its name on the bus."""
+    from xenkdump.cli import cmd_daemon  # noqa: PLC0415 (D-Bus only when asked for)
+
+    reply = cmd_daemon.optional(lambda c: c.get_status())
+    return None if reply is None else Status.from_json(reply)
+
+
+def record_status(args: argparse.Namespace) -> Status:
+    """The status from xenkdump's record and the hypervisor, without the daemon."""
+    from xenkdump.errors import XenkdumpError  # noqa: PLC0415
+    from xenkdump.hv.select import open_hypervisor  # noqa: PLC0415
+    from xenkdump.status import build  # noqa: PLC0415
+
+    record = store(args).read()
+    crash = None
+    xen_version = ""
+    try:
+        with open_hypervisor(args.hypervisor) as hv:
+            crash = hv.crash_range()
+            major, minor = hv.xen_version()
+            xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
+    except XenkdumpError as exc:
+        # The record is the answer; the crash area is only context.  Say why it is
+        # missing only when a hypervisor was named explicitly.
+        level = logging.WARNING if args.hypervisor is not None else logging.DEBUG
+        log.log(level, "cannot ask the hypervisor for the crash area: %s", exc)
+    if record is None:
+        state, reason = State.NOT_LOADED, "nothing armed according to xenkdump's record"
+    else:
+        state, reason = State.LOADED, f"armed by xenkdump (generation {record.generation})"
+    return build(
+        state=state,
+        state_reason=f"{reason}; xenkdumpd is not running",
+        record=record,
+        crash=crash,
+        xen_version=xen_version,
+        daemon_version="",
+    )
+
+
+# ---- human output ----
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:.1f} MiB"
+
+
+def _range(start: int, size: int) -> str:
+    return f"{start:#x}-{start + size - 1:#x} ({_mib(size)})" if size else "none"
+
+
+def _when(usec: int) -> str:
+    if usec <= 0:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(usec / 1e6))
+    return f"{stamp}, {max(0, int(time.time() - usec / 1e6))} s ago"
+
+
+def _part(s: Status) -> str:
+    if s.whole_area:
+        return "the whole crash area"
+    return "the lower half" if s.crash_region_used[0] == s.crash_region[0] else "the upper half"
+
+
+def render(s: Status) -> str:
+    """The human form of a status, one "Name: value" row each."""
+    region, used = s.crash_region, s.crash_region_used
+    running = bool(s.daemon_version)
+    if region[1]:
+        area = _range(*region)
+    elif not running and not s.xen_version:
+        area = "unknown (the hypervisor could not be asked)"
+    else:
+        area = "none (Xen was booted without crashkernel=)"
+    rows = [
+        ("State", f"{s.state} ({s.state_reason})"),
+        ("Crash kernel", s.crash_kernel or "none"),
+        ("Initrd", s.initrd or "none"),
+        ("Command line", s.command_line),
+        ("Image sha256", s.image_sha256 or "none"),
+    ]
+    if s.config_digest:
+        rows.append(("Config sha256", s.config_digest))
+    rows.append(("Crash region", area))
+    if used[1]:
+        rows.append(("Used", f"{_range(*used)}, {_part(s)}, needs {_mib(s.required_bytes)}"))
+        rows.append(("Free", _mib(region[1] - used[1])))
+    rows += [
+        ("Loaded at", f"{_when(s.loaded_at)} (generation {s.generation})"),
+        ("Last reload", s.last_reload_reason or "none"),
+    ]
+    if s.last_error:
+        rows.append(("Last error", s.last_error))
+    if s.whole_area:
+        suggest = suggested_reservation(s.required_bytes) // MIB
+        rows.append(
+            (
+                "Warning",
+                f"the image ({-(-s.required_bytes // MIB)} MiB) does not fit in half of the "
+                f"{region[1] // MIB} MiB crash area, so reloads unload it first (a window "
+                f"without a crash kernel); crashkernel={suggest}M on the Xen command line "
+                "avoids this",
+            )
+        )
+    xen = f"Xen {s.xen_version or 'unknown'}"
+    if running:
+        rows.append(("Versions", f"{xen}, xenkdumpd {s.daemon_version}"))
+        rows.append(("Bus", f"{BUS_NAME} interface revision {s.interface_revision}"))
+    else:
+        rows.append(("Versions", f"{xen}, xenkdumpd not running"))
+    return "\n".join(f"{k + ':':<15}{v}" for k, v in rows)

@@ -1,0 +1,32 @@
+"""Options several xenkdumpctl commands share: the state directory and --no-daemon."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xenkdump.state.record import RecordStore
+
+
+def state_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the load record lives (default: $XENKDUMP_STATE_DIR or /run/xenkdump)",
+    )
+
+
+def no_daemon_option(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--no-daemon", action="store_true", help=text)
+
+
+def store(args: argparse.Namespace) -> RecordStore:
+    """The record store named by --state-dir (or the default)."""
+    from xenkdump.state.record import RecordStore, default_state_dir  # noqa: PLC0415
+
+    state_dir: Path | None = args.state_dir
+    return RecordStore(state_dir if state_dir is not None else default_state_dir())

@@ -1,0 +1,157 @@
+"""The status of the crash image: one model for xenkdumpd, its D-Bus API and xenkdumpctl.
+
+Each field of ``Status`` is one property of org.xenkdump.Kdump1, named in CamelCase
+(``crash_region_used`` is ``CrashRegionUsed``) and typed by the interface XML.
+xenkdumpd builds it from its engine and its record (``build``); the D-Bus service
+serves it as GetStatus, Get, GetAll and PropertiesChanged; the client reads a reply
+back with ``Status.from_json``; and ``xenkdumpctl status`` builds the same model from
+the record when no daemon runs, so ``status --json`` prints the same keys either way.
+
+Adding a property takes three edits: its ``<property>`` in
+dbus/org.xenkdump.Kdump1.xml, a field here (with its value in ``build``), and the
+golden introspection file of the tests (tests/daemon/data).
+
+This module stays light (no dbus_fast, no image builder at import): the CLI's status
+command imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xenkdump.hv.port import AddressRange
+    from xenkdump.state.record import LoadRecord
+
+# Grows with every compatible addition to the interface (the InterfaceRevision property).
+INTERFACE_REVISION = 1
+
+MIB = 1 << 20
+
+
+class State(enum.StrEnum):
+    """The daemon's state (the State property); the engine derives it, see daemon/engine.py."""
+
+    STARTING = "starting"
+    LOADED = "loaded"
+    DEGRADED = "degraded"
+    NOT_LOADED = "not-loaded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Status:
+    """One consistent view of what is armed; the defaults describe "nothing known"."""
+
+    interface_revision: int = INTERFACE_REVISION
+    state: str = State.NOT_LOADED.value
+    state_reason: str = ""
+    crash_kernel: str = ""  # path of the loaded kernel, "" if none
+    initrd: str = ""
+    command_line: str = ""
+    image_sha256: str = ""
+    loaded_at: int = 0  # microseconds since the epoch, 0 if none
+    last_reload_reason: str = ""
+    last_error: str = ""
+    crash_region: tuple[int, int] = (0, 0)  # Xen's crash area (start, size)
+    crash_region_used: tuple[int, int] = (0, 0)  # the part the image uses, (0, 0) if none
+    required_bytes: int = 0
+    xen_version: str = ""
+    daemon_version: str = ""  # "" when xenkdumpd does not run
+    config_digest: str = ""
+    generation: int = 0
+    fallback_unload: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Property name -> plain value (pairs as lists), in field order."""
+        return {
+            property_name(f.name): list(v) if isinstance(v, tuple) else v
+            for f in dataclasses.fields(self)
+            for v in (getattr(self, f.name),)
+        }
+
+    @classmethod
+    def from_json(cls, values: dict[str, object]) -> Status:
+        """From a GetStatus reply or ``to_json``; unknown names are ignored (a newer
+        daemon), missing ones keep their defaults (an older daemon)."""
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = property_name(f.name)
+            if name in values:
+                value = values[name]
+                fields[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**fields)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        return f"{self.state}: {self.state_reason}"
+
+    @property
+    def whole_area(self) -> bool:
+        """The image uses the whole crash area, so a reload has to unload it first."""
+        return self.crash_region_used[1] > 0 and self.crash_region_used == self.crash_region
+
+
+def property_name(field: str) -> str:
+    """The D-Bus property of a field: ``crash_region_used`` -> ``CrashRegionUsed``."""
+    return "".join(part[:1].upper() + part[1:] for part in field.split("_"))
+
+
+PROPERTY_NAMES = tuple(property_name(f.name) for f in dataclasses.fields(Status))
+
+
+def suggested_reservation(required: int) -> int:
+    """A crashkernel= size (bytes) that holds two such images: 2 x required, whole 64 MiB."""
+    step = 64 * MIB
+    return -(-(2 * required) // step) * step
+
+
+def build(
+    *,
+    state: str,
+    state_reason: str,
+    record: LoadRecord | None,
+    crash: AddressRange | None,
+    xen_version: str,
+    daemon_version: str,
+    config_digest: str = "",
+    last_error: str = "",
+    last_reason: str = "",
+) -> Status:
+    """The status from the record of what is armed and the caller's own facts.
+
+    ``crash`` is Xen's crash area now, None when Xen could not be asked.
+    """
+    used = (0, 0)
+    region = (crash.start, crash.size) if crash is not None else (0, 0)
+    if record is not None:
+        # Lazily: the image builder is not needed to read a status over D-Bus.
+        from xenkdump.hv.port import AddressRange  # noqa: PLC0415
+        from xenkdump.image.planner import half_window  # noqa: PLC0415
+
+        window = half_window(AddressRange(*record.crash_range), record.half)[0]
+        used = (window.start, window.size)
+        if crash is None:  # Xen could not be asked: the area as it was at the load
+            region = record.crash_range
+    return Status(
+        state=str(state),
+        state_reason=state_reason,
+        crash_kernel=record.kernel if record else "",
+        initrd=(record.initrd or "") if record else "",
+        command_line=record.cmdline if record else "",
+        image_sha256=record.image_sha256 if record else "",
+        loaded_at=int(record.loaded_at * 1_000_000) if record else 0,
+        last_reload_reason=record.reason if record else last_reason,
+        last_error=last_error,
+        crash_region=region,
+        crash_region_used=used,
+        required_bytes=record.required_bytes if record else 0,
+        xen_version=xen_version,
+        daemon_version=daemon_version,
+        config_digest=config_digest,
+        generation=record.generation if record else 0,
+        fallback_unload=record.fallback_unload if record else False,
+    )
