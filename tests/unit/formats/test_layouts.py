@@ -59,3 +59,19 @@ def test_start_offset_layout() -> None:
     lay = Layout("hdr", start=0x1F1, size=3, rows=((0x1F1, "x", "B"), (0x1F2, "y", "H")))
     assert lay.pack({"x": 1, "y": 0x0302}) == b"\x01\x02\x03"
     assert lay.unpack(bytes(0x1F1) + b"\x01\x02\x03") == {"x": 1, "y": 0x0302}
+
+
+MIXED = Layout("mixed", size=16, rows=((0, "magic", "4s"), (4, "n", "I"), (8, "digest", "8s")))
+
+
+def test_byte_string_fields() -> None:
+    data = MIXED.pack({"magic": b"XKPG", "n": 7, "digest": bytes(range(8))})
+    assert data == b"XKPG" + (7).to_bytes(4, "little") + bytes(range(8))
+    assert MIXED.unpack(data) == {"n": 7}
+    assert MIXED.unpack_bytes(data) == {"magic": b"XKPG", "digest": bytes(range(8))}
+    with pytest.raises(ValueError, match=r"mixed\.magic: 3 bytes, not 4"):
+        MIXED.pack({"magic": b"XKP"})
+    with pytest.raises(ValueError, match=r"mixed\.n: expected 'I'"):
+        MIXED.pack({"n": b"\0\0\0\0"})
+    with pytest.raises(AssertionError, match="format '0s'"):
+        Layout("bad", 4, ((0, "x", "0s"),))

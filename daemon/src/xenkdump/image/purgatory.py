@@ -20,7 +20,6 @@ Pure: values in, bytes out.  The only I/O is reading the package data blob.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +27,7 @@ from importlib import resources
 from typing import Final
 
 from xenkdump.errors import ImageError, PlanError
+from xenkdump.image.structs import Layout
 
 MAX_REGIONS: Final = 16
 MAGIC: Final = b"XKPURG01"
@@ -37,51 +37,51 @@ _U64_MAX: Final = (1 << 64) - 1
 _RESOURCE: Final = ("image", "data", "purgatory.bin")
 
 
-def _struct(fields: Sequence[tuple[str, str]], size: int) -> struct.Struct:
-    """A little-endian struct from a ``(name, format)`` table, size asserted."""
-    s = struct.Struct("<" + "".join(fmt for _, fmt in fields))
-    assert s.size == size, f"struct size {s.size} != {size}"
-    return s
-
-
 # struct xk_header (purgatory/entry.S); field names as in the source.
-XK_HEADER_FIELDS: Final = (
-    ("jmp", "8s"),  # 0x00 jmp purgatory_start, zero padded
-    ("magic", "8s"),  # 0x08 "XKPURG01"
-    ("version", "I"),  # 0x10
-    ("header_size", "I"),  # 0x14
-    ("params_offset", "I"),  # 0x18
-    ("params_size", "I"),  # 0x1C
-    ("entry_offset", "I"),  # 0x20
-    ("code_offset", "I"),  # 0x24
-    ("code_size", "I"),  # 0x28
-    ("file_size", "I"),  # 0x2C bytes in purgatory.bin
-    ("memsz", "I"),  # 0x30 page-rounded segment size incl. bss and stack
-    ("max_regions", "I"),  # 0x34
-    ("reserved", "Q"),  # 0x38
+XK_HEADER: Final = Layout(
+    "xk_header",
+    0x40,
+    (
+        (0x00, "jmp", "8s"),  # jmp purgatory_start, zero padded
+        (0x08, "magic", "8s"),  # "XKPURG01"
+        (0x10, "version", "I"),
+        (0x14, "header_size", "I"),
+        (0x18, "params_offset", "I"),
+        (0x1C, "params_size", "I"),
+        (0x20, "entry_offset", "I"),
+        (0x24, "code_offset", "I"),
+        (0x28, "code_size", "I"),
+        (0x2C, "file_size", "I"),  # bytes in purgatory.bin
+        (0x30, "memsz", "I"),  # page-rounded segment size incl. bss and stack
+        (0x34, "max_regions", "I"),
+        (0x38, "reserved", "Q"),
+    ),
 )
-XK_HEADER: Final = _struct(XK_HEADER_FIELDS, 0x40)
 
 # struct xk_region (purgatory/purgatory.h)
-XK_REGION_FIELDS: Final = (
-    ("start", "Q"),
-    ("size", "Q"),
-    ("sha256", "32s"),
+XK_REGION: Final = Layout(
+    "xk_region", 48, ((0x00, "start", "Q"), (0x08, "size", "Q"), (0x10, "sha256", "32s"))
 )
-XK_REGION: Final = _struct(XK_REGION_FIELDS, 48)
 
 # struct xk_params (purgatory/purgatory.h), followed by regions[MAX_REGIONS].
-XK_PARAMS_FIELDS: Final = (
-    ("kernel_entry", "Q"),  # 0x00
-    ("boot_params", "Q"),  # 0x08 -> %rsi
-    ("backup_src", "Q"),  # 0x10
-    ("backup_dst", "Q"),  # 0x18
-    ("backup_size", "Q"),  # 0x20 0 = no backup
-    ("serial_port", "I"),  # 0x28 UART I/O base, 0 = silent
-    ("nr_regions", "I"),  # 0x2C
+XK_PARAMS: Final = Layout(
+    "xk_params",
+    0x30,
+    (
+        (0x00, "kernel_entry", "Q"),
+        (0x08, "boot_params", "Q"),  # -> %rsi
+        (0x10, "backup_src", "Q"),
+        (0x18, "backup_dst", "Q"),
+        (0x20, "backup_size", "Q"),  # 0 = no backup
+        (0x28, "serial_port", "I"),  # UART I/O base, 0 = silent
+        (0x2C, "nr_regions", "I"),
+    ),
 )
-XK_PARAMS: Final = _struct(XK_PARAMS_FIELDS, 0x30)
 XK_PARAMS_SIZE: Final = XK_PARAMS.size + MAX_REGIONS * XK_REGION.size
+
+
+def _region_base(i: int) -> int:
+    return XK_PARAMS.size + i * XK_REGION.size
 
 
 class PurgatoryMissing(ImageError):
@@ -140,18 +140,17 @@ class PurgatoryParams:
 
 def parse_header(blob: bytes, name: str = "purgatory.bin") -> PurgatoryHeader:
     """Decode and check the header of a purgatory binary or segment."""
-    if len(blob) < XK_HEADER.size:
-        raise ImageError(f"{name}: expected at least {XK_HEADER.size} bytes, found {len(blob)}")
-    values = dict(zip((n for n, _ in XK_HEADER_FIELDS), XK_HEADER.unpack_from(blob), strict=True))
-    if values["magic"] != MAGIC:
-        raise ImageError(f"{name}: magic: expected {MAGIC!r}, found {values['magic']!r}")
+    if len(blob) < XK_HEADER.end:
+        raise ImageError(f"{name}: expected at least {XK_HEADER.end} bytes, found {len(blob)}")
+    magic = XK_HEADER.unpack_bytes(blob)["magic"]
+    if magic != MAGIC:
+        raise ImageError(f"{name}: magic: expected {MAGIC!r}, found {magic!r}")
+    values = XK_HEADER.unpack(blob)
     if values["version"] != VERSION:
         raise ImageError(f"{name}: version: expected {VERSION}, found {values['version']}")
-    hdr = PurgatoryHeader(
-        **{k: v for k, v in values.items() if k not in ("jmp", "magic", "reserved")}
-    )
+    hdr = PurgatoryHeader(**{k: v for k, v in values.items() if k != "reserved"})
     checks = (
-        ("header_size", hdr.header_size, XK_HEADER.size),
+        ("header_size", hdr.header_size, XK_HEADER.end),
         ("params_size", hdr.params_size, XK_PARAMS_SIZE),
         ("max_regions", hdr.max_regions, MAX_REGIONS),
     )
@@ -215,16 +214,18 @@ def _encode_params(params: PurgatoryParams) -> bytes:
         raise PlanError(
             f"purgatory serial_port: expected an I/O port 0..0xffff, found {params.serial_port:#x}"
         )
-    out = bytearray(
-        XK_PARAMS.pack(
-            params.kernel_entry,
-            params.boot_params,
-            params.backup_src,
-            params.backup_dst,
-            params.backup_size,
-            params.serial_port,
-            len(regions),
-        )
+    out = bytearray(XK_PARAMS_SIZE)
+    XK_PARAMS.pack_into(
+        out,
+        {
+            "kernel_entry": params.kernel_entry,
+            "boot_params": params.boot_params,
+            "backup_src": params.backup_src,
+            "backup_dst": params.backup_dst,
+            "backup_size": params.backup_size,
+            "serial_port": params.serial_port,
+            "nr_regions": len(regions),
+        },
     )
     for i, r in enumerate(regions):
         _check_u64(f"regions[{i}].start", r.start)
@@ -234,9 +235,9 @@ def _encode_params(params: PurgatoryParams) -> bytes:
             raise PlanError(
                 f"purgatory regions[{i}].sha256: expected 32 bytes, found {len(r.sha256)}"
             )
-        out += XK_REGION.pack(r.start, r.size, bytes(r.sha256))
-    out += bytes(XK_REGION.size * (MAX_REGIONS - len(regions)))
-    assert len(out) == XK_PARAMS_SIZE
+        XK_REGION.pack_into(
+            out, {"start": r.start, "size": r.size, "sha256": bytes(r.sha256)}, _region_base(i)
+        )
     return bytes(out)
 
 
@@ -266,21 +267,16 @@ def parse_params(segment: bytes) -> PurgatoryParams:
     """Read the parameter block back from a built segment."""
     hdr = parse_header(segment, "purgatory segment")
     off = hdr.params_offset
-    kernel_entry, boot_params, bsrc, bdst, bsize, port, nr = XK_PARAMS.unpack_from(segment, off)
+    p = XK_PARAMS.unpack(segment, off)
+    nr = p.pop("nr_regions")
     if nr > MAX_REGIONS:
         raise ImageError(
             f"purgatory segment: nr_regions: expected at most {MAX_REGIONS}, found {nr}"
         )
-    regions = tuple(
-        VerifiedRegion(*XK_REGION.unpack_from(segment, off + XK_PARAMS.size + i * XK_REGION.size))
-        for i in range(nr)
-    )
-    return PurgatoryParams(
-        kernel_entry=kernel_entry,
-        boot_params=boot_params,
-        regions=regions,
-        backup_src=bsrc,
-        backup_dst=bdst,
-        backup_size=bsize,
-        serial_port=port,
-    )
+    regions = []
+    for i in range(nr):
+        base = off + _region_base(i)
+        r = XK_REGION.unpack(segment, base)
+        digest = XK_REGION.unpack_bytes(segment, base)["sha256"]
+        regions.append(VerifiedRegion(r["start"], r["size"], digest))
+    return PurgatoryParams(regions=regions, **p)
