@@ -16,13 +16,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from xenkdump.errors import BusyError
+from xenkdump.requests import ReloadOptions, UnloadOptions
 from xenkdump.status import Status
 
 T = TypeVar("T")
@@ -185,9 +186,15 @@ class FakeCore:
         for callback in self.subscribers:
             callback(old, self.snapshot)
 
-    async def _work(self, kind: str, reason: str, options: Mapping[str, object]) -> Status:
-        self.calls.append((kind, reason, dict(options)))
-        if self.busy and options.get("wait") is False:
+    async def _work(self, kind: str, reason: str, options: ReloadOptions | UnloadOptions) -> Status:
+        # The options the caller changed from their defaults (reason apart).
+        given = {
+            f.name: getattr(options, f.name)
+            for f in dataclasses.fields(options)
+            if f.name != "reason" and getattr(options, f.name) != f.default
+        }
+        self.calls.append((kind, reason, given))
+        if self.busy and not options.wait:
             raise BusyError(f"a {kind} is already running")
         self.busy = True
         try:
@@ -209,10 +216,10 @@ class FakeCore:
         finally:
             self.busy = False
 
-    async def reload(self, reason: str, options: Mapping[str, object]) -> Status:
-        return await self._work("reload", reason, options)
+    async def reload(self, options: ReloadOptions) -> Status:
+        return await self._work("reload", options.reason or "", options)
 
-    async def unload(self, options: Mapping[str, object]) -> Status:
+    async def unload(self, options: UnloadOptions) -> Status:
         return await self._work("unload", "", options)
 
 

@@ -170,3 +170,10 @@ def test_multi_line_messages_become_one_line() -> None:
 def test_access_denied_from_the_bus_policy_reads_as_permission_denied() -> None:
     remote = errors.from_dbus("org.freedesktop.DBus.Error.AccessDenied", "Rejected send message")
     assert remote.exit_code == 1 and str(remote).startswith("permission denied:")
+
+
+def test_option_tables_come_from_the_typed_options() -> None:
+    assert names.RELOAD_OPTIONS == {
+        "force": "b", "wait": "b", "kernel": "s", "initrd": "s", "cmdline": "s", "reason": "s",
+    }  # fmt: skip
+    assert names.UNLOAD_OPTIONS == {"wait": "b"}

@@ -259,7 +259,7 @@ def test_unload(serve_fake: Any) -> None:
     s = serve_fake()
     status = with_client(lambda c: c.unload({"wait": True}))
     assert status["State"] == "not-loaded" and status["CrashRegionUsed"] == [0, 0]
-    assert s.core.calls == [("unload", "", {"wait": True})]
+    assert s.core.calls == [("unload", "", {})]
 
 
 @pytest.mark.parametrize(
@@ -473,7 +473,7 @@ class _Idle:
     def status(self) -> Any:
         raise AssertionError("not called")
 
-    async def reload(self, reason: str, options: Any) -> Any:
+    async def reload(self, options: Any) -> Any:
         raise AssertionError("not called")
 
     async def unload(self, options: Any) -> Any:

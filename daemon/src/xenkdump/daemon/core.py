@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from xenkdump import __version__
@@ -25,6 +25,7 @@ from xenkdump.daemon.notify import (
 )
 from xenkdump.errors import BusyError, ConfigError, InputError, OperationError, XenkdumpError
 from xenkdump.hv.port import Hypervisor
+from xenkdump.requests import ReloadOptions, UnloadOptions
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import Settings
 from xenkdump.status import State, Status, build
@@ -42,26 +43,6 @@ _LOG_LEVEL = {
     ev.LogKind.INFO: (logging.INFO, None),
     ev.LogKind.WARNING: (logging.WARNING, None),
 }
-
-
-def _flag(options: Mapping[str, object], name: str, default: bool) -> bool:
-    value = options.get(name, default)
-    if not isinstance(value, bool):
-        raise InputError(f"option {name!r}: expected a boolean, got {type(value).__name__}")
-    return value
-
-
-def _text(options: Mapping[str, object], name: str) -> str | None:
-    value = options.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InputError(f"option {name!r}: expected a string, got {type(value).__name__}")
-    return value
-
-
-RELOAD_OPTIONS = frozenset({"force", "kernel", "initrd", "cmdline", "wait", "reason"})
-UNLOAD_OPTIONS = frozenset({"wait"})
 
 
 class DaemonCore:
@@ -97,46 +78,29 @@ class DaemonCore:
         """``callback(old, new)`` after every change of the snapshot."""
         self._subscribers.append(callback)
 
-    async def reload(self, reason: str, options: Mapping[str, object]) -> Status:
+    async def reload(self, options: ReloadOptions) -> Status:
         """Re-read the configuration, then load if anything changed (or ``force``).
 
         Raises ConfigError (the file is invalid: nothing changes), the builder's
         ImageError/PlanError, HypervisorError, or BusyError when work is running and
         ``wait`` is False.
         """
-        unknown = sorted(set(options) - RELOAD_OPTIONS)
-        if unknown:
-            raise InputError(
-                f"option {unknown[0]!r}: unknown (expected one of {sorted(RELOAD_OPTIONS)})"
-            )
-        force = _flag(options, "force", False)
-        wait = _flag(options, "wait", True)
-        reason = _text(options, "reason") or reason
-        overrides = ev.Overrides(
-            _text(options, "kernel"), _text(options, "initrd"), _text(options, "cmdline")
-        )
-        if overrides == ev.Overrides():
-            over: ev.Overrides | None = None
-        else:
-            over = overrides
-        if not wait and self.engine.busy is not None:
+        reason = options.reason or "reload requested"
+        overrides = ev.Overrides(options.kernel, options.initrd, options.cmdline)
+        over = None if overrides == ev.Overrides() else overrides
+        if not options.wait and self.engine.busy is not None:
             raise BusyError(f"a {type(self.engine.busy).__name__.lower()} is already running")
         if self._reread_config():
             self._feed(ev.ConfigAccepted())
         ticket = next(self._tickets)
         future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()
         self._waiters[ticket] = future
-        self._feed(ev.ReloadRequested(reason, force=force, overrides=over, ticket=ticket))
+        self._feed(ev.ReloadRequested(reason, force=options.force, overrides=over, ticket=ticket))
         return await future
 
-    async def unload(self, options: Mapping[str, object]) -> Status:
+    async def unload(self, options: UnloadOptions) -> Status:
         """Unload the crash image (the daemon then stays unloaded until a Reload)."""
-        unknown = sorted(set(options) - UNLOAD_OPTIONS)
-        if unknown:
-            raise InputError(
-                f"option {unknown[0]!r}: unknown (expected one of {sorted(UNLOAD_OPTIONS)})"
-            )
-        if not _flag(options, "wait", True) and self.engine.busy is not None:
+        if not options.wait and self.engine.busy is not None:
             raise BusyError(f"a {type(self.engine.busy).__name__.lower()} is already running")
         ticket = next(self._tickets)
         future: asyncio.Future[Status] = asyncio.get_running_loop().create_future()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from importlib import resources
 
+from xenkdump.requests import ReloadOptions, UnloadOptions, signatures
+
 BUS_NAME = "org.xenkdump.Kdump1"
 INTERFACE = "org.xenkdump.Kdump1"
 OBJECT_PATH = "/org/xenkdump/Kdump1"
@@ -52,15 +54,8 @@ ERROR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
 ERROR_PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 
 # The options Reload and Unload accept, with their D-Bus types (see the XML docs).
-RELOAD_OPTIONS = {
-    "force": "b",
-    "kernel": "s",
-    "initrd": "s",
-    "cmdline": "s",
-    "wait": "b",
-    "reason": "s",
-}
-UNLOAD_OPTIONS = {"wait": "b"}
+RELOAD_OPTIONS = signatures(ReloadOptions)
+UNLOAD_OPTIONS = signatures(UnloadOptions)
 
 
 def interface_xml() -> str:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
@@ -24,6 +25,7 @@ from xenkdump.dbus import contract, errors, names
 from xenkdump.dbus.contract import InterfaceSpec
 from xenkdump.dbus.transport import new_bus, system_bus_address
 from xenkdump.errors import OperationError
+from xenkdump.requests import ReloadOptions, UnloadOptions
 from xenkdump.status import Status
 
 log = logging.getLogger("xenkdump.dbus")
@@ -37,8 +39,8 @@ class Core(Protocol):
     """The part of xenkdump.daemon.core.DaemonCore the service uses."""
 
     def status(self) -> Status: ...
-    async def reload(self, reason: str, options: Mapping[str, object]) -> Status: ...
-    async def unload(self, options: Mapping[str, object]) -> Status: ...
+    async def reload(self, options: ReloadOptions) -> Status: ...
+    async def unload(self, options: UnloadOptions) -> Status: ...
     def subscribe(self, callback: Callable[[Status, Status], None]) -> None: ...
 
 
@@ -246,14 +248,15 @@ class _Service:
 
     async def _reload(self, msg: Message) -> tuple[Status, str]:
         uid = await self._authorize(msg)
-        options = self._options(msg, names.RELOAD_OPTIONS)
-        reason = options.pop("reason", None)
-        text = str(reason) if reason else f"Reload requested over D-Bus by uid {uid}"
-        return await self.core.reload(text, options), text
+        # check_options has checked every name and D-Bus type: the values fit the fields.
+        options = ReloadOptions(**self._options(msg, names.RELOAD_OPTIONS))  # type: ignore[arg-type]
+        if not options.reason:
+            options = replace(options, reason=f"Reload requested over D-Bus by uid {uid}")
+        return await self.core.reload(options), str(options.reason)
 
     async def _unload(self, msg: Message) -> tuple[Status, str]:
         await self._authorize(msg)
-        options = self._options(msg, names.UNLOAD_OPTIONS)
+        options = UnloadOptions(**self._options(msg, names.UNLOAD_OPTIONS))  # type: ignore[arg-type]
         return await self.core.unload(options), "Unload requested over D-Bus"
 
 

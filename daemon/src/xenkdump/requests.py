@@ -1,0 +1,34 @@
+"""What a caller may ask of xenkdumpd: the options of Reload and Unload, typed.
+
+The D-Bus edge (dbus/service.py) checks an a{sv} against these tables once, names and
+types, and hands the daemon's core a typed value; the core does not check again.  The
+D-Bus types come from the field types, so each option is declared once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Field type (as written in the dataclasses below) -> D-Bus signature.
+_SIGNATURES = {"bool": "b", "str | None": "s"}
+
+
+@dataclass(frozen=True)
+class ReloadOptions:
+    force: bool = False  # load even if nothing changed
+    wait: bool = True  # False: fail with Busy instead of waiting for running work
+    kernel: str | None = None  # this crash kernel for this load only
+    initrd: str | None = None  # this initrd for this load only
+    cmdline: str | None = None  # this command line for this load only
+    reason: str | None = None  # why, for the log and LastReloadReason
+
+
+@dataclass(frozen=True)
+class UnloadOptions:
+    wait: bool = True
+
+
+def signatures(options: type[ReloadOptions] | type[UnloadOptions]) -> dict[str, str]:
+    """Option name -> D-Bus signature."""
+    return {f.name: _SIGNATURES[str(f.type)] for f in dataclasses.fields(options)}
