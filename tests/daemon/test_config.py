@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from xenkdump.daemon import kernels
 from xenkdump.errors import ConfigError
+from xenkdump.schema import CONFIG_SCHEMA, keys, load, schema
 from xenkdump.settings import (
     CmdlineSettings,
     ConfigProblems,
@@ -195,6 +197,31 @@ def test_shipped_files_are_valid(path: Path) -> None:
     assert isinstance(s, Settings) and s.source == path
 
 
+def keys_in_yaml_text(text: str) -> list[str]:
+    """Dotted keys written in a YAML file, commented-out ones (``# base: ...``) too."""
+    found: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for m in re.finditer(r"^( *)(?:# )?([a-z_]+):(?: |$)", text, re.M):
+        indent, name = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, name))
+        found.append(".".join(n for _i, n in stack))
+    return found
+
+
+def test_schema_and_shipped_file_agree() -> None:
+    """The shipped file shows every key of the schema, in its order, and nothing else;
+    every value it sets that the schema gives a scalar default is that default."""
+    shipped = REPO / "config" / "xenkdump.yaml"
+    assert keys_in_yaml_text(shipped.read_text()) == keys(CONFIG_SCHEMA)
+    value = load([(str(shipped), shipped.read_bytes())], CONFIG_SCHEMA).value
+    assert isinstance(value, dict)
+    for name, sub in schema(CONFIG_SCHEMA)["properties"].items():
+        if name in value and not isinstance(sub.get("default"), (dict, list, type(None))):
+            assert value[name] == sub["default"], name
+
+
 def test_shipped_file_spells_out_the_defaults() -> None:
     shipped = load_settings(REPO / "config" / "xenkdump.yaml")
     default = Settings()
@@ -256,3 +283,94 @@ def test_relevance_filter(tmp_path: Path) -> None:
     assert kernels.is_relevant(fixed, Path("/k/initrd.img-1"))
     assert not kernels.is_relevant(fixed, Path("/k/other"))
     assert kernels.watched_directories(fixed) == {Path("/k")}
+
+
+# ---- drop-ins: <config>.d/*.yaml laid over the main file in lexical order -------------------
+
+
+def make_config(tmp_path: Path, main: str, dropins: dict[str, str | bytes]) -> Path:
+    config = tmp_path / "xenkdump.yaml"
+    config.write_text(main)
+    if dropins:
+        (tmp_path / "xenkdump.yaml.d").mkdir()
+    for name, text in dropins.items():
+        path = tmp_path / "xenkdump.yaml.d" / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+    return config
+
+
+def test_dropins_merge_in_lexical_order_mappings_by_key_lists_replaced(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        "kernel: running\ncmdline:\n  append: [irqpoll]\n  remove: [quiet]\nreload_debounce: 1\n",
+        {
+            "20-host.yaml": "cmdline:\n  append: [nr_cpus=1, irqpoll]\nreload_debounce: 3\n",
+            "10-site.yaml": "kernel: latest\nreload_debounce: 2\n",
+            ".10-site.yaml.swp": "kernel: [",  # an editor's file: skipped
+            "30-old.yaml.dpkg-old": "kernel: [",  # not *.yaml: skipped
+        },
+    )
+    s = load_settings(config)
+    assert s.kernel is KernelPolicy.LATEST
+    assert s.cmdline == CmdlineSettings(None, ("nr_cpus=1", "irqpoll"), ("quiet",))
+    assert s.reload_debounce == 3.0  # 20-host.yaml is laid last
+    d = tmp_path / "xenkdump.yaml.d"
+    assert s.sources == (config, d / "10-site.yaml", d / "20-host.yaml")
+    assert s.source == config
+
+
+def test_digest_covers_the_merged_result_not_the_layout(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = make_config(tmp_path / "a", "kernel: latest\nreload_debounce: 2\n", {})
+    two = make_config(
+        tmp_path / "b", "# split in two\nkernel: latest\n", {"50.yaml": "reload_debounce: 2.0\n"}
+    )
+    assert load_settings(one).digest == load_settings(two).digest
+    (tmp_path / "b" / "xenkdump.yaml.d" / "60.yaml").write_text("reload_debounce: 3\n")
+    assert load_settings(one).digest != load_settings(two).digest
+
+
+@pytest.mark.parametrize(
+    ("dropin", "expected"),
+    [
+        (b"reload_debounce: -2\n", ":1: reload_debounce: expected a number of seconds >= 0"),
+        (b"\x7fELF\x02\x01\x01\x00\xff\xfe", ": expected UTF-8 text"),
+        (b"<config><kernel>x</kernel>\n  - a: b\n", ":2: invalid YAML: "),
+        (
+            b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + b"".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 12)}]\n".encode()
+                for i in range(8)
+            ),
+            ":1: expected at most 10000 values",
+        ),
+    ],
+    ids=["bad value", "binary", "not YAML", "alias bomb"],
+)
+def test_bad_dropin_is_one_line_naming_it(tmp_path: Path, dropin: bytes, expected: str) -> None:
+    config = make_config(tmp_path, "kernel: running\n", {"50-bad.yaml": dropin})
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(f"{tmp_path}/xenkdump.yaml.d/50-bad.yaml{expected}")
+
+
+def test_unlistable_dropin_dir_and_unreadable_dropin(tmp_path: Path) -> None:
+    config = make_config(tmp_path, "kernel: running\n", {})
+    (tmp_path / "xenkdump.yaml.d").write_text("not a directory")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert str(info.value) == (
+        f"{tmp_path}/xenkdump.yaml.d: cannot list the drop-in directory: Not a directory"
+    )
+    (tmp_path / "xenkdump.yaml.d").unlink()
+    (tmp_path / "xenkdump.yaml.d" / "10-dir.yaml").mkdir(parents=True)
+    with pytest.raises(
+        ConfigError, match=r"10-dir.yaml: configuration file: expected a regular file"
+    ):
+        load_settings(config)

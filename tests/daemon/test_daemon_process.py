@@ -283,6 +283,29 @@ def test_bad_config_on_reload_keeps_image_and_settings(
     assert loads(host.sim()) == 1
 
 
+def test_dropins_created_live_reload_and_a_bad_one_degrades(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    dropins = host.config.parent / "xenkdump.yaml.d"  # created while the daemon runs
+    dropins.mkdir()
+    tmp = dropins / ".50-panic.yaml.tmp"
+    tmp.write_text("cmdline:\n  append: [irqpoll, nr_cpus=1, panic=5]\n")
+    tmp.rename(dropins / "50-panic.yaml")
+    d.wait_status("loaded: crash kernel armed (generation 2)", timeout=20)
+    assert "panic=5" in str(host.record()["cmdline"])
+    bad = dropins / "60-bad.yaml"
+    bad.write_text("\nreload_debounce: soon\n")
+    status = d.wait_status("degraded")
+    assert f"{bad}:2: reload_debounce: expected a number of seconds" in status
+    sim = host.sim()
+    assert loads(sim) == 2 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
+    bad.unlink()  # removed: the old settings were right all along
+    d.wait_status("loaded: crash kernel armed (generation 2)")
+    assert loads(host.sim()) == 2
+
+
 def test_kill9_then_restart_adopts_without_loading(
     host: Host, start: Callable[..., Daemon]
 ) -> None:

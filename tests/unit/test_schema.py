@@ -55,7 +55,7 @@ def test_self_referencing_alias_and_deep_nesting_are_one_line_errors() -> None:
 
 
 def test_empty_and_comment_only_files_are_empty_mappings() -> None:
-    assert load([("/a.yaml", b""), ("/b.yaml", b"# nothing\n")], CONFIG_SCHEMA) == {}
+    assert load([("/a.yaml", b""), ("/b.yaml", b"# nothing\n")], CONFIG_SCHEMA).value == {}
 
 
 def test_merge_mappings_key_by_key_lists_replaced() -> None:
@@ -91,7 +91,7 @@ def test_errors_name_the_file_and_line_that_set_the_bad_value() -> None:
 
 def test_a_later_file_can_fix_an_earlier_value() -> None:
     files = [("/a", b"kernel: relative\n"), ("/b", b"kernel: latest\n")]
-    assert load(files, CONFIG_SCHEMA) == {"kernel": "latest"}
+    assert load(files, CONFIG_SCHEMA).value == {"kernel": "latest"}
 
 
 def test_syntax_errors_of_every_file_are_reported(tmp_path: Path) -> None:

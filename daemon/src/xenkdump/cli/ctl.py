@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "xenkdump.cli.cmd_image",
     "xenkdump.cli.cmd_status",
     "xenkdump.cli.cmd_daemon",
+    "xenkdump.cli.cmd_config",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -179,7 +179,7 @@ class DaemonCore:
     # ---- internals ----
 
     def _reread_config(self) -> bool:
-        """Re-read the config file; True if it was accepted and differs (or heals a rejection).
+        """Re-read the config files; True if accepted and different (or healing a rejection).
 
         A rejected file raises ConfigError after telling the engine; the old settings stay.
         """
@@ -191,13 +191,15 @@ class DaemonCore:
             self._feed(ev.ConfigRejected(str(exc)))
             raise
         healed = self.engine.config_error is not None
-        if new.digest == self.settings.digest:
+        same = new.digest == self.settings.digest
+        self.settings = new  # the same values may now come from other files
+        if same:
             return healed
-        self.settings = new
         self.executor.set_settings(new)
         for callback in self._settings_listeners:
             callback(new)
-        log.info("configuration %s accepted (sha256 %s)", self.config_path, new.digest[:12])
+        files = ", ".join(str(p) for p in new.sources)
+        log.info("configuration accepted from %s (sha256 %s)", files, new.digest[:12])
         return True
 
     def _feed(self, event: ev.Event) -> None:

@@ -26,7 +26,7 @@ from xenkdump.daemon.notify import Notifier, setup_logging, watchdog_period
 from xenkdump.daemon.watch import Debouncer, DirectoryWatcher, PeriodicTimer
 from xenkdump.errors import OperationError, XenkdumpError
 from xenkdump.hv.select import open_hypervisor
-from xenkdump.settings.load import load_settings
+from xenkdump.settings.load import dropin_dir, load_settings
 from xenkdump.settings.model import DEFAULT_CONFIG_PATH, Settings
 from xenkdump.status import Status
 
@@ -99,15 +99,21 @@ class Daemon:
     def _watch_dirs(self, settings: Settings) -> set[Path]:
         dirs = kernels.watched_directories(settings)
         if self.core.config_path is not None:
-            dirs.add(self.core.config_path.parent)
+            # The drop-in directory even when it does not exist yet: the watcher then
+            # watches its parent, and its creation re-arms the watch (_on_path).
+            dirs |= {self.core.config_path.parent, dropin_dir(self.core.config_path)}
         return dirs
 
     def _on_path(self, path: Path, _mask: int) -> None:
         settings = self.core.settings
         cfg = self.core.config_path
-        if cfg is not None and path in (cfg, cfg.parent):
-            assert self._config is not None
-            self._config.poke(f"configuration file {cfg} changed")
+        if cfg is not None:
+            dropins = dropin_dir(cfg)
+            if path == dropins and self._watcher is not None:
+                self._watcher.watch(self._watch_dirs(settings))  # created or removed
+            if path in (cfg, cfg.parent, dropins) or path.parent == dropins:
+                assert self._config is not None
+                self._config.poke(f"configuration file {path} changed")
         if kernels.is_relevant(settings, path, release=self.core.executor.release):
             assert self._files is not None
             self._files.poke(f"{path} changed")

@@ -218,8 +218,8 @@ def _yaml_str(text: str) -> str:
 def parse_host(text: str | bytes, source: Path | str = "<sim-host>") -> SimHost:
     """Parse a simulated-host description; ConfigProblems ``source:line: key: message``."""
     raw = text.encode() if isinstance(text, str) else text
-    value = load([(str(source), raw)], SIM_HOST_SCHEMA, _check)
-    return _apply(default_host(), value)
+    doc = load([(str(source), raw)], SIM_HOST_SCHEMA, _check)
+    return _apply(default_host(), doc.value)  # type: ignore[arg-type]
 
 
 def _range(value: dict[str, int]) -> AddressRange:

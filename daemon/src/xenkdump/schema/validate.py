@@ -66,11 +66,13 @@ def keys(schema_name: str) -> list[str]:
     return out
 
 
-def load(files: Sequence[tuple[str, bytes]], schema_name: str, checks: Checks | None = None) -> Any:
+def load(
+    files: Sequence[tuple[str, bytes]], schema_name: str, checks: Checks | None = None
+) -> Document:
     """Read each (source, bytes), lay them over each other in order, validate the result.
 
-    Returns the JSON value (``{}`` for empty files).  Raises ConfigProblems with every
-    problem of every file (syntax first; schema problems once all files parse).
+    Returns the merged Document (its value ``{}`` for empty files).  Raises ConfigProblems
+    with every problem of every file (syntax first; schema problems once all files parse).
     """
     docs: list[Document] = []
     problems: list[ConfigProblem] = []
@@ -85,11 +87,13 @@ def load(files: Sequence[tuple[str, bytes]], schema_name: str, checks: Checks | 
     return validate(doc, schema_name, checks)
 
 
-def validate(doc: Document, schema_name: str, checks: Checks | None = None) -> Any:
-    """``doc``'s value if it satisfies the schema (and ``checks``); else ConfigProblems."""
+def validate(doc: Document, schema_name: str, checks: Checks | None = None) -> Document:
+    """``doc`` if it satisfies the schema (and ``checks``); else ConfigProblems."""
     from jsonschema import Draft202012Validator  # noqa: PLC0415 (58 ms: only when validating)
 
-    value = {} if doc.value is None and not doc.marks else doc.value
+    if doc.value is None and not doc.marks:
+        doc.value = {}  # an empty file
+    value = doc.value
     validator = Draft202012Validator(schema(schema_name))
     problems: list[ConfigProblem] = []
     for error in validator.iter_errors(value):
@@ -100,7 +104,7 @@ def validate(doc: Document, schema_name: str, checks: Checks | None = None) -> A
             problems.append(ConfigProblem(mark.source, mark.line, dotted(path), message))
     if problems:
         raise ConfigProblems(_tidy(doc, problems))
-    return value
+    return doc
 
 
 def _tidy(doc: Document, problems: list[ConfigProblem]) -> list[ConfigProblem]:

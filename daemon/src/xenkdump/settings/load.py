@@ -1,4 +1,10 @@
-"""Load ``xenkdump.yaml`` into ``Settings``: validated by its JSON Schema, every problem reported.
+"""Load ``xenkdump.yaml`` and its drop-ins into ``Settings``, every problem reported.
+
+``/etc/xenkdump/xenkdump.yaml`` first, then ``/etc/xenkdump/xenkdump.yaml.d/*.yaml`` in
+lexical order, each laid over the result so far: mappings are merged key by key, lists
+and other values are replaced (a drop-in's ``cmdline: {append: [...]}`` replaces the
+append list and keeps ``remove``).  ``Settings.digest`` is the SHA-256 of the merged
+result; ``Settings.sources`` names every file that contributed.
 
 The keys, their types and defaults are ``schema/xenkdump-config-v1.json``; the one
 YAML-and-schema mechanism (``xenkdump.schema``) reports every problem as
@@ -9,16 +15,28 @@ into the typed ``Settings``.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from xenkdump.errors import ConfigError
-from xenkdump.safefile import Limit, read_file
-from xenkdump.schema import CONFIG_SCHEMA, ConfigProblem, ConfigProblems, load
+from xenkdump.errors import InputError
+from xenkdump.safefile import Limit, read_file, shown
+from xenkdump.schema import CONFIG_SCHEMA, ConfigProblem, ConfigProblems, Document, load
 from xenkdump.settings.model import CmdlineSettings, InitrdPolicy, KernelPolicy, Settings
 
-__all__ = ["ConfigProblem", "ConfigProblems", "load_settings", "parse_settings", "settings_from"]
+__all__ = [
+    "ConfigProblem",
+    "ConfigProblems",
+    "config_files",
+    "dropin_dir",
+    "load_settings",
+    "parse_settings",
+    "read_config",
+    "settings_from",
+]
 
 
 def settings_from(value: dict[str, Any], base: Settings) -> Settings:
@@ -54,15 +72,84 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
     return replace(base, **fields)
 
 
-def parse_settings(text: str | bytes, source: Path | str = "<config>") -> Settings:
-    """Parse configuration text; raise ConfigProblems naming source:line for each problem."""
-    raw = text.encode() if isinstance(text, str) else text
-    value = load([(str(source), raw)], CONFIG_SCHEMA)
-    base = Settings(source=Path(source), digest=hashlib.sha256(raw).hexdigest())
+def dropin_dir(path: Path) -> Path:
+    """``/etc/xenkdump/xenkdump.yaml`` -> ``/etc/xenkdump/xenkdump.yaml.d``."""
+    return path.with_name(path.name + ".d")
+
+
+def config_files(path: Path) -> list[Path]:
+    """``path``, then its drop-ins: ``<path>.d/*.yaml`` in lexical order.
+
+    Names starting with a dot (editors' temporary files) and names not ending in
+    ``.yaml`` (``.dpkg-old``, ``~`` backups) are skipped.  A missing directory means no
+    drop-ins; one that cannot be listed is a ConfigProblems.
+    """
+    directory = dropin_dir(path)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return [path]
+    except OSError as exc:
+        message = f"cannot list the drop-in directory: {exc.strerror or exc}"
+        raise ConfigProblems([ConfigProblem(str(directory), 0, "", message)]) from None
+    return [path, *(directory / n for n in names if n.endswith(".yaml") and not n.startswith("."))]
+
+
+def read_config(paths: Sequence[Path]) -> Document:
+    """Read ``paths`` (the main file, then drop-ins), lay them over each other, validate.
+
+    ConfigProblems names every problem of every file: a missing or unreadable file, bad
+    YAML, a value the schema refuses (at the file and line that set it).
+    """
+    files: list[tuple[str, bytes]] = []
+    problems: list[ConfigProblem] = []
+    for path in paths:
+        name = shown(path)
+        try:
+            files.append((name, read_file(path, "configuration file", Limit.CONFIG)))
+        except InputError as exc:
+            problems.append(ConfigProblem(name, 0, "", str(exc).removeprefix(f"{name}: ")))
+    if problems:
+        raise ConfigProblems(problems)
+    return load(files, CONFIG_SCHEMA)
+
+
+def digest(value: object) -> str:
+    """SHA-256 of the merged configuration in canonical JSON: comments and the way it is
+    split over files do not change it, any value that matters does."""
+    canonical = json.dumps(
+        _plain_numbers(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _plain_numbers(value: object) -> object:
+    """2.0 -> 2, so that ``2`` and ``2.0`` digest alike."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    return value
+
+
+def settings_of(doc: Document) -> Settings:
+    """The Settings a validated Document describes, naming its files and digest."""
+    sources = tuple(Path(s) for s in doc.sources)
+    base = Settings(
+        source=sources[0] if sources else None, sources=sources, digest=digest(doc.value or {})
+    )
+    value: dict[str, Any] = doc.value or {}  # type: ignore[assignment]
     return settings_from(value, base)
 
 
+def parse_settings(text: str | bytes, source: Path | str = "<config>") -> Settings:
+    """Parse one file's text; raise ConfigProblems naming source:line for each problem."""
+    raw = text.encode() if isinstance(text, str) else text
+    return settings_of(load([(str(source), raw)], CONFIG_SCHEMA))
+
+
 def load_settings(path: Path) -> Settings:
-    """Read and parse the configuration file at ``path`` (ConfigError if unreadable)."""
-    raw = read_file(path, "configuration file", Limit.CONFIG, error=ConfigError)
-    return parse_settings(raw, path)
+    """The configuration file ``path`` with its drop-ins (ConfigError on any problem)."""
+    return settings_of(read_config(config_files(path)))

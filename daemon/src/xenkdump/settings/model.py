@@ -53,8 +53,10 @@ class Settings:
     boot_dir: Path = DEFAULT_BOOT_DIR
     topology_check_interval: float = DEFAULT_TOPOLOGY_CHECK_INTERVAL
     reload_debounce: float = DEFAULT_RELOAD_DEBOUNCE
-    # Where these settings came from and the SHA-256 of its bytes ("" for built-in defaults).
+    # The main file, every file that contributed (the main file, then drop-ins) and the
+    # SHA-256 of the merged configuration ("" and () for built-in defaults).
     source: Path | None = None
+    sources: tuple[Path, ...] = ()
     digest: str = ""
 
     def describe_kernel(self) -> str:
