@@ -21,20 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>
-"""
+sys.path.insert(0, str(REPO / "tests"))
+import privatebus  # noqa: E402 (the tests' private dbus-daemon)
 
 
 def test_kernel() -> Path:
@@ -53,23 +41,6 @@ class RunningDaemon:
     pid: int
     address: str | None  # the private bus, None with bus=False
     root: Path  # its scratch directory (boot/, state/, host.yaml)
-
-
-@contextmanager
-def private_bus(root: Path) -> Iterator[str]:
-    (root / "bus.conf").write_text(BUS_CONFIG.format(socket=root / "bus"))
-    bus = subprocess.Popen(
-        ["dbus-daemon", "--config-file", str(root / "bus.conf"), "--nofork", "--print-address"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert bus.stdout is not None
-    try:
-        yield bus.stdout.readline().strip()
-    finally:
-        bus.terminate()
-        bus.wait(10)
-        bus.stdout.close()
 
 
 @contextmanager
@@ -130,5 +101,5 @@ def _maybe_bus(root: Path, wanted: bool) -> Iterator[str | None]:
     if not wanted:
         yield None
         return
-    with private_bus(root) as address:
+    with privatebus.running(root) as address:
         yield address

@@ -10,6 +10,7 @@ that includes systemd/org.xenkdump.Kdump1.conf.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -22,87 +23,36 @@ from typing import Any, TypeVar
 
 import pytest
 
+import privatebus
 from xenkdump.errors import BusyError
 from xenkdump.requests import ReloadOptions, UnloadOptions
 from xenkdump.status import Status
 
 T = TypeVar("T")
 
-DBUS_DAEMON = shutil.which("dbus-daemon")
-
-# Everything allowed for every user: the bus of the behaviour tests.
-OPEN_POLICY = """
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-"""
-
-
-def _config(socket_path: Path, body: str) -> str:
-    return f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket_path}</listen>
-  <auth>EXTERNAL</auth>
-{body}
-</busconfig>
-"""
-
-
 StartBus = Callable[[str], str]
 
 
 @pytest.fixture
 def dbus_daemon() -> Iterator[StartBus]:
-    """``start(policy_xml) -> address``: a real dbus-daemon with that policy."""
-    if DBUS_DAEMON is None:
-        pytest.skip("dbus-daemon is not installed (apt-get install dbus-daemon)")
-    started: list[tuple[subprocess.Popen[str], Path]] = []
+    """``start(policy_xml) -> address``: a real dbus-daemon with that policy (privatebus.py)."""
+    with contextlib.ExitStack() as stack:
 
-    def start(body: str) -> str:
-        # Not under tmp_path: its parents are mode 0700, which would lock out
-        # the tests that connect as another user.
-        directory = Path(tempfile.mkdtemp(prefix="xenkdump-bus-"))
-        directory.chmod(0o755)
-        config = directory / "bus.conf"
-        config.write_text(_config(directory / "socket", body))
-        proc = subprocess.Popen(
-            [str(DBUS_DAEMON), "--config-file", str(config), "--nofork", "--print-address"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append((proc, directory))
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        if not address:
-            proc.wait(5)
-            err = proc.stderr.read() if proc.stderr else ""
-            raise AssertionError(f"dbus-daemon did not start: {err.strip()}")
-        return address
+        def start(policy: str) -> str:
+            # Not under tmp_path: its parents are mode 0700, which would lock out
+            # the tests that connect as another user.
+            directory = Path(tempfile.mkdtemp(prefix="xenkdump-bus-"))
+            stack.callback(shutil.rmtree, directory, ignore_errors=True)
+            directory.chmod(0o755)
+            return stack.enter_context(privatebus.running(directory, policy))
 
-    yield start
-    for proc, directory in started:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        yield start
 
 
 @pytest.fixture
 def private_bus(dbus_daemon: StartBus, monkeypatch: pytest.MonkeyPatch) -> str:
     """The address of a private, permissive dbus-daemon; also set as DBUS_SYSTEM_BUS_ADDRESS."""
-    address = dbus_daemon(OPEN_POLICY)
+    address = dbus_daemon(privatebus.OPEN)
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
     return address
 

@@ -15,6 +15,8 @@ from typing import NoReturn
 import pytest
 from e2e_harness import CRASH_CMDLINE, CRASH_END, REPO, Assets, Boot, Job, clean_log, markers
 
+import privatebus
+
 VENV_PY = REPO / ".venv" / "bin" / "python"
 XENKDUMPCTL = f"{VENV_PY} -m xenkdump.cli.ctl"
 DOM0_XEN = Path(__file__).resolve().parent / "dom0_xen.py"
@@ -200,19 +202,6 @@ class Run:
 # xenkdumpd in dom0 (test_daemon_crash.py): a private bus, the daemon, its status
 
 DAEMON_DIR = "/tmp/xk-daemon"  # dom0's tmpfs /tmp (dom0-init.sh)
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>"""
 # Status fields printed as markers: ``status LABEL State=... Generation=... ...``.
 _STATUS_FIELDS = ("State", "Generation", "ImageSha256", "CrashRegion", "CrashRegionUsed")
 _STATUS_LINE = (
@@ -242,14 +231,15 @@ def start_bus_and_daemon(config_yaml: str, hypervisor: str = "xen", work: str = 
     NOTIFY_SOCKET stays unset: readiness is read from ``xenkdumpctl status`` instead.
     Sets ``XK_DAEMON_PID``; the daemon's stderr goes to $OUT/daemon.log.
     """
-    for text in (config_yaml, _BUS_CONFIG):
+    bus_config = privatebus.config(f"unix:path={work}/bus.sock", privatebus.LAB)
+    for text in (config_yaml, bus_config):
         if "XKEOF" in text:
             raise ValueError("here-document delimiter inside the text")
     return "\n".join(
         [
             f"mkdir -p {work}",
             f"cat > {work}/bus.conf <<'XKEOF'",
-            _BUS_CONFIG.format(socket=f"{work}/bus.sock"),
+            bus_config.rstrip("\n"),
             "XKEOF",
             f"cat > {work}/xenkdump.yaml <<'XKEOF'",
             config_yaml,
