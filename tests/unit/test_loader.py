@@ -32,6 +32,7 @@ from xenkdump.image.planner import (
     required_bytes,
 )
 from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.status import suggested_reservation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from imagefixtures import MIB, make_initrd, synth_bzimage
@@ -294,7 +295,7 @@ def test_fallback_unload_then_load_when_halves_do_not_fit(
     assert (b.generation, b.loads_issued, b.unloads_issued) == (2, 2, 1)
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (2, 1)
     assert "unloading the armed crash image" in caplog.text
-    assert f"crashkernel={loader.suggested_reservation(b.required_bytes) // MIB}M" in caplog.text
+    assert f"crashkernel={suggested_reservation(b.required_bytes) // MIB}M" in caplog.text
     assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
 
 

@@ -16,17 +16,19 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from xenkdump.exits import EXIT_FAILED, EXIT_USAGE
+
 
 class XenkdumpError(Exception):
     """Base class of every error this project raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class InputError(XenkdumpError):
     """Bad input: a file, a config field, a command-line argument."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ImageError(InputError):

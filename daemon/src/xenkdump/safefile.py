@@ -30,9 +30,7 @@ import stat
 from pathlib import Path
 
 from xenkdump.errors import FileWriteError, InputError
-
-KIB = 1024
-MIB = 1024 * KIB
+from xenkdump.units import KIB, MIB
 
 
 class Limit(enum.IntEnum):

@@ -22,14 +22,14 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from xenkdump.units import MIB
+
 if TYPE_CHECKING:
     from xenkdump.hv.port import AddressRange
     from xenkdump.state.record import LoadRecord
 
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
 INTERFACE_REVISION = 1
-
-MIB = 1 << 20
 
 
 class State(enum.StrEnum):

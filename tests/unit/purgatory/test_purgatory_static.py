@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from xenkdump.image.purgatory import PAGE_SIZE, parse_header
+from xenkdump.image.purgatory import parse_header
+from xenkdump.units import PAGE_SIZE
 
 # Anything that raises an exception or needs SSE/x87/MMX state (CR4 = PAE only,
 # IDT limit 0: docs/xen-kexec-contract.md §5.3) or leaves/enters another privilege level.

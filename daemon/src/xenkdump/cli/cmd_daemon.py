@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from xenkdump.dbus.client import DaemonClient, DaemonNotRunningError, run
+from xenkdump.exits import EXIT_OK
 
 T = TypeVar("T")
-
-EXIT_OK = 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

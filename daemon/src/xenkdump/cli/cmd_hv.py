@@ -40,8 +40,7 @@ from xenkdump.errors import HypervisorError
 from xenkdump.hv.port import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, AddressRange, Hypervisor
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.hv.simhost import e820_type_name
-
-MIB = 1 << 20
+from xenkdump.units import MIB, size_text
 
 STATUS_NOTE = "parity of load/unload calls, not whether an image is loaded"
 
@@ -108,13 +107,6 @@ def collect(hv: Hypervisor) -> dict[str, Any]:
     }
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def render(info: dict[str, Any]) -> str:
     """The human-readable table."""
     out: list[str] = []
@@ -123,7 +115,7 @@ def render(info: dict[str, Any]) -> str:
         out.append(f"{label:<26}{value}")
 
     def span(r: dict[str, int]) -> str:
-        return f"{r['start']:#018x}-{r['start'] + r['size'] - 1:#018x}  {_size(r['size'])}"
+        return f"{r['start']:#018x}-{r['start'] + r['size'] - 1:#018x}  {size_text(r['size'])}"
 
     row("Hypervisor adapter", info["hypervisor"])
     row("Xen version", info["xen_version"] + info["xen_extraversion"])
@@ -157,7 +149,7 @@ def render(info: dict[str, Any]) -> str:
     out.append(f"  {'START':<20}{'END (exclusive)':<20}{'SIZE':>11}  TYPE")
     for e in info["memory_map"]:
         out.append(
-            f"  {e['addr']:#018x}  {e['addr'] + e['size']:#018x}  {_size(e['size']):>11}  "
+            f"  {e['addr']:#018x}  {e['addr'] + e['size']:#018x}  {size_text(e['size']):>11}  "
             f"{e['type_name']}"
         )
     return "\n".join(out)

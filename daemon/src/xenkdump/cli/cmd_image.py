@@ -48,7 +48,8 @@ from xenkdump.cli.options import no_daemon_option, state_option, store
 from xenkdump.errors import InputError
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.image import loader
-from xenkdump.image.planner import MIB, ImageInputs, Plan
+from xenkdump.image.planner import ImageInputs, Plan
+from xenkdump.units import MIB, mib_up
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def render_plan(plan: Plan, must_unload: bool = False) -> str:
     lines = [
         f"crash area  {crash.start:#x}-{crash.end:#x} ({crash.size // MIB} MiB), "
         f"image in the {plan.half} {'area' if plan.half == 'whole' else 'half'}, "
-        f"needs {-(-plan.required_bytes // MIB)} MiB",
+        f"needs {mib_up(plan.required_bytes)}",
         f"entry       {plan.entry:#x}",
         f"cmdline     {plan.cmdline}",
         f"{'kind':<12}{'dest':>20}{'memsz':>12}{'bufsz':>12}  sha256",

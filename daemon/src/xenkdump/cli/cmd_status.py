@@ -16,7 +16,8 @@ import time
 
 from xenkdump.cli.options import no_daemon_option, state_option, store
 from xenkdump.dbus.names import BUS_NAME
-from xenkdump.status import MIB, State, Status, suggested_reservation
+from xenkdump.status import State, Status, suggested_reservation
+from xenkdump.units import MIB, mib_up, size_text
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,8 @@ def record_status(args: argparse.Namespace) -> Status:
 # ---- human output ----
 
 
-def _mib(n: int) -> str:
-    return f"{n / MIB:.1f} MiB"
-
-
 def _range(start: int, size: int) -> str:
-    return f"{start:#x}-{start + size - 1:#x} ({_mib(size)})" if size else "none"
+    return f"{start:#x}-{start + size - 1:#x} ({size_text(size)})" if size else "none"
 
 
 def _when(usec: int) -> str:
@@ -135,8 +132,8 @@ def render(s: Status) -> str:
         rows.append(("Config sha256", s.config_digest))
     rows.append(("Crash region", area))
     if used[1]:
-        rows.append(("Used", f"{_range(*used)}, {_part(s)}, needs {_mib(s.required_bytes)}"))
-        rows.append(("Free", _mib(region[1] - used[1])))
+        rows.append(("Used", f"{_range(*used)}, {_part(s)}, needs {size_text(s.required_bytes)}"))
+        rows.append(("Free", size_text(region[1] - used[1])))
     rows += [
         ("Loaded at", f"{_when(s.loaded_at)} (generation {s.generation})"),
         ("Last reload", s.last_reload_reason or "none"),
@@ -148,7 +145,7 @@ def render(s: Status) -> str:
         rows.append(
             (
                 "Warning",
-                f"the image ({-(-s.required_bytes // MIB)} MiB) does not fit in half of the "
+                f"the image ({mib_up(s.required_bytes)}) does not fit in half of the "
                 f"{region[1] // MIB} MiB crash area, so reloads unload it first (a window "
                 f"without a crash kernel); crashkernel={suggest}M on the Xen command line "
                 "avoids this",

@@ -16,10 +16,7 @@ from collections.abc import Callable, Sequence
 
 from xenkdump import __version__
 from xenkdump.errors import XenkdumpError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from xenkdump.exits import EXIT_USAGE, OneLineParser
 
 # Command-group modules, in help order.  A module that is absent (not yet
 # built) is skipped, so groups can land independently.
@@ -34,15 +31,8 @@ COMMAND_MODULES = (
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors in one line with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="xenkdumpctl",
         description=(
             "Inspect Xen's kexec facilities and manage the crash (kdump) kernel that Xen "
@@ -62,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
     for name in COMMAND_MODULES:
         try:

@@ -25,16 +25,13 @@ from xenkdump.daemon.core import DaemonCore
 from xenkdump.daemon.notify import Notifier, setup_logging, watchdog_period
 from xenkdump.daemon.watch import Debouncer, DirectoryWatcher, PeriodicTimer
 from xenkdump.errors import OperationError, XenkdumpError
+from xenkdump.exits import EXIT_FAILED, EXIT_OK, OneLineParser
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.settings.load import dropin_dir, load_settings
 from xenkdump.settings.model import DEFAULT_CONFIG_PATH, Settings
 from xenkdump.status import Status
 
 log = logging.getLogger("xenkdump.daemon")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 
 class ServiceHandle(Protocol):
@@ -43,13 +40,10 @@ class ServiceHandle(Protocol):
     async def wait_disconnected(self) -> None: ...
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="xenkdumpd", description="Keep a correct crash (kdump) kernel armed in Xen.")
+    p = OneLineParser(
+        prog="xenkdumpd", description="Keep a correct crash (kdump) kernel armed in Xen."
+    )
     p.add_argument("--version", action="version", version=f"xenkdumpd {__version__}")
     p.add_argument(
         "--config",

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-PAGE_SIZE = 4096
+# The page size of every address and size the port speaks of (re-exported).
+from xenkdump.units import PAGE_SIZE as PAGE_SIZE  # noqa: PLC0414
 
 # public/kexec.h: image types.
 KEXEC_TYPE_DEFAULT = 0

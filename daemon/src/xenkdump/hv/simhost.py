@@ -60,9 +60,8 @@ from xenkdump.hv.port import (
 )
 from xenkdump.safefile import Limit, read_file, shown
 from xenkdump.schema import SIM_HOST_SCHEMA, KeyPath, load
+from xenkdump.units import MIB
 
-GIB = 1 << 30
-MIB = 1 << 20
 U64_MAX = (1 << 64) - 1
 
 # E820 type names as the file spells them (values: xen-kexec-contract.md §2.8).

@@ -33,13 +33,13 @@ from xenkdump.hv.port import (
 )
 from xenkdump.image.bzimage import SETUP_HEADER, SETUP_HEADER_START, BzImage
 from xenkdump.image.structs import Layout
+from xenkdump.units import MIB
 
 BOOT_PARAMS_SIZE: Final = 4096
 E820_MAX_ENTRIES_ZEROPAGE: Final = 128
 E820_TABLE_OFFSET: Final = 0x2D0
 TYPE_OF_LOADER_UNDEFINED: Final = 0xFF
 X86_SUBARCH_PC: Final = 0
-ONE_MIB: Final = 1 << 20
 _U32: Final = (1 << 32) - 1
 
 # struct boot_e820_entry: packed {u64 addr; u64 size; u32 type}
@@ -150,8 +150,8 @@ def _alt_mem_k(e820: Sequence[E820Entry]) -> int:
     # KiB of RAM above 1 MiB in the RAM entry straddling 1 MiB, as kexec-tools
     # computes it (§1.3); 0 when none does (the crash map normally has no such entry).
     for ent in e820:
-        if ent.type == E820_RAM and ent.addr <= ONE_MIB < ent.end:
-            return min((ent.end - ONE_MIB) >> 10, _U32)
+        if ent.type == E820_RAM and ent.addr <= MIB < ent.end:
+            return min((ent.end - MIB) >> 10, _U32)
     return 0
 
 

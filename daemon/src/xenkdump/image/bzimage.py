@@ -13,9 +13,9 @@ from typing import Final
 
 from xenkdump.errors import ImageError
 from xenkdump.image.structs import Layout
+from xenkdump.units import PAGE_SIZE
 
 SECTOR: Final = 512
-PAGE_SIZE: Final = 4096
 
 SETUP_HEADER_START: Final = 0x1F1
 SETUP_HEADER_END_MAX: Final = 0x202 + 0x7F  # byte 0x201 is a short jmp displacement (§1.1)

@@ -34,7 +34,6 @@ from xenkdump.hv.port import (
 from xenkdump.image import cmdline as cmdline_mod
 from xenkdump.image.bzimage import parse_bzimage
 from xenkdump.image.planner import (
-    MIB,
     HostFacts,
     ImageInputs,
     Plan,
@@ -44,6 +43,8 @@ from xenkdump.image.planner import (
 )
 from xenkdump.safefile import Limit, read_file, read_file_if_exists
 from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.status import suggested_reservation
+from xenkdump.units import MIB, mib_up
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,6 @@ def gather_host(hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB) -> HostFacts:
     )
 
 
-def suggested_reservation(required: int) -> int:
-    """A crashkernel= size (bytes) that holds two such images: 2 x required, whole 64 MiB."""
-    step = 64 * MIB
-    return -(-(2 * required) // step) * step
-
-
 def plan_for_load(
     inputs: ImageInputs, host: HostFacts, armed: LoadRecord | None
 ) -> tuple[Plan, bool]:
@@ -213,11 +208,11 @@ def load(
             else "the crash image does not fit in half of the crash area"
         )
         log.warning(
-            "unloading the armed crash image before loading the new one (%s: needs %d MiB, "
+            "unloading the armed crash image before loading the new one (%s: needs %s, "
             "Xen reserved %d MiB): a crash meanwhile finds no crash kernel; "
             "crashkernel=%dM on the Xen command line avoids this",
             why,
-            -(-needed // MIB),
+            mib_up(needed),
             host.crash.size // MIB,
             suggested_reservation(needed) // MIB,
         )
@@ -226,9 +221,9 @@ def load(
     elif plan.half == "whole":
         fallback = True  # nothing armed now, but the next reload will need to unload
         log.warning(
-            "the crash image (%d MiB) does not fit in half of the %d MiB crash area: the "
+            "the crash image (%s) does not fit in half of the %d MiB crash area: the "
             "next reload must unload it first; crashkernel=%dM on the Xen command line avoids this",
-            -(-needed // MIB),
+            mib_up(needed),
             host.crash.size // MIB,
             suggested_reservation(needed) // MIB,
         )

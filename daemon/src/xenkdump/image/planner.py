@@ -60,10 +60,8 @@ from xenkdump.hv.port import (
 )
 from xenkdump.image import bootparams, cmdline, elfcore, purgatory
 from xenkdump.image.bzimage import BzImage
+from xenkdump.units import GIB, KIB, MIB, mib_up
 
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
 LOWMEM_END = 1 * MIB  # the low identity map: [0, 1 MiB) (§2.1)
 BACKUP_SRC_LIMIT = 0xA0000  # backup source: first RAM range ending at or below 640 KiB (§2.2)
 ELFCOREHDR_MIN = 16 * KIB  # kexec-tools' minimum elfcorehdr segment (§2.1)
@@ -94,11 +92,6 @@ def page_up(n: int) -> int:
 
 def _align_down(n: int, align: int) -> int:
     return n - n % align
-
-
-def _mib(n: int) -> str:
-    """Bytes as MiB for messages, rounded up so that "needs" never understates."""
-    return f"{-(-n // MIB)} MiB"
 
 
 @dataclass(frozen=True)
@@ -425,12 +418,12 @@ def _place(needs: list[_Need], crash: AddressRange, half: str) -> tuple[dict[str
         if dest is None:
             required = _required(needs, 0 if guard is None else guard.size)
             where = "the crash area" if half == "whole" else f"the {half} half of the crash area"
-            detail = f"{need.kind} ({_mib(need.memsz)}) does not fit"
+            detail = f"{need.kind} ({mib_up(need.memsz)}) does not fit"
             if need.min_addr > window.start + reserve:
                 detail += f" at or above {need.min_addr:#x}"
             raise PlanError(
-                f"crash image needs {_mib(required)}, {where} has {_mib(window.size)} "
-                f"({detail}; Xen reserved {_mib(crash.size)} at {crash.start:#x}); "
+                f"crash image needs {mib_up(required)}, {where} has {mib_up(window.size)} "
+                f"({detail}; Xen reserved {mib_up(crash.size)} at {crash.start:#x}); "
                 "raise crashkernel= on the Xen command line"
             )
         dests[need.kind] = dest

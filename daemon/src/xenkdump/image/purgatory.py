@@ -28,11 +28,11 @@ from typing import Final
 
 from xenkdump.errors import ImageError, PlanError
 from xenkdump.image.structs import Layout
+from xenkdump.units import PAGE_SIZE
 
 MAX_REGIONS: Final = 16
 MAGIC: Final = b"XKPURG01"
 VERSION: Final = 1
-PAGE_SIZE: Final = 4096
 _U64_MAX: Final = (1 << 64) - 1
 _RESOURCE: Final = ("image", "data", "purgatory.bin")
 

@@ -10,10 +10,9 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenkdump.state.record import DEFAULT_STATE_DIR
+
 DEFAULT_CONFIG_PATH = Path("/etc/xenkdump/xenkdump.yaml")
-# /run is emptied at boot, so a record there can never describe a previous boot's
-# Xen (whose load/unload parity restarts at 0; docs/xen-kexec-contract.md §4.1).
-DEFAULT_STATE_DIR = Path("/run/xenkdump")
 DEFAULT_BOOT_DIR = Path("/boot")
 DEFAULT_TOPOLOGY_CHECK_INTERVAL = 60.0
 DEFAULT_RELOAD_DEBOUNCE = 0.5

@@ -30,17 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from xenkdump.errors import InputError
+from xenkdump.image.planner import HALVES
 from xenkdump.safefile import Limit, atomic_write, read_file_if_exists
 
 log = logging.getLogger(__name__)
 
-# /run is emptied at boot, so a record there never describes a previous boot's Xen.
+# /run is emptied at boot, so a record there can never describe a previous boot's
+# Xen (whose load/unload parity restarts at 0; docs/xen-kexec-contract.md §4.1).
 DEFAULT_STATE_DIR = Path("/run/xenkdump")
 STATE_DIR_ENV = "XENKDUMP_STATE_DIR"
 STATE_FILE = "state.json"
 FORMAT = 1
-
-HALVES = ("lower", "upper", "whole")
 
 
 def default_state_dir() -> Path:
