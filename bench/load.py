@@ -99,7 +99,7 @@ def one_round(
         "record",
         lambda: store.write(
             loader.new_record(
-                store, inputs, host, plan, reason="bench", fallback=False, needed=needed
+                store, inputs, host, plan, reason="bench", unloaded_first=False, needed=needed
             )
         ),
     )

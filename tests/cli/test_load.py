@@ -189,10 +189,14 @@ def test_fallback_is_shown_in_status(host: Host) -> None:
     r = host.load()
     assert r.returncode == 0, r.stderr
     assert "does not fit in half" in r.stderr and "crashkernel=" in r.stderr
+    r = host.run("status")
+    assert "reloads unload it first" in r.stdout
+    assert "Note:" not in r.stdout  # nothing was armed, so nothing was unloaded
     r = host.load()
     assert r.returncode == 0, r.stderr
     assert "unloading the armed crash image" in r.stderr
     r = host.run("status")
     assert "whole crash area" in r.stdout
     assert "reloads unload it first" in r.stdout and "crashkernel=" in r.stdout
+    assert "the last load unloaded the armed image first" in r.stdout
     assert host.sim().call_counts(KEXEC_TYPE_CRASH) == (2, 1)

@@ -41,7 +41,10 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "Unload": ("a{sv}", "a{sv}"),
         "GetStatus": ("", "a{sv}"),
     }
-    assert {s.name: s.signature for s in SPEC.signals.values()} == {"ReloadFinished": "a{sv}"}
+    assert {s.name: s.signature for s in SPEC.signals.values()} == {
+        "ReloadFinished": "a{sv}",
+        "UnloadFinished": "a{sv}",
+    }
     props = {p.name: p.signature for p in SPEC.properties.values()}
     assert props == {
         "InterfaceRevision": "u",
@@ -61,7 +64,7 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "DaemonVersion": "s",
         "ConfigDigest": "s",
         "Generation": "t",
-        "FallbackUnload": "b",
+        "UnloadedFirst": "b",
     }
     assert all(p.access == "read" for p in SPEC.properties.values())
     const = {p.name for p in SPEC.properties.values() if not p.emits_changed}

@@ -157,7 +157,7 @@ def test_getstatus_getall_and_every_get_agree(serve_fake: Any) -> None:
     assert status["CrashRegionUsed"] == list(snap.crash_region_used)
     assert status["LoadedAt"] == snap.loaded_at
     assert status["InterfaceRevision"] == INTERFACE_REVISION
-    assert status["FallbackUnload"] is False
+    assert status["UnloadedFirst"] is False
 
 
 def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
@@ -169,7 +169,7 @@ def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
 
     sigs = with_client(work)
     assert sigs["CrashRegion"] == "(tt)" and sigs["LoadedAt"] == "t"
-    assert sigs["InterfaceRevision"] == "u" and sigs["FallbackUnload"] == "b"
+    assert sigs["InterfaceRevision"] == "u" and sigs["UnloadedFirst"] == "b"
     assert len(sigs) == 18
 
 
@@ -238,7 +238,6 @@ def test_reload_passes_options_and_reason_and_signals(serve_fake: Any) -> None:
     assert status["Generation"] == 2 and status["LastReloadReason"] == "test"
     body = {k: v.value for k, v in finished[0].body[0].items()}
     assert body == {
-        "Operation": "reload",
         "Success": True,
         "Error": "",
         "Message": "",
@@ -255,11 +254,22 @@ def test_reload_default_reason_names_the_caller_uid(serve_fake: Any) -> None:
     assert s.core.calls == [("reload", "Reload requested over D-Bus by uid 0", {})]
 
 
-def test_unload(serve_fake: Any) -> None:
+def test_unload_and_its_own_signal(serve_fake: Any) -> None:
     s = serve_fake()
-    status = with_client(lambda c: c.unload({"wait": True}))
+
+    async def work(c: DaemonClient) -> tuple[dict[str, object], list[Message], list[Message]]:
+        unloaded = await listen(c, "UnloadFinished")
+        reloaded = await listen(c, "ReloadFinished")
+        status = await c.unload({"wait": True})
+        await settle(unloaded)
+        return status, unloaded, reloaded
+
+    status, unloaded, reloaded = with_client(work)
     assert status["State"] == "not-loaded" and status["CrashRegionUsed"] == [0, 0]
     assert s.core.calls == [("unload", "", {})]
+    body = {k: v.value for k, v in unloaded[0].body[0].items()}
+    assert body["Success"] is True and body["State"] == "not-loaded"
+    assert reloaded == []
 
 
 @pytest.mark.parametrize(

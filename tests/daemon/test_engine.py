@@ -90,7 +90,7 @@ def test_start_load_failure_without_record_is_failed() -> None:
     out = e.handle(LoadFailed("kernel /boot/vmlinuz-x: not found", armed_after=False))
     assert state_of(e) is State.FAILED
     assert "not found" in e.state_reason
-    assert [log.kind for log in logs(out)] == [LogKind.RELOAD_FAILED]
+    assert [log.kind for log in logs(out)] == [LogKind.LOAD_FAILED]
 
 
 def test_start_update_failure_keeps_adopted_image_degraded() -> None:
@@ -206,14 +206,15 @@ def test_unload_while_busy_supersedes_pending_loads_and_answers_them() -> None:
 def test_failed_unload_claims_nothing_is_armed() -> None:
     e = started()
     e.handle(UnloadRequested("x"))
-    e.handle(UnloadFailed("EPERM"))
+    out = e.handle(UnloadFailed("EPERM"))
     assert state_of(e) is State.FAILED and "EPERM" in e.state_reason
+    assert [log.kind for log in logs(out)] == [LogKind.UNLOAD_FAILED]
 
 
-def test_fallback_unload_image_is_degraded() -> None:
+def test_whole_area_image_is_degraded() -> None:
     e = started()
     e.handle(Changed(Change.FILES, "kernel changed"))
-    e.handle(LoadDone(Outcome.LOADED, Armed(2, fallback_unload=True)))
+    e.handle(LoadDone(Outcome.LOADED, Armed(2, whole_area=True)))
     assert state_of(e) is State.DEGRADED
     assert "too small for two halves" in e.state_reason
 

@@ -146,5 +146,10 @@ def test_logging_goes_to_journal_only_under_systemd() -> None:
 
 
 def test_message_ids_are_distinct() -> None:
-    ids = {notify.MESSAGE_ID_LOADED, notify.MESSAGE_ID_RELOAD_FAILED, notify.MESSAGE_ID_UNLOADED}
-    assert len(ids) == 3
+    ids = {
+        notify.MESSAGE_ID_LOADED,
+        notify.MESSAGE_ID_LOAD_FAILED,
+        notify.MESSAGE_ID_UNLOAD_FAILED,
+        notify.MESSAGE_ID_UNLOADED,
+    }
+    assert len(ids) == 4

@@ -82,7 +82,7 @@ def a_record(**changes: object) -> LoadRecord:
         "host_fingerprint": "01" * 32,
         "loaded_at": 1700000000.5,
         "reason": "test",
-        "fallback_unload": False,
+        "unloaded_first": False,
         "loads_issued": 3,
         "unloads_issued": 1,
         "required_bytes": 70 * MIB,
@@ -216,7 +216,7 @@ def test_reload_goes_to_the_other_half_and_never_touches_the_armed_image(
     inputs = inputs_of(files)
     host = loader.gather_host(hv)
     a = loader.load(hv, inputs, host, store, reason="first")
-    assert a.half == "lower" and a.generation == 1 and not a.fallback_unload
+    assert a.half == "lower" and a.generation == 1 and not a.unloaded_first
     assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
     armed = hv.armed_image(KEXEC_TYPE_CRASH)
     assert armed is not None and armed.entry == a.entry
@@ -271,7 +271,7 @@ def test_rejected_load_after_copy(
 
 
 @pytest.mark.kernel
-def test_fallback_unload_then_load_when_halves_do_not_fit(
+def test_unload_then_load_when_halves_do_not_fit(
     tmp_path: Path, files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     inputs = inputs_of(files)
@@ -285,13 +285,13 @@ def test_fallback_unload_then_load_when_halves_do_not_fit(
     assert need <= host.crash.size and not fits_in_half(inputs, host)
     with caplog.at_level(logging.WARNING):
         a = loader.load(hv, inputs, host, store)
-    assert a.half == "whole" and a.fallback_unload
+    assert a.half == "whole" and not a.unloaded_first
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (1, 0)  # nothing was armed: no unload
     assert "does not fit in half" in caplog.text and "crashkernel=" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         b = loader.load(hv, inputs, host, store)
-    assert b.half == "whole" and b.fallback_unload
+    assert b.half == "whole" and b.unloaded_first
     assert (b.generation, b.loads_issued, b.unloads_issued) == (2, 2, 1)
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (2, 1)
     assert "unloading the armed crash image" in caplog.text

@@ -52,7 +52,7 @@ def record(half: str) -> LoadRecord:
         initrd_sha256="", cmdline="console=hvc0 elfcorehdr=1K", user_cmdline="console=hvc0",
         half=half, image_sha256="cd" * 32, segments=(), entry=0,
         crash_range=(CRASH.start, CRASH.size),
-        host_fingerprint="", loaded_at=1.5, reason="test", fallback_unload=half == "whole",
+        host_fingerprint="", loaded_at=1.5, reason="test", unloaded_first=False,
         loads_issued=3, unloads_issued=0, required_bytes=70 * MIB,
     )  # fmt: skip
 

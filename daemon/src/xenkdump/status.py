@@ -63,7 +63,7 @@ class Status:
     daemon_version: str = ""  # "" when xenkdumpd does not run
     config_digest: str = ""
     generation: int = 0
-    fallback_unload: bool = False
+    unloaded_first: bool = False  # the last load unloaded the armed image first
 
     def to_json(self) -> dict[str, Any]:
         """Property name -> plain value (pairs as lists), in field order."""
@@ -153,5 +153,5 @@ def build(
         daemon_version=daemon_version,
         config_digest=config_digest,
         generation=record.generation if record else 0,
-        fallback_unload=record.fallback_unload if record else False,
+        unloaded_first=record.unloaded_first if record else False,
     )

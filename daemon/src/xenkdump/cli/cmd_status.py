@@ -140,6 +140,8 @@ def render(s: Status) -> str:
     ]
     if s.last_error:
         rows.append(("Last error", s.last_error))
+    if s.unloaded_first:
+        rows.append(("Note", "the last load unloaded the armed image first (no free half)"))
     if s.whole_area:
         suggest = suggested_reservation(s.required_bytes) // MIB
         rows.append(

@@ -19,8 +19,9 @@ from xenkdump import __version__
 from xenkdump.daemon import engine as ev
 from xenkdump.daemon.executor import Executor
 from xenkdump.daemon.notify import (
+    MESSAGE_ID_LOAD_FAILED,
     MESSAGE_ID_LOADED,
-    MESSAGE_ID_RELOAD_FAILED,
+    MESSAGE_ID_UNLOAD_FAILED,
     MESSAGE_ID_UNLOADED,
 )
 from xenkdump.errors import BusyError, ConfigError, InputError, OperationError, XenkdumpError
@@ -38,7 +39,8 @@ Subscriber = Callable[[Status, Status], None]
 
 _LOG_LEVEL = {
     ev.LogKind.LOADED: (logging.INFO, MESSAGE_ID_LOADED),
-    ev.LogKind.RELOAD_FAILED: (logging.ERROR, MESSAGE_ID_RELOAD_FAILED),
+    ev.LogKind.LOAD_FAILED: (logging.ERROR, MESSAGE_ID_LOAD_FAILED),
+    ev.LogKind.UNLOAD_FAILED: (logging.ERROR, MESSAGE_ID_UNLOAD_FAILED),
     ev.LogKind.UNLOADED: (logging.WARNING, MESSAGE_ID_UNLOADED),
     ev.LogKind.INFO: (logging.INFO, None),
     ev.LogKind.WARNING: (logging.WARNING, None),

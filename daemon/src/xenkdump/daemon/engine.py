@@ -6,7 +6,7 @@ gives the same actions, which is what tests/daemon/test_engine.py drives.
 
 What the engine keeps
     phase       STARTING until the first reconcile's load has a result, then RUNNING.
-    armed       the image this daemon knows is armed in Xen (generation, fallback flag),
+    armed       the image this daemon knows is armed in Xen (generation, whole area?),
                 or None.  It comes from our durable record only when the record agrees
                 with Xen's load/unload parity (docs/xen-kexec-contract.md §4.1: status is only
                 the parity, so it can disprove a record but never prove an image).
@@ -22,7 +22,7 @@ The state is derived from those, never stored:
     armed None,  failure None                       -> not-loaded
     armed None,  failure set                        -> failed
     armed set,   failure/host_stale/config_error/
-                 armed.fallback_unload set          -> degraded
+                 armed.whole_area set               -> degraded
     armed set,   none of those                      -> loaded
 
 Transitions (event -> effect; "Load(x)" is emitted only when not busy, else coalesced):
@@ -86,7 +86,8 @@ class Scope(enum.IntEnum):
 
 class LogKind(enum.Enum):
     LOADED = "loaded"
-    RELOAD_FAILED = "reload-failed"
+    LOAD_FAILED = "load-failed"
+    UNLOAD_FAILED = "unload-failed"
     UNLOADED = "unloaded"
     INFO = "info"
     WARNING = "warning"
@@ -104,7 +105,7 @@ class Overrides:
 @dataclass(frozen=True)
 class Armed:
     generation: int
-    fallback_unload: bool = False
+    whole_area: bool = False  # no free half: the next reload must unload it first
 
 
 # ---- events ---------------------------------------------------------------------------
@@ -274,7 +275,7 @@ class Engine:
             return State.STARTING
         if self.armed is None:
             return State.FAILED if self.failure else State.NOT_LOADED
-        if self.failure or self.host_stale or self.config_error or self.armed.fallback_unload:
+        if self.failure or self.host_stale or self.config_error or self.armed.whole_area:
             return State.DEGRADED
         return State.LOADED
 
@@ -301,8 +302,11 @@ class Engine:
             why.append(f"host CPUs or memory map changed since {gen} was built")
         if self.config_error:
             why.append(f"configuration rejected ({self.config_error}); previous settings stay")
-        if self.armed is not None and self.armed.fallback_unload:
-            why.append(f"{gen} was loaded after an unload (crash area too small for two halves)")
+        if self.armed is not None and self.armed.whole_area:
+            why.append(
+                f"{gen} uses the whole crash area (too small for two halves): "
+                "the next reload must unload it first"
+            )
         return "; ".join(why)
 
     @property
@@ -442,7 +446,7 @@ class Engine:
             else "no crash kernel is armed"
         )
         return [
-            Log(LogKind.RELOAD_FAILED, f"load failed ({done.reason}): {event.error}; {keeps}"),
+            Log(LogKind.LOAD_FAILED, f"load failed ({done.reason}): {event.error}; {keeps}"),
             *self._next(),
         ]
 
@@ -459,4 +463,4 @@ class Engine:
         self.last_error = event.error
         # After a failed unload Xen may or may not still hold the image: claim nothing.
         self.armed = None
-        return [Log(LogKind.RELOAD_FAILED, f"unload failed: {event.error}"), *self._next()]
+        return [Log(LogKind.UNLOAD_FAILED, f"unload failed: {event.error}"), *self._next()]

@@ -92,7 +92,7 @@ class Executor:
         btime = boot_time()
         if state.armed.loaded_at < btime:
             return Start(RecordCheck.DISAGREES, detail="the record predates this boot")
-        return Start(RecordCheck.ARMED, Armed(state.armed.generation, state.armed.fallback_unload))
+        return Start(RecordCheck.ARMED, Armed(state.armed.generation, state.armed.half == "whole"))
 
     # ---- loads ----
 
@@ -147,13 +147,13 @@ class Executor:
         ):
             self.record = current
             self._cached = _Cached(current.generation, inputs)
-            return LoadDone(Outcome.SKIPPED, Armed(current.generation, current.fallback_unload))
+            return LoadDone(Outcome.SKIPPED, Armed(current.generation, current.half == "whole"))
         rec = loader.load(self.hv, inputs, host, self.store, reason=action.reason)
         self.record = rec
         self._cached = _Cached(rec.generation, inputs)
         took = (time.monotonic() - started) * 1000
         summary = f"{Path(rec.kernel).name} into the {rec.half} half in {took:.0f} ms"
-        return LoadDone(Outcome.LOADED, Armed(rec.generation, rec.fallback_unload), summary)
+        return LoadDone(Outcome.LOADED, Armed(rec.generation, rec.half == "whole"), summary)
 
     @staticmethod
     def matches(rec: LoadRecord, inputs: ImageInputs, host: HostFacts) -> bool:

@@ -27,7 +27,8 @@ SYSLOG_IDENTIFIER = "xenkdumpd"
 
 # Fixed MESSAGE_IDs for the key events, so `journalctl MESSAGE_ID=...` finds them on any host.
 MESSAGE_ID_LOADED = uuid.UUID("5b3f0c6e-7a2d-4c1e-9f41-8d2a6e0b7c11")
-MESSAGE_ID_RELOAD_FAILED = uuid.UUID("c2a94e17-3b5f-4d86-a0e2-61f7b9d4e822")
+MESSAGE_ID_LOAD_FAILED = uuid.UUID("c2a94e17-3b5f-4d86-a0e2-61f7b9d4e822")
+MESSAGE_ID_UNLOAD_FAILED = uuid.UUID("4f6b2d81-9a3e-4c57-8e10-b2d7c5a9f044")
 MESSAGE_ID_UNLOADED = uuid.UUID("9e7d1a03-5c48-4f2b-b6d9-0a3c8e5f1d33")
 
 

@@ -203,7 +203,6 @@ class _Service:
         if self.closed:
             return
         body = {
-            "Operation": Variant("s", operation),
             "Success": Variant("b", not error),
             "Error": Variant("s", error),
             "Message": Variant("s", message),
@@ -213,7 +212,11 @@ class _Service:
         }
         self.bus.send(
             Message.new_signal(
-                names.OBJECT_PATH, names.INTERFACE, "ReloadFinished", "a{sv}", [body]
+                names.OBJECT_PATH,
+                names.INTERFACE,
+                "ReloadFinished" if operation == "reload" else "UnloadFinished",
+                "a{sv}",
+                [body],
             )
         )
 

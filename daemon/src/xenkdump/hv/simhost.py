@@ -62,8 +62,6 @@ from xenkdump.safefile import Limit, read_file, shown
 from xenkdump.schema import SIM_HOST_SCHEMA, KeyPath, load
 from xenkdump.units import MIB
 
-U64_MAX = (1 << 64) - 1
-
 # E820 type names as the file spells them (values: xen-kexec-contract.md §2.8).
 E820_NAMES: Mapping[str, int] = {
     "ram": E820_RAM,

@@ -21,13 +21,7 @@ from typing import Final
 
 from xenkdump.errors import PlanError
 from xenkdump.hv.port import (
-    E820_ACPI,
-    E820_NVS,
-    E820_PMEM,
-    E820_PRAM,
     E820_RAM,
-    E820_RESERVED,
-    E820_UNUSABLE,
     AddressRange,
     E820Entry,
 )
@@ -71,12 +65,6 @@ BOOT_PARAMS: Final = Layout(
 )
 assert BOOT_PARAMS.size == BOOT_PARAMS_SIZE
 assert E820_TABLE_OFFSET + E820_MAX_ENTRIES_ZEROPAGE * E820_ENTRY.size == 0xCD0
-
-# Machine-map types the crash kernel must see with their type (§2.5); anything
-# else that is not RAM is passed on as well, so nothing is mistaken for free RAM.
-KNOWN_TYPES: Final = frozenset(
-    {E820_RAM, E820_RESERVED, E820_ACPI, E820_NVS, E820_UNUSABLE, E820_PMEM, E820_PRAM}
-)
 
 
 def _subtract(ranges: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:

@@ -26,7 +26,6 @@ MIN_VERSION: Final = 0x020C  # 2.12: xloadflags and the 64-bit entry (§1.1)
 LOADED_HIGH: Final = 1 << 0
 XLF_KERNEL_64: Final = 1 << 0
 XLF_CAN_BE_LOADED_ABOVE_4G: Final = 1 << 1
-XLF_EFI_KEXEC: Final = 1 << 4
 ENTRY_64: Final = 0x200  # startup_64 is at load address + 0x200 (§1.1)
 
 # boot.rst "The real-mode kernel header", offsets as in the file (§1.2).

@@ -12,7 +12,7 @@ does with the new one, and Xen's slot swap replaces it atomically.  Only when
 it does not fit (or the armed image itself uses the whole area) does ``load``
 unload first -- a window in which a crash finds no crash kernel, which is
 logged as a warning naming the reservation that would avoid it, and recorded
-(``LoadRecord.fallback_unload``).
+(``LoadRecord.unloaded_first``).
 """
 
 from __future__ import annotations
@@ -199,9 +199,7 @@ def load(
     armed = _armed_record(store, host)
     plan, must_unload = plan_for_load(inputs, host, armed)
     needed = required_bytes(inputs, host)
-    fallback = False
     if must_unload:
-        fallback = True
         why = (
             "the armed image uses the whole crash area"
             if armed is not None and armed.half == "whole" and plan.half != "whole"
@@ -218,8 +216,7 @@ def load(
         )
         hv.kexec_unload(KEXEC_TYPE_CRASH)
         store.clear_armed(unloads=1)
-    elif plan.half == "whole":
-        fallback = True  # nothing armed now, but the next reload will need to unload
+    elif plan.half == "whole":  # nothing armed now, but the next reload will need to unload
         log.warning(
             "the crash image (%s) does not fit in half of the %d MiB crash area: the "
             "next reload must unload it first; crashkernel=%dM on the Xen command line avoids this",
@@ -239,7 +236,9 @@ def load(
             except XenkdumpError as exc:
                 log.warning("unload after the failed load failed too: %s", exc)
         raise
-    record = new_record(store, inputs, host, plan, reason=reason, fallback=fallback, needed=needed)
+    record = new_record(
+        store, inputs, host, plan, reason=reason, unloaded_first=must_unload, needed=needed
+    )
     store.write(record)
     log.info(
         "crash image generation %d loaded in the %s half: %s (%s)",
@@ -258,7 +257,7 @@ def new_record(
     plan: Plan,
     *,
     reason: str,
-    fallback: bool,
+    unloaded_first: bool,
     needed: int,
 ) -> LoadRecord:
     """The record of ``plan`` once Xen has accepted it (one more load issued)."""
@@ -282,7 +281,7 @@ def new_record(
         host_fingerprint=host.fingerprint(),
         loaded_at=time.time(),
         reason=reason,
-        fallback_unload=fallback,
+        unloaded_first=unloaded_first,
         loads_issued=state.loads_issued + 1,
         unloads_issued=state.unloads_issued,
         required_bytes=needed,

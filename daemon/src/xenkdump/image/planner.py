@@ -69,18 +69,6 @@ CONTROL_RESERVE_MIN = 1 * MIB  # never less at the bottom (xen-kexec-contract.md
 
 HALVES = ("lower", "upper", "whole")
 
-# Segment kinds, in the order the planner places them (biggest alignment first).
-KINDS = (
-    "kernel",
-    "initrd",
-    "purgatory",
-    "backup",
-    "elfcorehdr",
-    "cmdline",
-    "boot_params",
-    "lowmem",
-    "guard",
-)
 NULL_KINDS = frozenset({"lowmem", "guard"})
 # Buffered segments the purgatory does not verify: itself, and the backup (filled at crash time).
 UNVERIFIED_KINDS = frozenset({"purgatory", "backup"}) | NULL_KINDS

@@ -57,7 +57,3 @@ class Settings:
     source: Path | None = None
     sources: tuple[Path, ...] = ()
     digest: str = ""
-
-    def describe_kernel(self) -> str:
-        """The kernel choice as written in the file (for status and logs)."""
-        return str(self.kernel_path) if self.kernel is KernelPolicy.PATH else str(self.kernel)

@@ -71,9 +71,10 @@ class LoadRecord:
     host_fingerprint: str
     loaded_at: float  # seconds since the epoch
     reason: str
-    # True when this image needs the unload-then-load fallback: it does not fit in half of the
-    # crash area (or the armed image did not), so the load unloaded first or a reload will.
-    fallback_unload: bool
+    # True when this load unloaded the armed image before loading (a window without a crash
+    # kernel): one of the two did not fit in half of the crash area.  Whether the next
+    # reload will have to do the same is ``half == "whole"``.
+    unloaded_first: bool
     loads_issued: int
     unloads_issued: int
     required_bytes: int
@@ -87,6 +88,9 @@ class LoadRecord:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> LoadRecord:
         """Build from the JSON form; ValueError naming the field when it is wrong."""
+        if "unloaded_first" not in raw and "fallback_unload" in raw:
+            # Written before the field was renamed: it did not say whether an unload happened.
+            raw = {**raw, "unloaded_first": False}
         names = {f.name for f in fields(cls)}
         missing = sorted(names - raw.keys())
         if missing:
@@ -115,9 +119,9 @@ class LoadRecord:
                 raise ValueError(f"field {name!r}: expected a string, got {values[name]!r}")
         if values["initrd"] is not None and not isinstance(values["initrd"], str):
             raise ValueError(f"field 'initrd': expected a string or null, got {values['initrd']!r}")
-        if not isinstance(values["fallback_unload"], bool):
+        if not isinstance(values["unloaded_first"], bool):
             raise ValueError(
-                f"field 'fallback_unload': expected a boolean, got {values['fallback_unload']!r}"
+                f"field 'unloaded_first': expected a boolean, got {values['unloaded_first']!r}"
             )
         return cls(**values)
 
