@@ -25,6 +25,7 @@ from xenkdump.hv.port import (
     Hypervisor,
     Segment,
 )
+from xenkdump.image.elfcore import check_dom0_vmcoreinfo
 
 P = PAGE_SIZE
 MIB = 1 << 20
@@ -74,6 +75,15 @@ def test_version_and_fixed_ranges(hv: Hypervisor) -> None:
     xen = hv.xen_range()
     assert xen.size > 0
     assert not hv.crash_range().overlaps(xen.start, xen.size)
+
+
+def test_dom0_vmcoreinfo_is_a_machine_range_in_ram_outside_the_crash_area(
+    hv: Hypervisor,
+) -> None:
+    note = hv.dom0_vmcoreinfo_range()
+    # Linux's note buffer: VMCOREINFO_BYTES (a page) plus two note headers and the name.
+    assert 0 < note.size <= 2 * PAGE_SIZE
+    check_dom0_vmcoreinfo(note, hv.machine_memory_map(), hv.crash_range())  # raises if not
 
 
 def test_cpus_and_their_note_buffers(hv: Hypervisor) -> None:

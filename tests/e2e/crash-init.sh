@@ -17,8 +17,8 @@ if [ -e /proc/vmcore ]; then
   # vmcore_scan prints "found offset=... paddr=..." or "notfound" (exit 0 / 1).
   say "token $(vmcore_scan /proc/vmcore "$XK_NEEDLE" 2>&1) after ${t0}s..$(cut -d' ' -f1 /proc/uptime)s"
   say "free $(free -m | awk '/Mem:/ {print $2 " MiB total, " $7 " MiB available"}')"
-  # -d 31 needs dom0's own VMCOREINFO, which a Xen vmcore lacks (the ELF notes hold
-  # Xen's); makedumpfile's Xen mode (-X: Xen and dom0 pages, no domU pages) applies then.
+  # -d 31 needs dom0's own VMCOREINFO: xenkdump's ELF core header carries it (kexec-tools'
+  # does not, and then only makedumpfile's Xen mode, -X: Xen and dom0 pages, applies).
   for opts in "-c -d 31" "-X -c"; do
     rm -f /scratch/dump
     makedumpfile $opts /proc/vmcore /scratch/dump > /scratch/mdf.log 2>&1
@@ -30,6 +30,12 @@ if [ -e /proc/vmcore ]; then
     fi
     say "makedumpfile failed opts=$(echo $opts | tr ' ' '_') rc=$rc"
   done
+  makedumpfile --dump-dmesg /proc/vmcore /scratch/dmesg.txt > /scratch/dmesg.log 2>&1
+  rc=$?
+  tail -n 3 /scratch/dmesg.log | sed 's/^/XK-CRASH: dump-dmesg| /'
+  kmsg=notfound
+  grep -q "$XK_KMSG" /scratch/dmesg.txt 2>/dev/null && kmsg=found
+  say "dmesg rc=$rc kmsg=$kmsg lines=$(wc -l < /scratch/dmesg.txt 2>/dev/null || echo 0)"
 else
   say "no /proc/vmcore"
 fi

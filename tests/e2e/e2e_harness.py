@@ -346,7 +346,10 @@ def build_crash_initramfs(assets: Assets, dest: Path, *, marker: str, token: byt
         if lib.name.startswith("ld-linux"):
             # Debian's interpreter path is /lib64/ld-linux-x86-64.so.2.
             fs.add_host_file("lib64/" + lib.name, lib, 0o755)
-    conf = f"XK_MARKER={marker}\nXK_NEEDLE={token_needle(token)}\n"
+    conf = (
+        f"XK_MARKER={marker}\nXK_NEEDLE={token_needle(token)}\n"
+        f"XK_KMSG=xenkdump-kmsg-{token.hex()[:16]}\n"
+    )
     fs.add_file("etc/xk.conf", conf.encode())
     return fs.write_gz(dest)
 

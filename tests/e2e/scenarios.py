@@ -34,6 +34,11 @@ def prelude() -> str:
     )
 
 
+def kmsg_token(token: bytes) -> str:
+    """The line dom0 writes to /dev/kmsg before it crashes (found again in dmesg.txt)."""
+    return f"xenkdump-kmsg-{token.hex()[:16]}"
+
+
 def write_token(token: bytes) -> str:
     """Put the token's raw bytes into a tmpfs file; only its hex form crosses 9p."""
     return "\n".join(
@@ -41,6 +46,8 @@ def write_token(token: bytes) -> str:
             f'/usr/bin/python3 -c \'import sys; open(sys.argv[1], "wb").write('
             f"bytes.fromhex(sys.argv[2]))' {TOKEN_FILE} {token.hex()}",
             f'say "token written $(stat -c %s {TOKEN_FILE}) bytes"',
+            # dom0's last words: the crash side must find this line in dom0's dmesg.
+            f'echo "{kmsg_token(token)}" > /dev/kmsg',
         ]
     )
 
@@ -172,8 +179,13 @@ class Run:
             "XK-DOM0:",
         )
 
-    def expect_crash_dump(self, marker: str) -> dict[str, str]:
-        """Crash kernel ``marker`` booted, found the token, and makedumpfile wrote a dump."""
+    def expect_crash_dump(self, marker: str, *, dom0_vmcoreinfo: bool = True) -> dict[str, str]:
+        """Crash kernel ``marker`` booted, found the token, and makedumpfile wrote a dump.
+
+        ``dom0_vmcoreinfo``: the image was built by xenkdump, whose ELF core header
+        carries dom0's VMCOREINFO (``-d 31`` and ``--dump-dmesg`` work); False for
+        kexec-tools' image, which lacks it (only ``-X`` works).
+        """
         self.expect(
             self.has("Executing kexec image"), "Xen did not run the crash image", "crashing"
         )
@@ -195,7 +207,27 @@ class Run:
         dumped = self.values("makedumpfile ok", "crash")
         self.expect(dumped, "makedumpfile wrote no dump", "XK-CRASH:")
         self.expect(self.boot.stopped_on == CRASH_END, "crash kernel did not finish", "XK-CRASH:")
-        return {**token[0], "vmcore_bytes": size[0]["_0"], **dumped[0]}
+        result = {**token[0], "vmcore_bytes": size[0]["_0"], **dumped[0]}
+        if not dom0_vmcoreinfo:
+            self.expect(
+                dumped[0].get("opts") == "-X_-c",
+                f"expected -d 31 to fail without dom0's VMCOREINFO: {dumped}",
+                "XK-CRASH:",
+            )
+            return result
+        # dom0's VMCOREINFO note in our ELF core header: page filtering and dom0's log work.
+        self.expect(
+            dumped[0].get("opts") == "-c_-d_31",
+            f"makedumpfile -d 31 failed on our vmcore (dom0 VMCOREINFO missing?): {dumped}",
+            "XK-CRASH:",
+        )
+        dmesg = self.values("dmesg", "crash")
+        self.expect(
+            dmesg and dmesg[0].get("rc") == "0" and dmesg[0].get("kmsg") == "found",
+            f"makedumpfile --dump-dmesg did not give dom0's log with its last line: {dmesg}",
+            "XK-CRASH:",
+        )
+        return {**result, "dmesg_lines": dmesg[0].get("lines", "?")}
 
 
 # ---------------------------------------------------------------------------

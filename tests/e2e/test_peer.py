@@ -64,7 +64,8 @@ def test_peer_kexec_tools_load_and_crash(assets: Assets, job: Job) -> None:
         said = [line for line in run.scen if line.startswith("xen inproc")]
         ours_failures.append(f"in-process loads: {inproc_ns}: {said[-5:]}")
 
-    dump = run.expect_crash_dump("peer")
+    # kexec-tools' ELF core header has no dom0 VMCOREINFO: makedumpfile -d 31 fails on it.
+    dump = run.expect_crash_dump("peer", dom0_vmcoreinfo=False)
 
     theirs_med = statistics.median(theirs_ns)
     ours_med = statistics.median(ours_ns) if ours_ns else None

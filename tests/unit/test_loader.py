@@ -15,14 +15,17 @@ import logging
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from xenkdump.errors import HypervisorError, ImageError, PlanError
-from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH
+from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH, AddressRange
 from xenkdump.hv.sim import SimulatedHypervisor
+from xenkdump.hv.xen import read_dom0_vmcoreinfo
 from xenkdump.image import loader
+from xenkdump.image.elfcore import PT_NOTE, parse_elfcorehdr
 from xenkdump.image.planner import (
     ImageInputs,
     choose_half,
@@ -184,7 +187,71 @@ def test_gather_host_default_sim(tmp_path: Path) -> None:
     assert host.cpu_notes == hv.host.cpu_notes
     assert host.vmcoreinfo == hv.host.vmcoreinfo_range
     assert host.xen_version == (4, 17)
+    assert host.dom0_vmcoreinfo == hv.host.dom0_vmcoreinfo
     assert len(host.fingerprint()) == 64
+
+
+def test_read_dom0_vmcoreinfo(tmp_path: Path) -> None:
+    path = tmp_path / "vmcoreinfo"
+    assert read_dom0_vmcoreinfo(path) == AddressRange(0, 0)  # kernel without crash support
+    path.write_text("1f3dc000 1024\n")  # Linux's "%pa %x"
+    assert read_dom0_vmcoreinfo(path) == AddressRange(0x1F3DC000, 0x1024)
+    path.write_text("garbage\n")
+    with pytest.raises(PlanError, match=f"{path}: expected 'ADDRESS SIZE' in hex, found 'garbage'"):
+        read_dom0_vmcoreinfo(path)
+
+
+def test_dom0_vmcoreinfo_changes_the_fingerprint_and_absence_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hv = sim_host(tmp_path)
+    with_note = loader.gather_host(hv)
+    hv.host = replace(hv.host, dom0_vmcoreinfo=AddressRange(0, 0))
+    without = loader.gather_host(hv)
+    assert without.dom0_vmcoreinfo is None
+    assert without.fingerprint() != with_note.fingerprint()
+    assert "dom0 exports no VMCOREINFO note" in caplog.text
+
+
+@pytest.mark.kernel
+def test_elfcorehdr_carries_dom0_vmcoreinfo(tmp_path: Path, files: tuple[Path, Path]) -> None:
+    hv = sim_host(tmp_path)
+    host = loader.gather_host(hv)
+    plan = plan_crash_image(inputs_of(files), host, half="lower")
+    hdr = plan.segment("elfcorehdr").data
+    assert hdr is not None
+    notes = [p for p in parse_elfcorehdr(hdr)[1] if p["p_type"] == PT_NOTE]
+    note = hv.host.dom0_vmcoreinfo
+    assert (notes[-1]["p_offset"], notes[-1]["p_filesz"]) == (note.start, note.size)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("where", ["crash", "hole"])
+def test_bad_dom0_vmcoreinfo_is_refused_and_the_armed_image_stays(
+    tmp_path: Path, files: tuple[Path, Path], where: str
+) -> None:
+    hv = sim_host(tmp_path)
+    store = RecordStore(tmp_path / "state")
+    a = loader.load(hv, inputs_of(files), loader.gather_host(hv), store)
+    record_bytes = store.path.read_bytes()
+    crash = hv.host.crash_range
+    bad = AddressRange(crash.start + 0x10000 if where == "crash" else 0xA0000, 0x1024)
+    hv.host = replace(hv.host, dom0_vmcoreinfo=bad)
+    with pytest.raises(PlanError, match="dom0 vmcoreinfo: expected a range") as err:
+        loader.gather_host(hv)
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    good = loader.gather_host(replace_note(hv, AddressRange(0x1F3DC000, 0x1024)))
+    with pytest.raises(PlanError, match="dom0 vmcoreinfo"):
+        plan_crash_image(inputs_of(files), replace(good, dom0_vmcoreinfo=bad), half="upper")
+    assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert hv.armed_image(KEXEC_TYPE_CRASH).entry == a.entry  # type: ignore[union-attr]
+    assert hv.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
+    assert store.path.read_bytes() == record_bytes
+
+
+def replace_note(hv: SimulatedHypervisor, note: AddressRange) -> SimulatedHypervisor:
+    hv.host = replace(hv.host, dom0_vmcoreinfo=note)
+    return hv
 
 
 def test_acpi_rsdp_from_efi_systab(tmp_path: Path) -> None:

@@ -292,6 +292,7 @@ def sim_default_facts() -> HostFacts:
         vmcoreinfo=sim.vmcoreinfo_range,
         xen_version=sim.xen_version,
         xen_cmdline=sim.xen_command_line,
+        dom0_vmcoreinfo=sim.dom0_vmcoreinfo,
     )
 
 

@@ -56,6 +56,20 @@ def test_keys_left_out_take_the_defaults() -> None:
     assert host.memory_map == default_host().memory_map
 
 
+def test_dom0_vmcoreinfo_is_modelled_and_may_be_absent(tmp_path: Path) -> None:
+    host = default_host()
+    assert host.dom0_vmcoreinfo == AddressRange(0x1F3DC000, 0x1024)  # Linux's note size
+    assert not host.crash_range.overlaps(host.dom0_vmcoreinfo.start, host.dom0_vmcoreinfo.size)
+    none = parse_host("dom0: {vmcoreinfo: null}\n")
+    assert none.dom0_vmcoreinfo.size == 0
+    assert parse_host(render_host(none)) == none
+    path = tmp_path / "host.yaml"
+    path.write_text("dom0:\n  vmcoreinfo: {start: 0x2000000, size: 0x1024}\n")
+    assert SimulatedHypervisor.open(path).dom0_vmcoreinfo_range() == AddressRange(0x2000000, 0x1024)
+    with pytest.raises(ConfigError, match=r":1: dom0.vmcore: unknown key"):
+        parse_host("dom0: {vmcore: null}\n", "x.yaml")
+
+
 def test_json_is_accepted() -> None:
     doc = {
         "crash_range": {"start": 0x20000000, "size": 0x8000000},

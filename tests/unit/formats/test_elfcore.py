@@ -24,6 +24,7 @@ from xenkdump.image.elfcore import (
     PT_LOAD,
     PT_NOTE,
     build_elfcorehdr,
+    check_dom0_vmcoreinfo,
     dump_ranges,
     parse_elfcorehdr,
 )
@@ -40,12 +41,17 @@ EXPECTED_RAM = [
 ]
 
 
+# dom0's VMCOREINFO note: Linux's 4096 + 36 byte buffer, at a machine address in RAM.
+DOM0_VMCOREINFO = AddressRange(0x2345E000, 0x1024)
+
+
 def _host_hdr() -> bytes:
     return build_elfcorehdr(
         cpu_notes=CPU_NOTES,
         vmcoreinfo=VMCOREINFO,
         ram=dump_ranges(MACHINE_MAP, CRASH),
         backup=(LOW_RAM, BACKUP_DST),
+        dom0_vmcoreinfo=DOM0_VMCOREINFO,
     )
 
 
@@ -66,11 +72,11 @@ def test_round_trip() -> None:
     data = _host_hdr()
     assert len(data) % 1024 == 0
     eh, ph = parse_elfcorehdr(data)
-    assert eh["e_phnum"] == len(CPU_NOTES) + 1 + len(EXPECTED_RAM)
+    assert eh["e_phnum"] == len(CPU_NOTES) + 2 + len(EXPECTED_RAM)
     assert eh["e_phoff"] == 64 and eh["e_phentsize"] == 56 and eh["e_type"] == 4
     notes = [p for p in ph if p["p_type"] == PT_NOTE]
     assert [(p["p_offset"], p["p_memsz"]) for p in notes] == [
-        (n.start, n.size) for n in (*CPU_NOTES, VMCOREINFO)
+        (n.start, n.size) for n in (*CPU_NOTES, VMCOREINFO, DOM0_VMCOREINFO)
     ]
     assert all(p["p_paddr"] == p["p_offset"] and p["p_vaddr"] == 0 for p in notes)
     loads = [p for p in ph if p["p_type"] == PT_LOAD]
@@ -91,7 +97,13 @@ def test_pyelftools_view() -> None:
     segs = list(elf.iter_segments())
     notes = [s for s in segs if s["p_type"] == "PT_NOTE"]
     loads = [s for s in segs if s["p_type"] == "PT_LOAD"]
-    assert len(notes) == len(CPU_NOTES) + 1  # CPUs + VMCOREINFO
+    assert len(notes) == len(CPU_NOTES) + 2  # CPUs + Xen's and dom0's VMCOREINFO
+    dom0 = notes[-1]
+    assert (dom0["p_offset"], dom0["p_paddr"], dom0["p_filesz"]) == (
+        DOM0_VMCOREINFO.start,
+        DOM0_VMCOREINFO.start,
+        DOM0_VMCOREINFO.size,
+    )
     assert [(s["p_paddr"], s["p_paddr"] + s["p_memsz"]) for s in loads] == EXPECTED_RAM
     for s in loads:  # no PT_LOAD overlaps the crash range
         assert not CRASH.overlaps(s["p_paddr"], s["p_memsz"])
@@ -112,7 +124,9 @@ def test_readelf_view(tmp_path: Path) -> None:
         out,
         re.M,
     )
-    assert sum(1 for r in rows if r[0] == "NOTE") == len(CPU_NOTES) + 1
+    notes = [(int(r[1], 16), int(r[5], 16)) for r in rows if r[0] == "NOTE"]
+    assert len(notes) == len(CPU_NOTES) + 2
+    assert notes[-1] == (DOM0_VMCOREINFO.start, DOM0_VMCOREINFO.size)  # Offset, FileSiz
     loads = [(int(r[3], 16), int(r[3], 16) + int(r[5], 16)) for r in rows if r[0] == "LOAD"]
     assert loads == EXPECTED_RAM
     first = next(r for r in rows if r[0] == "LOAD")
@@ -195,3 +209,40 @@ def test_dump_ranges_property(
     assert eh["e_phnum"] == ncpus + 1 + len(ram) and len(data) % 1024 == 0
     elf = ELFFile(io.BytesIO(data))
     assert sum(1 for s in elf.iter_segments() if s["p_type"] == "PT_NOTE") == ncpus + 1
+
+
+def test_no_dom0_vmcoreinfo_means_no_note_for_it() -> None:
+    kw = {"cpu_notes": CPU_NOTES, "vmcoreinfo": VMCOREINFO, "ram": [AddressRange(0, 0x9FC00)]}
+    without = parse_elfcorehdr(build_elfcorehdr(**kw))[1]  # type: ignore[arg-type]
+    empty = parse_elfcorehdr(
+        build_elfcorehdr(**kw, dom0_vmcoreinfo=AddressRange(0, 0))  # type: ignore[arg-type]
+    )[1]
+    assert without == empty
+    assert sum(1 for p in without if p["p_type"] == PT_NOTE) == len(CPU_NOTES) + 1
+
+
+def test_dom0_vmcoreinfo_in_ram_outside_the_crash_area_is_accepted() -> None:
+    check_dom0_vmcoreinfo(DOM0_VMCOREINFO, MACHINE_MAP, CRASH)
+    # right below and right above the crash area
+    check_dom0_vmcoreinfo(AddressRange(CRASH.start - 0x2000, 0x1024), MACHINE_MAP, CRASH)
+    check_dom0_vmcoreinfo(AddressRange(CRASH.end, 0x1024), MACHINE_MAP, CRASH)
+
+
+@pytest.mark.parametrize(
+    ("note", "message"),
+    [
+        (AddressRange(CRASH.start + 0x1000, 0x1024), "outside the crash area"),
+        (AddressRange(CRASH.start - 0x1000, 0x1024), "outside the crash area"),  # straddles
+        (AddressRange(0xA0000, 0x1024), "in RAM of Xen's memory map"),  # the BIOS hole
+        (AddressRange(0x9F000, 0x1024), "in RAM of Xen's memory map"),  # runs off low RAM
+        (AddressRange(0x900000000, 0x1024), "in RAM of Xen's memory map"),  # past the top
+    ],
+    ids=["inside", "straddling", "hole", "runs-off-ram", "past-top"],
+)
+def test_dom0_vmcoreinfo_inside_the_crash_area_or_outside_ram_is_refused(
+    note: AddressRange, message: str
+) -> None:
+    with pytest.raises(PlanError, match=message) as err:
+        check_dom0_vmcoreinfo(note, MACHINE_MAP, CRASH)
+    assert str(err.value).startswith("dom0 vmcoreinfo: ")
+    assert f"{note.start:#x}-{note.end:#x}" in str(err.value)

@@ -145,6 +145,15 @@ class Hypervisor(Protocol):
         """KEXEC_RANGE_MA_VMCOREINFO: Xen's VMCOREINFO_XEN note buffer."""
         ...
 
+    def dom0_vmcoreinfo_range(self) -> AddressRange:
+        """dom0 kernel's own VMCOREINFO note, as a *machine* range; size 0 when it has none.
+
+        On a PV dom0 Linux's /sys/kernel/vmcoreinfo reports the note's machine
+        address (paddr_vmcoreinfo_note() translates it), which is what the crash
+        kernel, running on the bare machine, needs in the ELF core header.
+        """
+        ...
+
     def cpu_note_range(self, cpu: int) -> AddressRange:
         """KEXEC_RANGE_MA_CPU for physical CPU ``cpu`` (ERANGE past max_cpus)."""
         ...

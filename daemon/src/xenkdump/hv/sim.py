@@ -439,6 +439,9 @@ class SimulatedHypervisor(ClosingContext):
     def vmcoreinfo_range(self) -> AddressRange:
         return self.get_range(KEXEC_RANGE_MA_VMCOREINFO)
 
+    def dom0_vmcoreinfo_range(self) -> AddressRange:
+        return self.host.dom0_vmcoreinfo
+
     def cpu_note_range(self, cpu: int) -> AddressRange:
         return self.get_range(KEXEC_RANGE_MA_CPU, cpu)
 

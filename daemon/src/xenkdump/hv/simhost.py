@@ -19,6 +19,8 @@ CPUs, Xen 4.17.7).  The file format, with the defaults::
       vmcoreinfo: {start: 0xbe9c3000, size: 4096}     # KEXEC_RANGE_MA_VMCOREINFO
       kexec_reloc_va: 0xffff82d04036d000              # where Xen's kexec_reloc runs (§3.2 step 3)
     crash_range: {start: 0xae6ff000, size: 0x10000000}  # null: no crash area
+    dom0:
+      vmcoreinfo: {start: 0x1f3dc000, size: 0x1024}   # /sys/kernel/vmcoreinfo; null: none
     cpus:
       online: 4                      # nr_cpus; max_cpus is the number of notes
       threads_per_core: 1
@@ -98,6 +100,7 @@ class SimHost:
     cpu_khz: int
     cpu_notes: tuple[AddressRange, ...]
     memory_map: tuple[E820Entry, ...]
+    dom0_vmcoreinfo: AddressRange  # size 0: dom0 exports none
 
     @property
     def max_cpus(self) -> int:
@@ -145,6 +148,9 @@ def default_host() -> SimHost:
             AddressRange(0x43F8E5040, 404),
         ),
         memory_map=memory_map,
+        # dom0's note: two pages from alloc_pages_exact(), 4096 + 36 bytes (Linux's
+        # VMCOREINFO_NOTE_SIZE), somewhere in dom0's RAM below the crash area.
+        dom0_vmcoreinfo=AddressRange(0x1F3DC000, 0x1024),
     )
 
 
@@ -177,6 +183,11 @@ def render_host(host: SimHost) -> str:
         lines.append(f"crash_range: {rng(host.crash_range)}")
     else:
         lines.append("crash_range: null")
+    lines.append("# dom0's own VMCOREINFO note (/sys/kernel/vmcoreinfo); null: dom0 has none.")
+    if host.dom0_vmcoreinfo.size:
+        lines += ["dom0:", f"  vmcoreinfo: {rng(host.dom0_vmcoreinfo)}"]
+    else:
+        lines += ["dom0:", "  vmcoreinfo: null"]
     lines += [
         "cpus:",
         f"  online: {host.nr_cpus}",
@@ -241,6 +252,10 @@ def _apply(host: SimHost, top: dict[str, Any]) -> SimHost:
     if "crash_range" in top:
         crash = top["crash_range"]
         fields["crash_range"] = AddressRange(0, 0) if crash is None else _range(crash)
+    dom0 = top.get("dom0", {})
+    if "vmcoreinfo" in dom0:
+        note = dom0["vmcoreinfo"]
+        fields["dom0_vmcoreinfo"] = AddressRange(0, 0) if note is None else _range(note)
     cpus = top.get("cpus", {})
     for key, name in (
         ("online", "nr_cpus"),

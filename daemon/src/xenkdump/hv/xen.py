@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import xenkdump_xenctrl as xc
-from xenkdump.errors import HypervisorError, HypervisorUnavailable
+from xenkdump.errors import HypervisorError, HypervisorUnavailable, PlanError
 from xenkdump.hv.port import (
     KEXEC_RANGE_MA_CPU,
     KEXEC_RANGE_MA_CRASH,
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 ffi = xc.ffi
 
 PRIVCMD_PATHS = (Path("/dev/xen/privcmd"), Path("/proc/xen/privcmd"))
+# dom0's "ADDRESS SIZE" (hex) of its VMCOREINFO note; a machine address on a PV dom0.
+SYS_VMCOREINFO = Path("/sys/kernel/vmcoreinfo")
 
 # xen/version.h sub-commands of xc_version.
 XENVER_VERSION = 0
@@ -110,6 +112,28 @@ class _CapturedLog:
         # xtl_logger_destroy frees the logger but leaves the FILE to us.
         self._lib.ctrl.xtl_logger_destroy(self.logger)
         self._close_stream()
+
+
+def read_dom0_vmcoreinfo(path: Path = SYS_VMCOREINFO) -> AddressRange:
+    """dom0's VMCOREINFO note range from ``path``; size 0 when the kernel exports none.
+
+    Linux writes ``"%pa %x"``: the address (a machine address on a PV dom0) and the
+    note's size, both hex.  PlanError naming ``path`` when the text is anything else.
+    """
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return AddressRange(0, 0)
+    except OSError as exc:
+        raise PlanError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    fields = text.split()
+    try:
+        if len(fields) != 2:
+            raise ValueError(text)
+        start, size = int(fields[0], 16), int(fields[1], 16)
+    except ValueError:
+        raise PlanError(f"{path}: expected 'ADDRESS SIZE' in hex, found {text[:60]!r}") from None
+    return AddressRange(start, size)
 
 
 def _privcmd_present() -> bool:
@@ -265,6 +289,9 @@ class XenHypervisor(ClosingContext):
 
     def vmcoreinfo_range(self) -> AddressRange:
         return self._range("xc_kexec_get_range(MA_VMCOREINFO)", KEXEC_RANGE_MA_VMCOREINFO, 0)
+
+    def dom0_vmcoreinfo_range(self) -> AddressRange:
+        return read_dom0_vmcoreinfo()
 
     def cpu_note_range(self, cpu: int) -> AddressRange:
         if not -(2**31) <= cpu < 2**31:

@@ -6,6 +6,12 @@ Content as kexec-tools builds it on Xen (docs/crash-image.md §2.4):
   Xen's own CRASH_INFO note lives inside CPU 0's buffer
   (docs/xen-kexec-contract.md §5.4), so it needs no header of its own;
 * one PT_NOTE for Xen's VMCOREINFO_XEN buffer;
+* one PT_NOTE for dom0 Linux's own VMCOREINFO note (its machine address, from
+  /sys/kernel/vmcoreinfo on a PV dom0).  kexec-tools leaves it out on Xen, so
+  makedumpfile cannot filter dom0's pages by type (``-d 31``) nor find dom0's
+  log buffer (``--dump-dmesg``); with it, both work.  Linux's note buffer ends
+  with an empty note, where /proc/vmcore stops reading (so its second page
+  need not be machine-contiguous with the first);
 * one PT_LOAD per RAM range of the *machine* map with the crash area cut out;
   the low range the purgatory backs up points (p_offset) at the backup copy,
   because the crash kernel reuses that low memory (crash-image.md §2.2, §2.4).
@@ -101,6 +107,30 @@ def dump_ranges(machine_map: Sequence[E820Entry], crash: AddressRange) -> list[A
     return out
 
 
+def check_dom0_vmcoreinfo(
+    note: AddressRange, machine_map: Sequence[E820Entry], crash: AddressRange
+) -> None:
+    """PlanError unless dom0's VMCOREINFO ``note`` lies in RAM and outside the crash area.
+
+    A note inside the crash area would be overwritten by the crash kernel before
+    anything reads it; one outside RAM is not dom0's memory at all (a pseudo-physical
+    address from a kernel that does not translate it, or a wrong value).
+    """
+    span = f"{note.start:#x}-{note.end:#x}"
+    if crash.size and crash.overlaps(note.start, note.size):
+        raise PlanError(
+            f"dom0 vmcoreinfo: expected a range outside the crash area "
+            f"{crash.start:#x}-{crash.end:#x}, found {span} inside it"
+        )
+    pos = note.start
+    for ent in sorted(machine_map):
+        if ent.type == E820_RAM and ent.addr <= pos < ent.end:
+            pos = ent.end
+            if pos >= note.end:
+                return
+    raise PlanError(f"dom0 vmcoreinfo: expected a range in RAM of Xen's memory map, found {span}")
+
+
 def _phdr(p_type: int, flags: int, *, offset: int, vaddr: int, paddr: int, size: int) -> bytes:
     values = {
         "p_type": p_type,
@@ -161,6 +191,7 @@ def build_elfcorehdr(
     ram: Sequence[AddressRange],
     backup: tuple[AddressRange, int] | None = None,
     page_offset: int = LINUX_PAGE_OFFSET,
+    dom0_vmcoreinfo: AddressRange | None = None,
 ) -> bytes:
     """The elfcorehdr segment's content, zero padded to a 1 KiB multiple.
 
@@ -169,22 +200,13 @@ def build_elfcorehdr(
     ``ram``: dump_ranges().
     ``backup``: (backup source range, backup segment address) or None.
     ``page_offset``: base of the PT_LOAD p_vaddr guess (0 writes p_vaddr 0).
+    ``dom0_vmcoreinfo``: dom0's VMCOREINFO note (check_dom0_vmcoreinfo()), or None.
     """
     phdrs: list[bytes] = []
-    for n in cpu_notes:
-        if n.size > 0:
+    notes = [*cpu_notes, vmcoreinfo, dom0_vmcoreinfo]
+    for n in notes:
+        if n is not None and n.size > 0:
             phdrs.append(_phdr(PT_NOTE, 0, offset=n.start, vaddr=0, paddr=n.start, size=n.size))
-    if vmcoreinfo is not None and vmcoreinfo.size > 0:
-        phdrs.append(
-            _phdr(
-                PT_NOTE,
-                0,
-                offset=vmcoreinfo.start,
-                vaddr=0,
-                paddr=vmcoreinfo.start,
-                size=vmcoreinfo.size,
-            )
-        )
     phdrs.extend(_loads(ram, backup, page_offset))
     if len(phdrs) >= PN_XNUM:
         raise PlanError(

@@ -32,6 +32,7 @@ from xenkdump.hv.port import (
     Hypervisor,
 )
 from xenkdump.image import cmdline as cmdline_mod
+from xenkdump.image import elfcore
 from xenkdump.image.bzimage import parse_bzimage
 from xenkdump.image.planner import (
     HostFacts,
@@ -144,15 +145,26 @@ def gather_host(hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB) -> HostFacts:
             log.debug("no crash note for cpu %d: %s", cpu, exc)
             break
     vmcoreinfo = hv.vmcoreinfo_range()
+    machine_map = tuple(hv.machine_memory_map())
+    dom0_note: AddressRange | None = hv.dom0_vmcoreinfo_range()
+    if dom0_note is not None and dom0_note.size:
+        elfcore.check_dom0_vmcoreinfo(dom0_note, machine_map, crash)
+    else:
+        dom0_note = None
+        log.warning(
+            "dom0 exports no VMCOREINFO note (/sys/kernel/vmcoreinfo): the dump cannot be "
+            "filtered by page type and dom0's log cannot be extracted from it"
+        )
     return HostFacts(
         crash=crash,
-        machine_map=tuple(hv.machine_memory_map()),
+        machine_map=machine_map,
         cpu_notes=tuple(notes),
         vmcoreinfo=vmcoreinfo if vmcoreinfo.size else None,
         xen_version=version,
         xen_cmdline=hv.xen_command_line(),
         # Only a real dom0's firmware tables describe the Xen host; a simulated one has none.
         acpi_rsdp=read_acpi_rsdp(efi_systab) if hv.name == "xen" else 0,
+        dom0_vmcoreinfo=dom0_note,
     )
 
 

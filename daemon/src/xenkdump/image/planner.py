@@ -95,6 +95,8 @@ class HostFacts:
     # ACPI RSDP from dom0's EFI system table, 0 when unknown: the crash kernel then scans
     # the BIOS area for it (mapped: lowmem segment, low RAM in its e820).
     acpi_rsdp: int = 0
+    # dom0 Linux's VMCOREINFO note (machine address), None when dom0 exports none.
+    dom0_vmcoreinfo: AddressRange | None = None
 
     def fingerprint(self) -> str:
         """SHA-256 over the facts the image's bytes depend on (crash area, map, notes)."""
@@ -106,6 +108,9 @@ class HostFacts:
             if self.vmcoreinfo is None
             else [self.vmcoreinfo.start, self.vmcoreinfo.size],
             "acpi_rsdp": self.acpi_rsdp,
+            "dom0_vmcoreinfo": None
+            if self.dom0_vmcoreinfo is None
+            else [self.dom0_vmcoreinfo.start, self.dom0_vmcoreinfo.size],
         }
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
@@ -260,6 +265,7 @@ def _elfcorehdr_memsz(host: HostFacts) -> int:
         vmcoreinfo=host.vmcoreinfo,
         ram=ram,
         backup=None if src is None else (src, host.crash.start),
+        dom0_vmcoreinfo=host.dom0_vmcoreinfo,
     )
     return max(page_up(len(hdr)), ELFCOREHDR_MIN)
 
@@ -422,6 +428,8 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
     """Place and build the crash image in ``half`` of the crash area.  PlanError if no room."""
     _check_kernel(inputs)
     crash = host.crash
+    if host.dom0_vmcoreinfo is not None:
+        elfcore.check_dom0_vmcoreinfo(host.dom0_vmcoreinfo, host.machine_map, crash)
     needs = _needs(inputs, host)
     dests, _reserve = _place(needs, crash, half)
     window, guard = half_window(crash, half)
@@ -442,6 +450,7 @@ def plan_crash_image(inputs: ImageInputs, host: HostFacts, *, half: str) -> Plan
         vmcoreinfo=host.vmcoreinfo,
         ram=ram,
         backup=None if src is None else (src, backup_dst),
+        dom0_vmcoreinfo=host.dom0_vmcoreinfo,
     )
     ehdr_dest = dests["elfcorehdr"]
     if len(hdr_bytes) > memsz["elfcorehdr"]:
