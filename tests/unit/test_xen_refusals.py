@@ -30,7 +30,7 @@ from xenkdump.hv.port import (
     E820Entry,
     Segment,
 )
-from xenkdump.hv.xen import XenHypervisor
+from xenkdump.hv.xen import ENV_VMCOREINFO, XenHypervisor
 
 SHIM_SOURCE = Path(__file__).parent / "data" / "fake_xenctrl.c"
 
@@ -260,7 +260,15 @@ sys.exit(main(sys.argv[1:]))
 def test_real_adapter_runs_without_writable_code(
     shim: Path, debian_kernel: Path, tmp_path: Path
 ) -> None:
-    env = dict(os.environ, FAKE_XEN_MODE="ok", **{xc.ENV_LIBRARY: str(shim)})
+    # The shim's dom0 keeps its VMCOREINFO note in the shim's RAM (this machine's own
+    # /sys/kernel/vmcoreinfo describes another memory map).
+    note = tmp_path / "vmcoreinfo"
+    note.write_text("1f3dc000 1024\n")
+    env = dict(
+        os.environ,
+        FAKE_XEN_MODE="ok",
+        **{xc.ENV_LIBRARY: str(shim), ENV_VMCOREINFO: str(note)},
+    )
     env.pop("FAKE_XEN_RECORD", None)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

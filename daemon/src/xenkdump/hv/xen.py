@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -39,7 +40,9 @@ ffi = xc.ffi
 
 PRIVCMD_PATHS = (Path("/dev/xen/privcmd"), Path("/proc/xen/privcmd"))
 # dom0's "ADDRESS SIZE" (hex) of its VMCOREINFO note; a machine address on a PV dom0.
+# $XENKDUMP_SYS_VMCOREINFO names another file (like $XENKDUMP_LIBXENCTRL, for tests).
 SYS_VMCOREINFO = Path("/sys/kernel/vmcoreinfo")
+ENV_VMCOREINFO = "XENKDUMP_SYS_VMCOREINFO"
 
 # xen/version.h sub-commands of xc_version.
 XENVER_VERSION = 0
@@ -291,7 +294,8 @@ class XenHypervisor(ClosingContext):
         return self._range("xc_kexec_get_range(MA_VMCOREINFO)", KEXEC_RANGE_MA_VMCOREINFO, 0)
 
     def dom0_vmcoreinfo_range(self) -> AddressRange:
-        return read_dom0_vmcoreinfo()
+        override = os.environ.get(ENV_VMCOREINFO)
+        return read_dom0_vmcoreinfo(Path(override) if override else SYS_VMCOREINFO)
 
     def cpu_note_range(self, cpu: int) -> AddressRange:
         if not -(2**31) <= cpu < 2**31:
