@@ -1,0 +1,414 @@
+#!/bin/sh
+# xenkdump's capture agent: runs in the crash kernel (busybox sh or dash) and turns
+# /proc/vmcore into a dump directory on the configured target.  See docs/capture.md.
+#
+# Order of work (the cheap, precious parts first):
+#   1. reach the target (mount a device or NFS export, or check the SSH server);
+#   2. make <target>/.incoming-<host>-<time>/ holding an `incomplete` marker;
+#   3. dom0's kernel log (makedumpfile --dump-dmesg) -> dmesg.txt;
+#   4. Xen's console ring, read from Xen's image in the dump -> xen-console.txt;
+#   5. the vmcore: makedumpfile -X -d LEVEL (compressed, work dir on the target, no
+#      threads: makedumpfile refuses them on Xen), then -X -d 1, then -X -d 0, then
+#      a raw copy only when the target has room for all of /proc/vmcore;
+#   6. metadata.json (every step's exit code, duration and size, each file's sha256);
+#   7. rename to <target>/<host>-<time>/ (atomic), drop the marker, apply retention;
+#   8. final_action (or failure_action when no vmcore was saved): reboot, halt, shell.
+#
+# Configuration: XK_CONF (default /etc/xenkdump/capture.conf), KEY='value' lines that
+# xenkdump writes (xenkdump/capture/agentconf.py).  Tests override the XK_* hooks
+# documented there (paths of /proc files, the makedumpfile and ssh commands, actions).
+
+set -u
+
+XK_CONF=${XK_CONF:-/etc/xenkdump/capture.conf}
+# shellcheck disable=SC1090
+[ -r "$XK_CONF" ] && . "$XK_CONF"
+
+: "${XK_VMCORE:=/proc/vmcore}"
+: "${XK_UPTIME:=/proc/uptime}"
+: "${XK_MAKEDUMPFILE:=makedumpfile}"
+: "${XK_SSH:=ssh}"
+: "${XK_DF:=df}"
+: "${XK_ACTION_CMD:=}"
+: "${XK_TARGET_KIND:=local}"
+: "${XK_DEVICE:=}"
+: "${XK_FSTYPE:=auto}"
+: "${XK_NFS:=}"
+: "${XK_NFS_OPTIONS:=vers=4,nolock}"
+: "${XK_PATH:=/var/crash}"
+: "${XK_MOUNTPOINT:=/run/xenkdump/target}"
+: "${XK_SSH_DEST:=}"
+: "${XK_SSH_PORT:=22}"
+: "${XK_SSH_KEY:=/etc/xenkdump/id_capture}"
+: "${XK_SSH_KNOWN_HOSTS:=/etc/xenkdump/known_hosts}"
+: "${XK_DUMP_LEVEL:=31}"
+: "${XK_COMPRESS:=zlib}"
+: "${XK_KEEP:=0}"
+: "${XK_MAX_TOTAL:=0}"
+: "${XK_FAILURE_ACTION:=reboot}"
+: "${XK_FINAL_ACTION:=reboot}"
+: "${XK_HOST:=$(hostname 2>/dev/null || echo host)}"
+: "${XK_XEN_VERSION:=}"
+: "${XK_XEN_CMDLINE:=}"
+: "${XK_XEN_RANGE:=}"
+: "${XK_DOM0_KERNEL:=}"
+: "${XK_KERNEL_SHA256:=}"
+: "${XK_INITRD_SHA256:=}"
+: "${XK_SCRATCH:=/run/xenkdump}"
+
+say() { echo "xenkdump-capture: $*" >&2; }
+
+now_cs() {  # centiseconds since boot
+	awk '{ split($1, a, "."); printf "%d\n", a[1] * 100 + substr(a[2] "00", 1, 2) }' "$XK_UPTIME" 2>/dev/null || echo 0
+}
+
+json_str() {  # a JSON string literal of $1 (control characters dropped)
+	printf '%s' "$1" | tr -d '\000-\010\013\014\016-\037' | awk '
+		BEGIN { ORS = ""; printf "\"" }
+		{ gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); gsub(/\r/, "\\r")
+		  if (NR > 1) printf "\\n"; printf "%s", $0 }
+		END { printf "\"" }'
+}
+
+# --- the target: a few operations, local (mounted) or over SSH ------------------------
+
+ssh_run() {
+	"$XK_SSH" -p "$XK_SSH_PORT" -i "$XK_SSH_KEY" -o BatchMode=yes \
+		-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$XK_SSH_KNOWN_HOSTS" \
+		-o ConnectTimeout=20 -o ServerAliveInterval=15 "$XK_SSH_DEST" "$@"
+}
+
+q() {  # $1 single-quoted for a remote shell
+	printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+
+t_root() {  # the directory dumps go to
+	if [ "$XK_TARGET_KIND" = ssh ]; then echo "$XK_PATH"; else echo "$TARGET_DIR"; fi
+}
+
+t_sh() {  # run a shell snippet in the target's place (remotely for SSH)
+	if [ "$XK_TARGET_KIND" = ssh ]; then ssh_run "sh -c $(q "$1")"; else sh -c "$1"; fi
+}
+
+t_put() {  # stdin -> file $1
+	if [ "$XK_TARGET_KIND" = ssh ]; then ssh_run "cat > $(q "$1")"; else cat > "$1"; fi
+}
+
+t_free_bytes() {  # free bytes in directory $1
+	t_sh "$XK_DF -Pk $(q "$1") | awk 'NR == 2 { printf \"%.0f\\n\", \$4 * 1024 }'"
+}
+
+t_size() {  # size of file $1 in bytes (0 when absent)
+	t_sh "if [ -f $(q "$1") ]; then wc -c < $(q "$1"); else echo 0; fi" | tr -d ' '
+}
+
+t_sha256() {
+	t_sh "sha256sum $(q "$1") 2>/dev/null | cut -d' ' -f1"
+}
+
+mount_target() {
+	case "$XK_TARGET_KIND" in
+	ssh)
+		ssh_run true || { say "SSH target $XK_SSH_DEST unreachable"; return 1; }
+		ssh_run "mkdir -p $(q "$XK_PATH")" || { say "SSH target: cannot create $XK_PATH"; return 1; }
+		return 0 ;;
+	nfs)
+		mkdir -p "$XK_MOUNTPOINT"
+		mount -t nfs -o "$XK_NFS_OPTIONS" "$XK_NFS" "$XK_MOUNTPOINT" ||
+			{ say "NFS target $XK_NFS: mount failed"; return 1; }
+		TARGET_DIR="$XK_MOUNTPOINT/${XK_PATH#/}" ;;
+	local)
+		if [ -n "$XK_DEVICE" ]; then
+			dev=$XK_DEVICE
+			case "$dev" in
+			UUID=* | LABEL=*)
+				i=0
+				while ! dev=$(findfs "$XK_DEVICE" 2>/dev/null) && [ $i -lt 30 ]; do
+					i=$((i + 1)); sleep 1  # udev/mdev may still be creating the node
+				done
+				[ -n "$dev" ] || { say "target device $XK_DEVICE not found"; return 1; } ;;
+			esac
+			mkdir -p "$XK_MOUNTPOINT"
+			mount -t "$XK_FSTYPE" "$dev" "$XK_MOUNTPOINT" ||
+				{ say "target device $XK_DEVICE ($dev): mount failed"; return 1; }
+			TARGET_DIR="$XK_MOUNTPOINT/${XK_PATH#/}"
+		else
+			TARGET_DIR=$XK_PATH
+		fi ;;
+	*)
+		say "target kind $XK_TARGET_KIND: expected local, nfs or ssh"; return 1 ;;
+	esac
+	mkdir -p "$TARGET_DIR" 2>/dev/null
+	[ -d "$TARGET_DIR" ] && [ -w "$TARGET_DIR" ] || { say "target $TARGET_DIR is not writable"; return 1; }
+}
+
+# --- steps ---------------------------------------------------------------------------
+
+STEPS=""  # JSON objects, comma separated
+
+record_step() {  # name rc start_cs bytes command
+	dur=$(( $(now_cs) - $3 ))
+	[ -n "$STEPS" ] && STEPS="$STEPS,"
+	STEPS="$STEPS
+    {\"name\": $(json_str "$1"), \"exit_code\": $2, \"seconds\": $((dur / 100)).$(printf '%02d' $((dur % 100))), \"bytes\": $4, \"command\": $(json_str "$5")}"
+	say "step $1: exit $2, $4 bytes, $((dur / 100)).$(printf '%02d' $((dur % 100))) s"
+}
+
+step_dmesg() {
+	t0=$(now_cs)
+	cmd="$XK_MAKEDUMPFILE --dump-dmesg $XK_VMCORE"
+	if [ "$XK_TARGET_KIND" = ssh ]; then
+		$XK_MAKEDUMPFILE --dump-dmesg "$XK_VMCORE" "$XK_SCRATCH/dmesg.txt" >"$XK_SCRATCH/dmesg.log" 2>&1
+		rc=$?
+		[ $rc -eq 0 ] && { t_put "$WORK/dmesg.txt" < "$XK_SCRATCH/dmesg.txt" || rc=$?; }
+		rm -f "$XK_SCRATCH/dmesg.txt"
+	else
+		$XK_MAKEDUMPFILE --dump-dmesg "$XK_VMCORE" "$WORK/dmesg.txt" >"$XK_SCRATCH/dmesg.log" 2>&1
+		rc=$?
+	fi
+	record_step dmesg $rc "$t0" "$(t_size "$WORK/dmesg.txt")" "$cmd"
+}
+
+elf_offset() {  # machine address $1 -> "file_offset bytes_available" in $XK_VMCORE (ELF64)
+	hdr=$(od -A n -t u1 -v -N 64 "$XK_VMCORE" 2>/dev/null | tr -s ' \n' '  ')
+	phoff=$(echo "$hdr" | awk '{ v = 0; for (i = 40; i >= 33; i--) v = v * 256 + $i; printf "%.0f", v }')
+	phnum=$(echo "$hdr" | awk '{ printf "%d", $57 + $58 * 256 }')
+	[ -n "$phoff" ] && [ "${phnum:-0}" -gt 0 ] || return 1
+	od -A n -t u1 -v -j "$phoff" -N $((phnum * 56)) "$XK_VMCORE" | tr -s ' \n' '  ' |
+		awk -v want="$1" '
+		function num(at, n,   v, i) { v = 0; for (i = at + n; i > at; i--) v = v * 256 + $i; return v }
+		{ for (p = 0; p < NF / 56; p++) {
+			b = p * 56
+			if (num(b, 4) != 1) continue            # PT_LOAD
+			off = num(b + 8, 8); pa = num(b + 24, 8); sz = num(b + 32, 8)
+			if (want >= pa && want < pa + sz) { printf "%.0f %.0f\n", off + want - pa, pa + sz - want; exit 0 }
+		  }
+		  exit 1 }'
+}
+
+step_xen_console() {
+	t0=$(now_cs)
+	XEN_CONSOLE_FOUND=false
+	XEN_CONSOLE_HOW="Xen exports no address of its console ring"
+	start=${XK_XEN_RANGE%%+*}
+	size=${XK_XEN_RANGE#*+}
+	if [ -z "$XK_XEN_RANGE" ]; then
+		XEN_CONSOLE_HOW="not searched: Xen's image range was not known when the initramfs was built"
+	elif loc=$(elf_offset "$((start))"); then
+		off=${loc% *}; avail=${loc#* }
+		[ "$avail" -lt "$((size))" ] && size=$avail
+		if [ $((off % 4096)) -eq 0 ]; then
+			dd if="$XK_VMCORE" bs=4096 skip=$((off / 4096)) count=$(( (size + 4095) / 4096 )) 2>/dev/null
+		else
+			dd if="$XK_VMCORE" bs=1 skip="$off" count="$((size))" 2>/dev/null
+		fi | strings -n 6 | grep '^(XEN) ' > "$XK_SCRATCH/xen-console.txt"
+		if [ -s "$XK_SCRATCH/xen-console.txt" ]; then
+			XEN_CONSOLE_FOUND=true
+			XEN_CONSOLE_HOW="lines beginning '(XEN) ' in Xen's image ($XK_XEN_RANGE) in the dump: the static console ring (and the serial buffer); where the ring wrapped is not known, so the oldest lines may come first or last"
+		else
+			XEN_CONSOLE_HOW="no '(XEN) ' text in Xen's image ($XK_XEN_RANGE): the ring is elsewhere (conring_size= moves it to Xen's heap)"
+		fi
+	else
+		XEN_CONSOLE_HOW="Xen's image ($XK_XEN_RANGE) is not in the dump's memory map"
+	fi
+	: >> "$XK_SCRATCH/xen-console.txt"
+	t_put "$WORK/xen-console.txt" < "$XK_SCRATCH/xen-console.txt"
+	rc=$?
+	rm -f "$XK_SCRATCH/xen-console.txt"
+	record_step xen-console $rc "$t0" "$(t_size "$WORK/xen-console.txt")" "read $XK_XEN_RANGE from $XK_VMCORE"
+}
+
+compress_flag() {
+	case "$XK_COMPRESS" in
+	zlib) echo -c ;; lzo) echo -l ;; zstd) echo -z ;; snappy) echo -p ;; none) echo "" ;;
+	*) echo -c ;;
+	esac
+}
+
+try_makedumpfile() {  # name, then makedumpfile options; sets VMCORE_OK/VMCORE_HOW
+	name=$1; shift
+	t0=$(now_cs)
+	t_sh "rm -f $(q "$WORK/vmcore")"
+	if [ "$XK_TARGET_KIND" = ssh ]; then
+		# Flattened format to stdout; its bitmap (2 bits a host page) stays in RAM.
+		mkdir -p "$XK_SCRATCH/work"
+		cmd="$XK_MAKEDUMPFILE -F $* --work-dir $XK_SCRATCH/work $XK_VMCORE | ssh ... cat > vmcore.flat"
+		{ $XK_MAKEDUMPFILE -F "$@" --work-dir "$XK_SCRATCH/work" "$XK_VMCORE" 2>"$XK_SCRATCH/mdf.log"
+		  echo $? > "$XK_SCRATCH/mdf.rc"; } | t_put "$WORK/vmcore.flat"
+		prc=$?
+		rc=$(cat "$XK_SCRATCH/mdf.rc" 2>/dev/null || echo 1)
+		[ "$rc" -eq 0 ] && [ $prc -ne 0 ] && rc=$prc
+		out="$WORK/vmcore.flat"
+	else
+		cmd="$XK_MAKEDUMPFILE $* --work-dir $WORK $XK_VMCORE $WORK/vmcore"
+		$XK_MAKEDUMPFILE "$@" --work-dir "$WORK" "$XK_VMCORE" "$WORK/vmcore" >"$XK_SCRATCH/mdf.log" 2>&1
+		rc=$?
+		out="$WORK/vmcore"
+	fi
+	tail -n 3 "$XK_SCRATCH/mdf.log" 2>/dev/null | sed 's/^/  makedumpfile: /' >&2
+	record_step "$name" "$rc" "$t0" "$(t_size "$out")" "$cmd"
+	if [ "$rc" -eq 0 ]; then
+		VMCORE_OK=true
+		VMCORE_HOW="makedumpfile $*"
+		if [ "$XK_TARGET_KIND" = ssh ]; then
+			# The server turns it back into a normal dump file when it has makedumpfile.
+			if t_sh "command -v makedumpfile >/dev/null && makedumpfile -R $(q "$WORK/vmcore") < $(q "$WORK/vmcore.flat") >/dev/null 2>&1 && rm -f $(q "$WORK/vmcore.flat")"; then
+				VMCORE_FORMAT=kdump-compressed
+			else
+				t_sh "rm -f $(q "$WORK/vmcore")"
+				VMCORE_FORMAT="flattened (makedumpfile -R vmcore < vmcore.flat)"
+			fi
+		fi
+		return 0
+	fi
+	t_sh "rm -f $(q "$out")"
+	return 1
+}
+
+step_vmcore() {
+	VMCORE_OK=false
+	VMCORE_HOW="none"
+	VMCORE_FORMAT=kdump-compressed
+	comp=$(compress_flag)
+	# shellcheck disable=SC2086
+	try_makedumpfile "vmcore -d $XK_DUMP_LEVEL" -X -d "$XK_DUMP_LEVEL" $comp && return 0
+	if [ "$XK_DUMP_LEVEL" != 1 ]; then
+		# shellcheck disable=SC2086
+		try_makedumpfile "vmcore -d 1" -X -d 1 $comp && return 0
+	fi
+	# shellcheck disable=SC2086
+	try_makedumpfile "vmcore -d 0" -X -d 0 $comp && return 0
+	# Last resort: all of /proc/vmcore, only when it fits.
+	t0=$(now_cs)
+	need=$(wc -c < "$XK_VMCORE" 2>/dev/null | tr -d ' ')
+	free=$(t_free_bytes "$(t_root)")
+	if [ -z "$need" ] || [ -z "$free" ] || [ "$free" -le "$need" ]; then
+		say "raw copy refused: /proc/vmcore has ${need:-?} bytes, the target ${free:-?} free"
+		record_step "vmcore raw" 28 "$t0" 0 "refused: need ${need:-?} bytes, ${free:-?} free"
+		return 1
+	fi
+	t_put "$WORK/vmcore" < "$XK_VMCORE"
+	rc=$?
+	record_step "vmcore raw" $rc "$t0" "$(t_size "$WORK/vmcore")" "cat $XK_VMCORE"
+	if [ $rc -eq 0 ]; then
+		VMCORE_OK=true; VMCORE_HOW="raw copy of $XK_VMCORE"; VMCORE_FORMAT=elf
+		return 0
+	fi
+	t_sh "rm -f $(q "$WORK/vmcore")"
+	return 1
+}
+
+file_json() {  # "name": {"bytes": N, "sha256": "..."} for each file present in $WORK
+	first=1
+	for f in vmcore vmcore.flat dmesg.txt xen-console.txt; do
+		t_sh "[ -f $(q "$WORK/$f") ]" || continue
+		[ $first -eq 1 ] || printf ',\n'
+		first=0
+		printf '    %s: {"bytes": %s, "sha256": %s}' "$(json_str "$f")" "$(t_size "$WORK/$f")" "$(json_str "$(t_sha256 "$WORK/$f")")"
+	done
+}
+
+write_metadata() {
+	result=$1
+	{
+		printf '{\n  "format": 1,\n  "result": %s,\n' "$(json_str "$result")"
+		printf '  "host": %s,\n  "crash_time": %s,\n' "$(json_str "$XK_HOST")" "$(json_str "$CRASH_TIME")"
+		printf '  "xen": {"version": %s, "command_line": %s},\n' "$(json_str "$XK_XEN_VERSION")" "$(json_str "$XK_XEN_CMDLINE")"
+		printf '  "dom0_kernel": %s,\n' "$(json_str "$XK_DOM0_KERNEL")"
+		printf '  "images": {"kernel_sha256": %s, "initrd_sha256": %s},\n' "$(json_str "$XK_KERNEL_SHA256")" "$(json_str "$XK_INITRD_SHA256")"
+		printf '  "vmcore": {"saved": %s, "how": %s, "format": %s},\n' "$VMCORE_OK" "$(json_str "$VMCORE_HOW")" "$(json_str "$VMCORE_FORMAT")"
+		printf '  "xen_console": {"found": %s, "how": %s},\n' "$XEN_CONSOLE_FOUND" "$(json_str "$XEN_CONSOLE_HOW")"
+		printf '  "steps": [%s\n  ],\n' "$STEPS"
+		printf '  "files": {\n%s\n  }\n}\n' "$(file_json)"
+	} > "$XK_SCRATCH/metadata.json"
+	t_put "$WORK/metadata.json" < "$XK_SCRATCH/metadata.json"
+}
+
+retention() {  # keep the newest $XK_KEEP dumps and at most $XK_MAX_TOTAL bytes; never $1
+	[ "$XK_KEEP" -gt 0 ] 2>/dev/null || [ "$XK_MAX_TOTAL" -gt 0 ] 2>/dev/null || return 0
+	t_sh "cd $(q "$(t_root)") || exit 1
+		keep=$XK_KEEP; max=$XK_MAX_TOTAL; new=$(q "$1")
+		# dump directories, oldest first (by the UTC time at the end of the name)
+		list=\$(for d in *-????????T??????Z; do
+			[ -d \"\$d\" ] && [ -f \"\$d/metadata.json\" ] && echo \"\${d##*-} \$d\"
+		done | sort | cut -d' ' -f2-)
+		n=\$(echo \"\$list\" | grep -c .)
+		total=0
+		for d in \$list; do total=\$((total + \$(du -sk \"\$d\" | cut -f1) * 1024)); done
+		for d in \$list; do
+			[ \"\$d\" = \"\$new\" ] && continue
+			over_keep=0; over_size=0
+			[ \"\$keep\" -gt 0 ] && [ \"\$n\" -gt \"\$keep\" ] && over_keep=1
+			[ \"\$max\" -gt 0 ] && [ \"\$total\" -gt \"\$max\" ] && over_size=1
+			[ \$over_keep -eq 1 ] || [ \$over_size -eq 1 ] || break
+			size=\$((\$(du -sk \"\$d\" | cut -f1) * 1024))
+			rm -rf \"\$d\" && echo \"retention: removed \$d\" >&2
+			n=\$((n - 1)); total=\$((total - size))
+		done"
+}
+
+act() {  # reboot | halt | shell
+	say "$2: $1"
+	if [ -n "$XK_ACTION_CMD" ]; then
+		$XK_ACTION_CMD "$1"
+		return
+	fi
+	sync
+	case "$1" in
+	halt) poweroff -f ;;
+	shell)
+		echo "xenkdump: a shell on the console; exit to reboot" > /dev/console
+		setsid sh -c 'exec sh </dev/console >/dev/console 2>&1' || sh
+		reboot -f ;;
+	*) reboot -f ;;
+	esac
+}
+
+main() {
+	mkdir -p "$XK_SCRATCH"
+	CRASH_TIME=$(date -u +%Y%m%dT%H%M%SZ)
+	NAME="$XK_HOST-$CRASH_TIME"
+	XEN_CONSOLE_FOUND=false
+	XEN_CONSOLE_HOW="not attempted"
+	VMCORE_OK=false; VMCORE_HOW=none; VMCORE_FORMAT=none
+	if [ ! -r "$XK_VMCORE" ]; then
+		say "no $XK_VMCORE: this is not a crash kernel boot"
+		act "$XK_FAILURE_ACTION" failure_action
+		return 1
+	fi
+	if ! mount_target; then
+		act "$XK_FAILURE_ACTION" failure_action
+		return 1
+	fi
+	ROOT=$(t_root)
+	WORK="$ROOT/.incoming-$NAME"
+	FINAL="$ROOT/$NAME"
+	if ! t_sh "mkdir -p $(q "$WORK") && : > $(q "$WORK/incomplete")"; then
+		say "cannot create $WORK"
+		act "$XK_FAILURE_ACTION" failure_action
+		return 1
+	fi
+	say "saving to $FINAL"
+	step_dmesg
+	step_xen_console
+	step_vmcore
+	if [ "$VMCORE_OK" = true ]; then result=complete; else result=failed; fi
+	write_metadata "$result"
+	# The rename is the commit: a dump directory without `incomplete` is whole.
+	if t_sh "rm -f $(q "$WORK/incomplete") && mv $(q "$WORK") $(q "$FINAL")"; then
+		say "dump $result: $FINAL"
+		retention "$NAME"
+	else
+		say "rename to $FINAL failed; the dump stays in $WORK"
+		result=failed
+	fi
+	[ "$XK_TARGET_KIND" = ssh ] || sync
+	if [ "$result" = complete ]; then
+		act "$XK_FINAL_ACTION" final_action
+		return 0
+	fi
+	act "$XK_FAILURE_ACTION" failure_action
+	return 1
+}
+
+main "$@"

@@ -1,0 +1,167 @@
+"""Stand-ins for the crash kernel's world: a synthetic ELF core, makedumpfile, ssh, df.
+
+The fakes are small POSIX sh scripts written into a ``bin`` directory that goes
+first on PATH, so the agent runs unchanged.  Each records its arguments in
+``calls.log`` for the tests to read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from xenkdump.hv.port import EM_X86_64, AddressRange
+from xenkdump.image import elfcore
+
+PAGE = 4096
+
+FAKE_MAKEDUMPFILE = r"""#!/bin/sh
+# A makedumpfile stand-in: FAKE_MDF_FAIL lists the -d levels that fail.
+echo "makedumpfile $*" >> "$FAKE_LOG"
+dmesg=0; flat=0; level=""; workdir=""; rearrange=0; args=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dump-dmesg) dmesg=1 ;;
+    -F) flat=1 ;;
+    -R) rearrange=1 ;;
+    -d) shift; level=$1 ;;
+    --work-dir) shift; workdir=$1 ;;
+    --num-threads*) echo "threads refused on Xen" >&2; exit 2 ;;
+    -*) ;;
+    *) args="$args $1" ;;
+  esac
+  shift
+done
+set -- $args
+if [ $rearrange -eq 1 ]; then
+  [ -n "${FAKE_REMOTE_NO_MDF:-}" ] && exit 127
+  sed 's/^FLAT://' > "$1"; exit 0
+fi
+[ -r "$1" ] || { echo "cannot read $1" >&2; exit 1; }
+if [ $dmesg -eq 1 ]; then
+  printf '[    0.000000] Linux version 6.1.0 (fake)\n' > "$2"
+  printf '[  100.000000] %s\n' "${FAKE_KMSG:-token}" >> "$2"
+  exit 0
+fi
+[ -n "$workdir" ] && [ -d "$workdir" ] || { echo "no --work-dir" >&2; exit 3; }
+ls "$workdir" >> "$FAKE_LOG" 2>/dev/null
+for f in ${FAKE_MDF_FAIL:-}; do
+  [ "$f" = "$level" ] && { echo "makedumpfile: fails at -d $level" >&2; exit 1; }
+done
+if [ $flat -eq 1 ]; then
+  echo "FLAT:KDUMP level=$level"; exit 0
+fi
+echo "KDUMP level=$level" > "$2"
+"""
+
+FAKE_SSH = r"""#!/bin/sh
+# An ssh stand-in: checks the pinned-key options, then runs the command here.
+echo "ssh $*" >> "$FAKE_LOG"
+strict=0; known=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -p|-i) shift ;;
+    -o) shift
+        case "$1" in
+          StrictHostKeyChecking=yes) strict=1 ;;
+          UserKnownHostsFile=*) known=${1#*=} ;;
+        esac ;;
+    -*) ;;
+    *) break ;;
+  esac
+  shift
+done
+[ $strict -eq 1 ] && [ -f "$known" ] || { echo "ssh: host key not pinned" >&2; exit 255; }
+[ -n "${FAKE_SSH_DOWN:-}" ] && { echo "ssh: connect: Connection refused" >&2; exit 255; }
+shift  # the destination
+exec sh -c "$*"
+"""
+
+FAKE_DF = r"""#!/bin/sh
+# df -Pk DIR with FAKE_FREE_KB free (the real df when unset).
+if [ -z "${FAKE_FREE_KB:-}" ]; then exec "$REAL_DF" "$@"; fi
+echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
+echo "fake 1000000 1 $FAKE_FREE_KB 1% /"
+"""
+
+FAKE_ACTION = r"""#!/bin/sh
+echo "$1" >> "$FAKE_ACTIONS"
+"""
+
+
+def write_exec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def make_fake_bin(dir: Path, real_df: str) -> Path:
+    """A ``bin`` with makedumpfile, ssh, df and the action recorder."""
+    dir.mkdir(parents=True, exist_ok=True)
+    write_exec(dir / "makedumpfile", FAKE_MAKEDUMPFILE)
+    write_exec(dir / "ssh", FAKE_SSH)
+    write_exec(dir / "df", FAKE_DF.replace("$REAL_DF", real_df))
+    write_exec(dir / "act", FAKE_ACTION)
+    return dir
+
+
+def busybox_bin(dir: Path, busybox: str) -> Path:
+    """Every busybox applet as a symlink: the crash kernel's userland."""
+    dir.mkdir(parents=True, exist_ok=True)
+    out = os.popen(f"{busybox} --list").read().split()
+    for applet in out:
+        link = dir / applet
+        if not link.exists():
+            link.symlink_to(busybox)
+    return dir
+
+
+def synthetic_core(path: Path, *, xen: AddressRange, console: bytes) -> bytes:
+    """An ELF64 core with two PT_LOADs (dom0 RAM, Xen's image); ``console`` inside Xen's.
+
+    Headers come from xenkdump's own elfcore layouts; data offsets are page aligned,
+    as in /proc/vmcore.
+    """
+    loads = [(AddressRange(0x100000, 4 * PAGE), b"dom0 page "), (xen, b"\0")]
+    nph = len(loads)
+    data_off = PAGE
+    phdrs = b""
+    body = b""
+    for rng, fill in loads:
+        phdrs += elfcore.ELF64_PHDR.pack(
+            {
+                "p_type": elfcore.PT_LOAD,
+                "p_flags": 7,
+                "p_offset": data_off + len(body),
+                "p_vaddr": 0,
+                "p_paddr": rng.start,
+                "p_filesz": rng.size,
+                "p_memsz": rng.size,
+                "p_align": 0,
+            }
+        )
+        chunk = (fill * (rng.size // len(fill) + 1))[: rng.size]
+        if rng == xen:
+            at = 2 * PAGE + 123  # the ring: somewhere in Xen's .bss
+            chunk = chunk[:at] + console + chunk[at + len(console) :]
+        body += chunk
+    ehdr = elfcore.ELF64_EHDR.pack(
+        {
+            "ei_mag": elfcore.ELFMAG,
+            "ei_class": elfcore.ELFCLASS64,
+            "ei_data": elfcore.ELFDATA2LSB,
+            "ei_version": elfcore.EV_CURRENT,
+            "e_type": elfcore.ET_CORE,
+            "e_machine": EM_X86_64,
+            "e_version": elfcore.EV_CURRENT,
+            "e_phoff": elfcore.ELF64_EHDR.size,
+            "e_ehsize": elfcore.ELF64_EHDR.size,
+            "e_phentsize": elfcore.ELF64_PHDR.size,
+            "e_phnum": nph,
+        }
+    )
+    head = ehdr + phdrs
+    data = head + bytes(data_off - len(head)) + body
+    path.write_bytes(data)
+    return data

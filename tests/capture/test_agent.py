@@ -1,0 +1,314 @@
+"""The capture agent (a POSIX sh script) outside QEMU: busybox sh and dash, a synthetic
+ELF core, a fake makedumpfile/ssh/df, real files on a real filesystem as the target.
+
+What must hold: the fallback chain (-X -d LEVEL, -X -d 1, -X -d 0, raw copy), the
+free-space refusal of the raw copy, the `incomplete` marker and the atomic rename,
+retention that never deletes the dump just written, failure_action / final_action,
+metadata.json with every step, and SSH with a pinned host key and `-F` piped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from xenkdump.capture import AGENT
+from xenkdump.hv.port import AddressRange
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fakes import busybox_bin, make_fake_bin, synthetic_core
+
+XEN = AddressRange(0x3FE00000, 8 * 4096)
+CONSOLE = b"(XEN) Xen version 4.17.7 (Debian)\n(XEN) Panic on CPU 0:\n(XEN) FATAL TRAP\n"
+KMSG = "xenkdump-kmsg-0123456789abcdef"
+
+SHELLS = [
+    pytest.param("busybox", id="busybox-sh"),
+    pytest.param("dash", id="dash"),
+]
+
+
+@dataclass
+class Agent:
+    tmp: Path
+    shell: str
+    env: dict[str, str]
+    target: Path
+    core: bytes
+
+    def run(self, **conf: str) -> subprocess.CompletedProcess[str]:
+        lines = [f"{k}='{v}'" for k, v in conf.items()]
+        (self.tmp / "capture.conf").write_text("\n".join(lines) + "\n")
+        argv = [shutil.which("busybox") or "busybox", "sh"] if self.shell == "busybox" else ["dash"]
+        return subprocess.run(
+            [*argv, str(AGENT)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def dumps(self) -> list[Path]:
+        return sorted(p for p in self.target.iterdir() if p.name.startswith("h1-"))
+
+    def calls(self) -> str:
+        log = self.tmp / "calls.log"
+        return log.read_text() if log.exists() else ""
+
+    def actions(self) -> list[str]:
+        log = self.tmp / "actions.log"
+        return log.read_text().split() if log.exists() else []
+
+
+@pytest.fixture(params=SHELLS)
+def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Agent:
+    shell = request.param
+    if shutil.which(shell) is None:
+        pytest.fail(f"{shell} is missing: scripts/setup-test-env.sh installs it")
+    fake = make_fake_bin(tmp_path / "bin", shutil.which("df") or "/bin/df")
+    path = [str(fake)]
+    if shell == "busybox":  # the crash kernel's userland: busybox applets only
+        path.append(str(busybox_bin(tmp_path / "bb", shutil.which("busybox") or "busybox")))
+    path.append(os.environ.get("PATH", "/usr/bin:/bin"))
+    core = synthetic_core(tmp_path / "vmcore", xen=XEN, console=CONSOLE)
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "uptime").write_text("12.34 5.00\n")
+    (tmp_path / "known_hosts").write_text("[127.0.0.1]:2222 ssh-ed25519 AAAA\n")
+    env = {
+        "PATH": os.pathsep.join(path),
+        "XK_CONF": str(tmp_path / "capture.conf"),
+        "XK_VMCORE": str(tmp_path / "vmcore"),
+        "XK_UPTIME": str(tmp_path / "uptime"),
+        "XK_SCRATCH": str(tmp_path / "scratch"),
+        "XK_ACTION_CMD": str(fake / "act"),
+        "XK_DF": str(fake / "df"),  # busybox sh runs its own df applet before PATH's
+        "FAKE_LOG": str(tmp_path / "calls.log"),
+        "FAKE_ACTIONS": str(tmp_path / "actions.log"),
+        "FAKE_KMSG": KMSG,
+    }
+    return Agent(tmp_path, shell, env, target, core)
+
+
+def base_conf(agent: Agent, **extra: str) -> dict[str, str]:
+    conf = {
+        "XK_TARGET_KIND": "local",
+        "XK_PATH": str(agent.target),
+        "XK_HOST": "h1",
+        "XK_XEN_RANGE": f"{XEN.start:#x}+{XEN.size:#x}",
+        "XK_XEN_VERSION": "4.17.7",
+        "XK_XEN_CMDLINE": 'console=com1 crashkernel=256M "quoted"',
+        "XK_DOM0_KERNEL": "6.1.0-57-amd64",
+        "XK_KERNEL_SHA256": "ab" * 32,
+    }
+    conf.update(extra)
+    return conf
+
+
+def one_dump(agent: Agent) -> tuple[Path, dict[str, object]]:
+    dumps = agent.dumps()
+    assert len(dumps) == 1, (dumps, list(agent.target.iterdir()))
+    meta = json.loads((dumps[0] / "metadata.json").read_text())
+    return dumps[0], meta
+
+
+def steps(meta: dict[str, object]) -> list[tuple[str, int]]:
+    rows = meta["steps"]
+    assert isinstance(rows, list)
+    return [(s["name"], s["exit_code"]) for s in rows]
+
+
+def test_saves_dmesg_xen_console_vmcore_and_metadata(agent: Agent) -> None:
+    proc = agent.run(**base_conf(agent))
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    assert d.name.startswith("h1-") and d.name.endswith("Z") and len(d.name) == len("h1-") + 16
+    assert sorted(p.name for p in d.iterdir()) == [
+        "dmesg.txt",
+        "metadata.json",
+        "vmcore",
+        "xen-console.txt",
+    ]
+    assert not [p for p in agent.target.iterdir() if p.name.startswith(".incoming")]
+    assert KMSG in (d / "dmesg.txt").read_text()
+    assert (d / "xen-console.txt").read_text() == CONSOLE.decode()
+    assert (d / "vmcore").read_text() == "KDUMP level=31\n"
+    assert meta["result"] == "complete" and meta["host"] == "h1"
+    assert meta["xen"] == {
+        "version": "4.17.7",
+        "command_line": 'console=com1 crashkernel=256M "quoted"',
+    }
+    assert meta["dom0_kernel"] == "6.1.0-57-amd64"
+    assert meta["crash_time"] == d.name[len("h1-") :]
+    assert meta["xen_console"]["found"] is True  # type: ignore[index]
+    assert meta["vmcore"]["how"] == "makedumpfile -X -d 31 -c"  # type: ignore[index]
+    assert steps(meta) == [("dmesg", 0), ("xen-console", 0), ("vmcore -d 31", 0)]
+    files = meta["files"]
+    assert isinstance(files, dict)
+    for name in ("vmcore", "dmesg.txt", "xen-console.txt"):
+        data = (d / name).read_bytes()
+        assert files[name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    # makedumpfile: Xen mode, work dir on the target (the incoming dir), no threads
+    calls = agent.calls()
+    assert "makedumpfile -X -d 31 -c --work-dir " + str(agent.target / ".incoming-") in calls
+    assert "--num-threads" not in calls
+    assert "incomplete" in calls  # the marker was there while the vmcore was written
+    assert agent.actions() == ["reboot"]
+
+
+@pytest.mark.parametrize(
+    ("fail", "used", "expected_steps"),
+    [
+        ("31", "1", ["vmcore -d 31", "vmcore -d 1"]),
+        ("31 1", "0", ["vmcore -d 31", "vmcore -d 1", "vmcore -d 0"]),
+    ],
+)
+def test_fallback_chain(agent: Agent, fail: str, used: str, expected_steps: list[str]) -> None:
+    agent.env["FAKE_MDF_FAIL"] = fail
+    proc = agent.run(**base_conf(agent, XK_COMPRESS="lzo"))
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    assert (d / "vmcore").read_text() == f"KDUMP level={used}\n"
+    got = [(n, rc) for n, rc in steps(meta) if n.startswith("vmcore")]
+    assert got == [(n, 0 if n == f"vmcore -d {used}" else 1) for n in expected_steps]
+    assert meta["vmcore"]["how"] == f"makedumpfile -X -d {used} -l"  # type: ignore[index]
+    assert agent.actions() == ["reboot"]
+
+
+def test_raw_copy_when_every_makedumpfile_fails_and_the_target_has_room(agent: Agent) -> None:
+    agent.env["FAKE_MDF_FAIL"] = "31 1 0"
+    proc = agent.run(**base_conf(agent))
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    assert (d / "vmcore").read_bytes() == agent.core
+    assert steps(meta)[-1] == ("vmcore raw", 0)
+    assert meta["vmcore"]["format"] == "elf"  # type: ignore[index]
+
+
+def test_raw_copy_refused_without_free_space_then_failure_action(agent: Agent) -> None:
+    agent.env["FAKE_MDF_FAIL"] = "31 1 0"
+    agent.env["FAKE_FREE_KB"] = "4"  # 4 KiB free, the core is bigger
+    proc = agent.run(**base_conf(agent, XK_FAILURE_ACTION="halt", XK_FINAL_ACTION="shell"))
+    assert proc.returncode == 1
+    assert "raw copy refused" in proc.stderr
+    d, meta = one_dump(agent)  # the cheap parts are kept, marked as failed
+    assert not (d / "vmcore").exists()
+    assert KMSG in (d / "dmesg.txt").read_text()
+    assert meta["result"] == "failed" and meta["vmcore"]["saved"] is False  # type: ignore[index]
+    assert steps(meta)[-1] == ("vmcore raw", 28)  # ENOSPC
+    assert agent.actions() == ["halt"]
+
+
+def test_unwritable_target_runs_failure_action(agent: Agent) -> None:
+    (agent.tmp / "file").write_text("")
+    proc = agent.run(**base_conf(agent, XK_PATH=str(agent.tmp / "file" / "sub")))
+    assert proc.returncode == 1
+    assert "not writable" in proc.stderr
+    assert agent.actions() == ["reboot"]
+
+
+def test_no_vmcore_is_not_a_crash_boot(agent: Agent) -> None:
+    agent.env["XK_VMCORE"] = str(agent.tmp / "absent")
+    proc = agent.run(**base_conf(agent, XK_FAILURE_ACTION="shell"))
+    assert proc.returncode == 1 and "not a crash kernel boot" in proc.stderr
+    assert agent.actions() == ["shell"] and agent.dumps() == []
+
+
+def test_xen_console_not_found_is_said_plainly(agent: Agent) -> None:
+    proc = agent.run(**base_conf(agent, XK_XEN_RANGE="0x7000000+0x8000"))
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    console = meta["xen_console"]
+    assert console["found"] is False  # type: ignore[index]
+    assert "not in the dump's memory map" in console["how"]  # type: ignore[index]
+    assert (d / "xen-console.txt").read_text() == ""
+
+
+def _old_dump(target: Path, stamp: str, size: int) -> Path:
+    d = target / f"h1-{stamp}"
+    d.mkdir()
+    (d / "metadata.json").write_text("{}")
+    (d / "vmcore").write_bytes(os.urandom(size))
+    return d
+
+
+def test_retention_keep_count(agent: Agent) -> None:
+    old = [_old_dump(agent.target, f"2020010{i}T000000Z", 4096) for i in range(1, 4)]
+    other = agent.target / "notes"  # not a dump: never touched
+    other.mkdir()
+    proc = agent.run(**base_conf(agent, XK_KEEP="2"))
+    assert proc.returncode == 0, proc.stderr
+    left = sorted(p.name for p in agent.target.iterdir())
+    assert old[2].name in left and old[0].name not in left and old[1].name not in left
+    assert "notes" in left and len(agent.dumps()) == 2
+
+
+def test_retention_max_total_never_deletes_the_new_dump(agent: Agent) -> None:
+    old = [_old_dump(agent.target, f"2020010{i}T000000Z", 64 * 1024) for i in range(1, 4)]
+    proc = agent.run(**base_conf(agent, XK_MAX_TOTAL="1"))  # 1 byte: less than the new dump
+    assert proc.returncode == 0, proc.stderr
+    assert all(not p.exists() for p in old)
+    (new,) = agent.dumps()
+    assert (new / "vmcore").exists()
+
+
+def test_retention_by_size_stops_when_under_the_limit(agent: Agent) -> None:
+    old = [_old_dump(agent.target, f"2020010{i}T000000Z", 256 * 1024) for i in range(1, 4)]
+    proc = agent.run(**base_conf(agent, XK_MAX_TOTAL=str(700 * 1024)))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.exists() for p in old] == [False, True, True]
+
+
+@pytest.mark.parametrize("remote_mdf", [True, False], ids=["rearranged", "flattened"])
+def test_ssh_target_pipes_flattened_dump_with_a_pinned_host_key(
+    agent: Agent, remote_mdf: bool
+) -> None:
+    if not remote_mdf:
+        agent.env["FAKE_REMOTE_NO_MDF"] = "1"
+    conf = base_conf(
+        agent,
+        XK_TARGET_KIND="ssh",
+        XK_SSH_DEST="dumper@127.0.0.1",
+        XK_SSH_PORT="2222",
+        XK_SSH_KEY=str(agent.tmp / "id"),
+        XK_SSH_KNOWN_HOSTS=str(agent.tmp / "known_hosts"),
+    )
+    proc = agent.run(**conf)
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    assert KMSG in (d / "dmesg.txt").read_text()
+    calls = agent.calls()
+    assert "-o StrictHostKeyChecking=yes" in calls
+    assert f"UserKnownHostsFile={agent.tmp / 'known_hosts'}" in calls
+    assert "makedumpfile -F -X -d 31 -c --work-dir" in calls
+    if remote_mdf:
+        assert (d / "vmcore").read_text() == "KDUMP level=31\n"
+        assert meta["vmcore"]["format"] == "kdump-compressed"  # type: ignore[index]
+    else:
+        assert (d / "vmcore.flat").read_text() == "FLAT:KDUMP level=31\n"
+        assert not (d / "vmcore").exists()
+        assert "flattened" in meta["vmcore"]["format"]  # type: ignore[index]
+    assert agent.actions() == ["reboot"]
+
+
+def test_ssh_unreachable_runs_failure_action(agent: Agent) -> None:
+    agent.env["FAKE_SSH_DOWN"] = "1"
+    conf = base_conf(
+        agent,
+        XK_TARGET_KIND="ssh",
+        XK_SSH_DEST="dumper@127.0.0.1",
+        XK_SSH_KNOWN_HOSTS=str(agent.tmp / "known_hosts"),
+        XK_FAILURE_ACTION="halt",
+    )
+    proc = agent.run(**conf)
+    assert proc.returncode == 1 and "unreachable" in proc.stderr
+    assert agent.actions() == ["halt"]
