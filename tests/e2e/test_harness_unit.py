@@ -16,12 +16,12 @@ import pytest
 import scenarios as sc
 from e2e_harness import (
     HERE,
-    Initramfs,
-    _newc_entry,
     clean_log,
     markers,
     token_needle,
 )
+
+from xenkdump.selftest.cpio import Initramfs, _newc_entry
 
 
 def test_newc_header_is_110_bytes_and_padded() -> None:

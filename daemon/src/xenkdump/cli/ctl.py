@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "xenkdump.cli.cmd_status",
     "xenkdump.cli.cmd_daemon",
     "xenkdump.cli.cmd_config",
+    "xenkdump.cli.cmd_selftest",
 )
 
 Handler = Callable[[argparse.Namespace], int]

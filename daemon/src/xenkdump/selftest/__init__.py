@@ -1,0 +1,7 @@
+"""The self-test: the armed crash path proven in a staging VM, without crashing the host.
+
+``stages`` parses the serial console into stages (sans-I/O), ``plan`` decides what
+a level boots and whether the host can afford it (pure), ``vm`` runs QEMU so that
+it can never outlive its owner, ``job`` ties them into one run with progress and
+cancellation.  docs/selftest.md explains the levels.
+"""
