@@ -25,6 +25,7 @@ from e2e_harness import CRASH_CMDLINE, REPO, Assets
 from xenkdump.selftest import job as st_job
 from xenkdump.selftest import plan
 from xenkdump.selftest.stages import LEVEL_STAGES, Level, Stage
+from xenkdump.units import MIB
 
 pytestmark = pytest.mark.e2e
 NO_CONSOLE = "irqpoll nr_cpus=1 reset_devices panic=-1"
@@ -82,7 +83,7 @@ def test_good_image_passes_the_boot_level_through_the_cli(
     assert result["passed"] is True and result["level"] == "boot"
     assert list(result["stages"]) == [s.value for s in LEVEL_STAGES[Level.BOOT]]
     assert 0 < result["crash_kernel_boot_seconds"] < result["duration"]
-    assert 0 < result["peak_memory"] < 256 * plan.MIB
+    assert 0 < result["peak_memory"] < 256 * MIB
     assert result["crashkernel"].startswith("crashkernel=")
     # Plain progress lines when stderr is not a terminal, one per stage.
     assert "selftest: token-found (67%)" in proc.stderr
@@ -126,7 +127,7 @@ def test_cancel_stops_the_vm(
     assets: Assets, env: dict[str, str], work: Path, tmp_path: Path
 ) -> None:
     initrd = si.good_initrd(assets, tmp_path / "good.cpio.gz")
-    image = plan.Image(str(assets.kernel), str(initrd), CRASH_CMDLINE, 256 * plan.MIB)
+    image = plan.Image(str(assets.kernel), str(initrd), CRASH_CMDLINE, 256 * MIB)
     started = threading.Event()
 
     def progress(stage: Stage, fraction: float) -> None:

@@ -9,9 +9,9 @@ from xenkdump.image.cmdline import split_cmdline
 from xenkdump.image.elfcore import PT_LOAD, PT_NOTE, parse_elfcorehdr
 from xenkdump.selftest import plan
 from xenkdump.selftest.stages import Level, Stage
+from xenkdump.units import MIB
 
 ID = "abc123def456"
-MIB = plan.MIB
 
 
 def test_synthetic_memory_is_a_core_header_whose_load_covers_the_token() -> None:

@@ -27,6 +27,7 @@ from xenkdump.errors import HypervisorError, InputError, OperationError, Xenkdum
 from xenkdump.selftest import plan
 from xenkdump.selftest.job import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, Job, Options, Result
 from xenkdump.selftest.stages import Level, Stage
+from xenkdump.units import MIB
 
 DEFAULT_CRASH_MIB = 256
 
@@ -104,7 +105,7 @@ def _image(args: argparse.Namespace) -> plan.Image:
         inputs = loader.read_inputs(args.kernel, args.initrd, cmdline=args.cmdline)
     else:
         raise InputError("selftest: give --config FILE or --kernel PATH (xenkdumpd is not running)")
-    cmdline, crash_size = inputs.cmdline, (args.crash_size or DEFAULT_CRASH_MIB) * plan.MIB
+    cmdline, crash_size = inputs.cmdline, (args.crash_size or DEFAULT_CRASH_MIB) * MIB
     if args.crash_size is None and (args.hypervisor is not None or _xen_present()):
         from xenkdump.hv.select import open_hypervisor  # noqa: PLC0415
 

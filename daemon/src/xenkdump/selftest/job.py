@@ -27,13 +27,14 @@ from typing import Any, Final
 from xenkdump.errors import InputError, OperationError
 from xenkdump.selftest import plan, vm
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
+from xenkdump.units import MIB
 
 log = logging.getLogger("xenkdump.selftest")
 
 DEFAULT_WORK_DIR: Final = Path("/var/tmp")
 DEFAULT_TIMEOUT: Final = 900.0
 _POLL: Final = 0.25
-SCRATCH_BYTES: Final = 64 * plan.MIB
+SCRATCH_BYTES: Final = 64 * MIB
 
 
 def hook_script() -> bytes:
@@ -82,7 +83,7 @@ class Result:
 
     def summary(self) -> str:
         if self.passed:
-            extra = f"; peak memory {self.peak_memory // plan.MIB} MiB" if self.peak_memory else ""
+            extra = f"; peak memory {self.peak_memory // MIB} MiB" if self.peak_memory else ""
             advice = f"; sizing advice: {self.crashkernel}" if self.crashkernel else ""
             return (
                 f"self-test {self.id} ({self.level}) passed in {self.duration:.0f} s "
@@ -145,10 +146,10 @@ class Job:
         _readable(self.image.kernel, "crash kernel")
         if self.image.initrd:
             _readable(self.image.initrd, "crash initrd")
-        if self.image.crash_size < 64 * plan.MIB:
+        if self.image.crash_size < 64 * MIB:
             raise InputError(
                 f"crash area: expected at least 64 MiB for a staging VM, found "
-                f"{self.image.crash_size // plan.MIB} MiB"
+                f"{self.image.crash_size // MIB} MiB"
             )
         plan.check_memory(
             plan.vm_memory(self.options.level, self.image.crash_size),
@@ -194,7 +195,7 @@ class Job:
         with scratch.open("wb") as f:
             f.truncate(SCRATCH_BYTES)
         cmdline = plan.boot_cmdline(self.image.cmdline, self.id)
-        mem_mib = self.image.crash_size // plan.MIB
+        mem_mib = self.image.crash_size // MIB
         argv = [
             qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "qemu64",
             "-m", str(mem_mib), "-smp", "1",
@@ -224,7 +225,7 @@ class Job:
             self.qemu_pid = None
         if tracker.awaiting(Stage.DONE):
             self._check_scratch(scratch, tracker, result, t0)
-        self._finish(tracker, result, mem_mib * plan.MIB)
+        self._finish(tracker, result, mem_mib * MIB)
 
     def _follow(self, machine: vm.Vm, tracker: Tracker, t0: float, result: Result) -> None:
         while True:

@@ -25,8 +25,8 @@ from xenkdump.image.cmdline import arg_key, split_cmdline
 from xenkdump.image.elfcore import build_elfcorehdr
 from xenkdump.selftest.stages import ID_RE, Level, Stage
 from xenkdump.status import suggested_reservation
+from xenkdump.units import MIB
 
-MIB: Final = 1 << 20
 # The synthetic old memory: header, one note, the token.  At 128 MiB: above the
 # kernel's decompression area, below QEMU's initrd (top of RAM), never in the
 # first MiB (firmware, real-mode trampoline).
