@@ -46,7 +46,7 @@ def test_every_problem_of_every_file_one_a_line_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines() == [
-        f"{main}:2: bogus: unknown key (expected one of: kernel, initrd, cmdline, state_dir, "
+        f"{main}:2: bogus: unknown key (expected one of: kernel, initrd, cmdline, dump, state_dir, "
         "boot_dir, topology_check_interval, reload_debounce)",
         f"{tmp_path}/xenkdump.yaml.d/50-host.yaml:2: cmdline.append: "
         "expected a list of strings, found string 'irqpoll'",

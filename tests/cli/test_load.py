@@ -200,3 +200,38 @@ def test_fallback_is_shown_in_status(host: Host) -> None:
     assert "reloads unload it first" in r.stdout and "crashkernel=" in r.stdout
     assert "the last load unloaded the armed image first" in r.stdout
     assert host.sim().call_counts(KEXEC_TYPE_CRASH) == (2, 1)
+
+
+def test_load_config_takes_the_image_from_a_configuration(host: Host) -> None:
+    config = host.tmp / "xenkdump.yaml"
+    config.write_text(
+        f"kernel: {host.kernel}\ninitrd: {host.initrd}\n"
+        "cmdline:\n  base: console=ttyS0 root=/dev/vda1\n  append: [nr_cpus=1]\n"
+    )
+    proc = host.run("load", "--config", str(config), "--no-daemon")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((host.state / "state.json").read_text())["armed"]
+    assert record["kernel"] == str(host.kernel) and record["initrd"] == str(host.initrd)
+    assert record["user_cmdline"] == "console=ttyS0 root=/dev/vda1 nr_cpus=1"
+    assert host.sim().armed_image(KEXEC_TYPE_CRASH) is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "CONFIG", "--kernel", "/boot/vmlinuz"], "expected no --kernel, --initrd"),
+        ([], "expected --kernel PATH or --config FILE, found neither"),
+        (["--config", "MISSING"], "configuration file not found"),
+    ],
+)
+def test_load_config_misuse_is_one_line_exit_2(host: Host, args: list[str], message: str) -> None:
+    config = host.tmp / "xenkdump.yaml"
+    config.write_text(f"kernel: {host.kernel}\ninitrd: none\n")
+    args = [
+        str(config) if a == "CONFIG" else str(host.tmp / "nope.yaml") if a == "MISSING" else a
+        for a in args
+    ]
+    proc = host.run("load", *args, "--no-daemon")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert host.sim().armed_image(KEXEC_TYPE_CRASH) is None

@@ -31,7 +31,7 @@ def problems(text: str) -> list[tuple[int, str, str]]:
 
 def test_empty_file_means_defaults() -> None:
     s = parse_settings("", "f.yaml")
-    assert s.kernel is KernelPolicy.RUNNING and s.initrd is InitrdPolicy.AUTO
+    assert s.kernel is KernelPolicy.RUNNING and s.initrd is InitrdPolicy.XENKDUMP
     assert s.state_dir == Path("/run/xenkdump") and s.boot_dir == Path("/boot")
     assert s.topology_check_interval == 60 and s.reload_debounce == 0.5
     assert len(s.digest) == 64
@@ -51,7 +51,9 @@ def test_every_key() -> None:
     assert (s.topology_check_interval, s.reload_debounce) == (5.0, 0.0)
 
 
-KEYS = "kernel, initrd, cmdline, state_dir, boot_dir, topology_check_interval, reload_debounce"
+KEYS = (
+    "kernel, initrd, cmdline, dump, state_dir, boot_dir, topology_check_interval, reload_debounce"
+)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +81,13 @@ KEYS = "kernel, initrd, cmdline, state_dir, boot_dir, topology_check_interval, r
         ),
         (
             "initrd: [a]\n",
-            [(1, "initrd", "expected 'auto', 'none', null or an absolute path, found a list")],
+            [
+                (
+                    1,
+                    "initrd",
+                    "expected 'xenkdump', 'auto', 'none', null or an absolute path, found a list",
+                )
+            ],
         ),
         (
             "cmdline:\n  append: irqpoll\n",
@@ -253,7 +261,7 @@ def test_latest_uses_version_order_and_matching_initrd(tmp_path: Path) -> None:
     boot = make_boot(
         tmp_path, ["6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-30-amd64"], ["6.1.0-10-amd64"]
     )
-    s = parse_settings(f"kernel: latest\nboot_dir: {boot}\n", "f")
+    s = parse_settings(f"kernel: latest\ninitrd: auto\nboot_dir: {boot}\n", "f")
     files = kernels.resolve(s)
     assert files.kernel == boot / "vmlinuz-6.1.0-10-amd64"
     assert files.initrd == boot / "initrd.img-6.1.0-10-amd64"
@@ -278,7 +286,7 @@ def test_relevance_filter(tmp_path: Path) -> None:
     latest = parse_settings(f"kernel: latest\nboot_dir: {boot}\n", "f")
     assert kernels.is_relevant(latest, boot / "vmlinuz-6.2")
     assert not kernels.is_relevant(latest, boot / "vmlinuz-6.2.dpkg-new")
-    fixed = parse_settings("kernel: /k/vmlinuz-1\n", "f")
+    fixed = parse_settings("kernel: /k/vmlinuz-1\ninitrd: auto\n", "f")
     assert kernels.is_relevant(fixed, Path("/k/vmlinuz-1"))
     assert kernels.is_relevant(fixed, Path("/k/initrd.img-1"))
     assert not kernels.is_relevant(fixed, Path("/k/other"))

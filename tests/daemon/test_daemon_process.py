@@ -283,6 +283,27 @@ def test_bad_config_on_reload_keeps_image_and_settings(
     assert loads(host.sim()) == 1
 
 
+def test_crash_initramfs_that_cannot_be_built_keeps_image_and_degrades(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    d = start()
+    d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    good = host.config.read_text()
+    missing = host.root / "no-such-dir"
+    # initrd: xenkdump with a local target that does not exist: the build is refused.
+    host.write_config(
+        good.replace(f"initrd: {host.initrd}", "initrd: xenkdump") + f"dump:\n  path: {missing}\n"
+    )
+    status = d.wait_status("degraded")
+    assert f"dump target {missing}: expected an existing directory" in status
+    sim = host.sim()
+    assert loads(sim) == 1 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
+    assert host.record()["generation"] == 1
+    assert d.proc.poll() is None
+    host.write_config(good)
+    d.wait_status("loaded: crash kernel armed (generation 1)")
+
+
 def test_dropins_created_live_reload_and_a_bad_one_degrades(
     host: Host, start: Callable[..., Daemon]
 ) -> None:

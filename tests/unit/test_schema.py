@@ -29,7 +29,8 @@ def test_schemas_are_valid_draft_2020_12(name: str) -> None:
 def test_config_schema_defaults_are_the_model_defaults() -> None:
     props = schema(CONFIG_SCHEMA)["properties"]
     defaults = {k: v["default"] for k, v in props.items() if "default" in v}
-    defaults["cmdline"] = {k: v["default"] for k, v in props["cmdline"]["properties"].items()}
+    for section in ("cmdline", "dump"):
+        defaults[section] = {k: v["default"] for k, v in props[section]["properties"].items()}
     assert set(defaults) == set(props)
     assert settings_from(defaults, Settings()) == Settings()
 

@@ -8,5 +8,5 @@ from __future__ import annotations
 
 from pathlib import Path
 
-AGENT_DIR = Path(__file__).parent / "agent"
+AGENT_DIR = Path(__file__).parent / "initramfs-tools"
 AGENT = AGENT_DIR / "xenkdump-capture.sh"

@@ -43,12 +43,16 @@ import logging
 import sys
 from pathlib import Path
 
+from xenkdump.capture import initramfs
 from xenkdump.cli import cmd_daemon
 from xenkdump.cli.options import no_daemon_option, state_option, store
+from xenkdump.daemon import kernels
 from xenkdump.errors import InputError
+from xenkdump.hv.port import Hypervisor
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.image import loader
 from xenkdump.image.planner import ImageInputs, Plan
+from xenkdump.settings import InitrdPolicy, load_settings
 from xenkdump.units import MIB, mib_up
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,17 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("load", help="build the crash image and load it into Xen")
-    _image_options(p)
+    _image_options(p, kernel_required=False)
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=(
+            "take kernel, initrd, command line and dump settings from this configuration "
+            "(instead of --kernel and the other image options)"
+        ),
+    )
     state_option(p)
     no_daemon_option(p, "load even though xenkdumpd runs (it will not know of this image)")
     p.set_defaults(handler=cmd_load)
@@ -80,8 +94,10 @@ def _daemon_runs() -> bool:
     return cmd_daemon.daemon_owner_present()
 
 
-def _image_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel", type=Path, required=True, metavar="PATH", help="the bzImage")
+def _image_options(p: argparse.ArgumentParser, *, kernel_required: bool = True) -> None:
+    p.add_argument(
+        "--kernel", type=Path, required=kernel_required, metavar="PATH", help="the bzImage"
+    )
     p.add_argument("--initrd", type=Path, default=None, metavar="PATH", help="the initramfs")
     line = p.add_mutually_exclusive_group()
     line.add_argument(
@@ -125,8 +141,18 @@ def cmd_load(args: argparse.Namespace) -> int:
             "one-off image (or pass --no-daemon to load behind its back)"
         )
     records = store(args)
-    inputs = _inputs(args)  # bad files fail here, before the hypervisor is touched
+    if args.config is None:
+        if args.kernel is None:
+            raise InputError("load: expected --kernel PATH or --config FILE, found neither")
+        inputs = _inputs(args)  # bad files fail here, before the hypervisor is touched
+    elif args.kernel or args.initrd or args.append or args.cmdline or args.remove:
+        raise InputError(
+            "load --config: the configuration names the kernel, initrd and command line; "
+            "expected no --kernel, --initrd, --append, --cmdline or --remove"
+        )
     with open_hypervisor(args.hypervisor) as hv:
+        if args.config is not None:
+            inputs = _config_inputs(args.config, hv)
         host = loader.gather_host(hv)
         rec = loader.load(hv, inputs, host, records, reason="xenkdumpctl load")
     print(
@@ -134,6 +160,19 @@ def cmd_load(args: argparse.Namespace) -> int:
         f"({rec.half} {'area' if rec.half == 'whole' else 'half'}): {rec.kernel}"
     )
     return 0
+
+
+def _config_inputs(config: Path, hv: Hypervisor) -> ImageInputs:
+    """The image a configuration names, as xenkdumpd would load it (its own initrd built)."""
+    settings = load_settings(config)
+    files = kernels.resolve(settings)
+    initrd = files.initrd
+    if settings.initrd is InitrdPolicy.XENKDUMP:
+        initrd = initramfs.for_kernel(settings.dump, hv, files.kernel).path
+    c = settings.cmdline
+    return loader.read_inputs(
+        files.kernel, initrd, cmdline=c.base, append=c.append, remove=c.remove
+    )
 
 
 def cmd_unload(args: argparse.Namespace) -> int:

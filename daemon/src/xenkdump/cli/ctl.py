@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "xenkdump.cli.cmd_daemon",
     "xenkdump.cli.cmd_config",
     "xenkdump.cli.cmd_selftest",
+    "xenkdump.cli.cmd_capture",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -20,6 +20,7 @@ from xenkdump.image.planner import HostFacts, ImageInputs
 from xenkdump.safefile import Limit, read_file
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
 from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.units import size_text
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,28 @@ class Executor:
                     ).initrd
             if action.overrides.initrd is not None:
                 initrd = Path(action.overrides.initrd) if action.overrides.initrd else None
+        explicit = action.overrides is not None and action.overrides.initrd is not None
+        if self.settings.initrd is InitrdPolicy.XENKDUMP and not explicit:
+            initrd = self.crash_initramfs(kernel)
         return kernel, initrd
+
+    def crash_initramfs(self, kernel: Path) -> Path:
+        """xenkdump's own crash initramfs for ``kernel``, rebuilt when its content changed.
+
+        InitramfsError (an OperationError) when the build fails: the reload fails, the
+        armed image stays and the state is degraded with that error.
+        """
+        from xenkdump.capture import initramfs  # noqa: PLC0415 (only with initrd: xenkdump)
+
+        built = initramfs.for_kernel(self.settings.dump, self.hv, kernel)
+        if built.rebuilt:
+            log.info(
+                "crash initramfs rebuilt: %s (%s, %.1f s)",
+                built.path,
+                size_text(built.size),
+                built.seconds,
+            )
+        return built.path
 
     def read_inputs(self, action: Load) -> ImageInputs:
         kernel, initrd = self.resolve(action)

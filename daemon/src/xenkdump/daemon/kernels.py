@@ -62,8 +62,8 @@ def resolve(settings: Settings, *, release: str | None = None) -> KernelFiles:
     initrd: Path | None
     if settings.initrd is InitrdPolicy.PATH:
         initrd = settings.initrd_path
-    elif settings.initrd is InitrdPolicy.NONE:
-        initrd = None
+    elif settings.initrd in (InitrdPolicy.NONE, InitrdPolicy.XENKDUMP):
+        initrd = None  # xenkdump's own is built by the caller (capture/initramfs.py)
     else:
         version = _version_of(kernel)
         candidate = kernel.parent / f"{INITRD_PREFIX}{version}" if version else None

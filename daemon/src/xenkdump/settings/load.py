@@ -17,15 +17,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from xenkdump.errors import InputError
 from xenkdump.safefile import Limit, read_file, shown
-from xenkdump.schema import CONFIG_SCHEMA, ConfigProblem, ConfigProblems, Document, load
-from xenkdump.settings.model import CmdlineSettings, InitrdPolicy, KernelPolicy, Settings
+from xenkdump.schema import (
+    CONFIG_SCHEMA,
+    ConfigProblem,
+    ConfigProblems,
+    Document,
+    KeyPath,
+    load,
+)
+from xenkdump.settings.model import (
+    CmdlineSettings,
+    CrashAction,
+    DumpSettings,
+    DumpTarget,
+    InitrdPolicy,
+    KernelPolicy,
+    Settings,
+)
 
 __all__ = [
     "ConfigProblem",
@@ -52,8 +67,8 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
         initrd = value["initrd"]
         if initrd is None or initrd == InitrdPolicy.NONE:
             fields.update(initrd=InitrdPolicy.NONE, initrd_path=None)
-        elif initrd == InitrdPolicy.AUTO:
-            fields.update(initrd=InitrdPolicy.AUTO, initrd_path=None)
+        elif initrd in (InitrdPolicy.AUTO, InitrdPolicy.XENKDUMP):
+            fields.update(initrd=InitrdPolicy(initrd), initrd_path=None)
         else:
             fields.update(initrd=InitrdPolicy.PATH, initrd_path=Path(initrd))
     if "cmdline" in value:
@@ -63,6 +78,8 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
             append=tuple(cmdline.get("append") or ()),
             remove=tuple(cmdline.get("remove") or ()),
         )
+    if "dump" in value:
+        fields["dump"] = dump_settings(value["dump"] or {})
     for name in ("state_dir", "boot_dir"):
         if name in value:
             fields[name] = Path(value[name])
@@ -70,6 +87,39 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
         if name in value:
             fields[name] = float(value[name])
     return replace(base, **fields)
+
+
+def dump_settings(value: dict[str, Any]) -> DumpSettings:
+    """The ``dump:`` section of a schema-valid configuration value."""
+    fields: dict[str, Any] = {}
+    for name in ("device", "fstype", "nfs", "nfs_options", "ssh", "compress"):
+        if name in value:
+            fields[name] = value[name]
+    for name in ("ssh_port", "level", "keep", "max_total"):
+        if name in value:
+            fields[name] = int(value[name])
+    for name in ("path", "ssh_key", "ssh_known_hosts"):
+        if name in value:
+            fields[name] = Path(value[name])
+    if "target" in value:
+        fields["target"] = DumpTarget(value["target"])
+    for name in ("failure_action", "final_action"):
+        if name in value:
+            fields[name] = CrashAction(value[name])
+    return DumpSettings(**fields)
+
+
+def check_settings(value: Any) -> Iterator[tuple[KeyPath, str]]:
+    """Rules across keys that the schema does not state: a target's own keys."""
+    dump = value.get("dump") if isinstance(value, dict) else None
+    if not isinstance(dump, dict):
+        return
+    target = dump.get("target", "local")
+    for key, kind, what in (("nfs", "nfs", "server:/export"), ("ssh", "ssh", "user@host")):
+        if target == kind and not dump.get(key):
+            yield ("dump", "target"), f"expected dump.{key} ({what}) with target {kind}, found none"
+    if dump.get("device") and target != "local":
+        yield ("dump", "device"), f"expected no device with target {target} (local only)"
 
 
 def dropin_dir(path: Path) -> Path:
@@ -111,7 +161,7 @@ def read_config(paths: Sequence[Path]) -> Document:
             problems.append(ConfigProblem(name, 0, "", str(exc).removeprefix(f"{name}: ")))
     if problems:
         raise ConfigProblems(problems)
-    return load(files, CONFIG_SCHEMA)
+    return load(files, CONFIG_SCHEMA, check_settings)
 
 
 def digest(value: object) -> str:
@@ -147,7 +197,7 @@ def settings_of(doc: Document) -> Settings:
 def parse_settings(text: str | bytes, source: Path | str = "<config>") -> Settings:
     """Parse one file's text; raise ConfigProblems naming source:line for each problem."""
     raw = text.encode() if isinstance(text, str) else text
-    return settings_of(load([(str(source), raw)], CONFIG_SCHEMA))
+    return settings_of(load([(str(source), raw)], CONFIG_SCHEMA, check_settings))
 
 
 def load_settings(path: Path) -> Settings:

@@ -29,6 +29,7 @@ class KernelPolicy(enum.StrEnum):
 class InitrdPolicy(enum.StrEnum):
     PATH = "path"  # the file named in the configuration
     AUTO = "auto"  # <boot_dir>/initrd.img-<version> of the chosen kernel, if present
+    XENKDUMP = "xenkdump"  # xenkdump's own crash initramfs (capture/initramfs.py)
     NONE = "none"  # no initrd
 
 
@@ -41,13 +42,62 @@ class CmdlineSettings:
     remove: tuple[str, ...] = ()
 
 
+class DumpTarget(enum.StrEnum):
+    """Where the crash side saves dumps."""
+
+    LOCAL = "local"  # a filesystem: the one holding ``path`` on dom0, or ``device``
+    NFS = "nfs"
+    SSH = "ssh"
+
+
+class CrashAction(enum.StrEnum):
+    """What the crash side does when it is done (or has failed)."""
+
+    REBOOT = "reboot"
+    HALT = "halt"
+    SHELL = "shell"
+
+
+@dataclass(frozen=True)
+class DumpSettings:
+    """The ``dump:`` section: what the capture agent saves, where, and what it does then."""
+
+    target: DumpTarget = DumpTarget.LOCAL
+    path: Path = Path("/var/crash")
+    device: str | None = None  # local: UUID=, LABEL= or /dev/...; None: the fs holding path
+    fstype: str = "ext4"
+    nfs: str | None = None  # server:/export
+    nfs_options: str = "vers=4,nolock"
+    ssh: str | None = None  # user@host
+    ssh_port: int = 22
+    ssh_key: Path = Path("/etc/xenkdump/id_capture")
+    ssh_known_hosts: Path = Path("/etc/xenkdump/known_hosts")
+    level: int = 31
+    compress: str = "zlib"
+    keep: int = 0
+    max_total: int = 0
+    failure_action: CrashAction = CrashAction.REBOOT
+    final_action: CrashAction = CrashAction.REBOOT
+
+    def describe_target(self) -> str:
+        """The target in one phrase, for status and errors: "ssh dumper@host:/var/crash"."""
+        if self.target is DumpTarget.SSH:
+            return f"ssh {self.ssh}:{self.path}"
+        if self.target is DumpTarget.NFS:
+            return f"nfs {self.nfs} {self.path}"
+        if self.device:
+            return f"{self.device} {self.path}"
+        return str(self.path)
+
+
 @dataclass(frozen=True)
 class Settings:
     kernel: KernelPolicy = KernelPolicy.RUNNING
     kernel_path: Path | None = None  # set iff kernel is PATH
-    initrd: InitrdPolicy = InitrdPolicy.AUTO
+    initrd: InitrdPolicy = InitrdPolicy.XENKDUMP
     initrd_path: Path | None = None  # set iff initrd is PATH
     cmdline: CmdlineSettings = field(default_factory=CmdlineSettings)
+    dump: DumpSettings = field(default_factory=DumpSettings)
     state_dir: Path = DEFAULT_STATE_DIR
     boot_dir: Path = DEFAULT_BOOT_DIR
     topology_check_interval: float = DEFAULT_TOPOLOGY_CHECK_INTERVAL

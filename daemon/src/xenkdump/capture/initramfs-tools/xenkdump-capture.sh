@@ -16,7 +16,7 @@
 #
 # Configuration: XK_CONF (default /etc/xenkdump/capture.conf), KEY='value' lines that
 # xenkdump writes (xenkdump/capture/agentconf.py).  Tests override the XK_* hooks
-# documented there (paths of /proc files, the makedumpfile and ssh commands, actions).
+# documented there (paths of /proc files, the makedumpfile, ssh and df commands, actions).
 
 set -u
 
@@ -114,8 +114,12 @@ mount_target() {
 		return 0 ;;
 	nfs)
 		mkdir -p "$XK_MOUNTPOINT"
-		mount -t nfs -o "$XK_NFS_OPTIONS" "$XK_NFS" "$XK_MOUNTPOINT" ||
-			{ say "NFS target $XK_NFS: mount failed"; return 1; }
+		# klibc's nfsmount in an initramfs-tools image; mount -t nfs elsewhere.
+		if command -v nfsmount >/dev/null 2>&1; then
+			nfsmount -o "$XK_NFS_OPTIONS" "$XK_NFS" "$XK_MOUNTPOINT"
+		else
+			mount -t nfs -o "$XK_NFS_OPTIONS" "$XK_NFS" "$XK_MOUNTPOINT"
+		fi || { say "NFS target $XK_NFS: mount failed"; return 1; }
 		TARGET_DIR="$XK_MOUNTPOINT/${XK_PATH#/}" ;;
 	local)
 		if [ -n "$XK_DEVICE" ]; then

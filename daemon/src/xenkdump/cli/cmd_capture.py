@@ -1,0 +1,107 @@
+"""xenkdumpctl initrd: build xenkdump's crash initramfs (docs/capture.md).
+
+``initrd [--config FILE] [--output PATH] [--force] [--json]``
+    Build the crash initramfs exactly as xenkdumpd does for ``initrd: xenkdump``:
+    mkinitramfs with xenkdump's hook, the capture agent, makedumpfile, the target's
+    modules and the ``dump:`` settings of FILE (default /etc/xenkdump/xenkdump.yaml,
+    built-in defaults when absent), for the kernel the configuration names.  It is
+    rebuilt only when its content changed (``--force``: always).  Says what it holds,
+    its size, and the crash image's size against the crash area.  The JSON form::
+
+        {"path": str, "content_sha256": hex, "bytes": int, "unpacked_bytes": int,
+         "kernel_version": str, "modules": [str], "programs": [str],
+         "build_seconds": float, "rebuilt": bool,
+         "image_required_bytes": int,     # the crash image (kernel + this initrd) needs
+         "crash_area_bytes": int, "half_bytes": int, "fits_in_half": bool,
+         "target": str}                   # the dump target in words
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from xenkdump.capture import initramfs
+from xenkdump.daemon import kernels
+from xenkdump.hv.select import open_hypervisor
+from xenkdump.image import loader
+from xenkdump.image.planner import required_bytes
+from xenkdump.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from xenkdump.units import MIB
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "initrd", help="build xenkdump's crash initramfs (capture agent, makedumpfile)"
+    )
+    config_option(p)
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"where to write it (default {initramfs.DEFAULT_DIR}/crash-initrd.img-RELEASE)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_initrd)
+
+
+def config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"the configuration to use (default {DEFAULT_CONFIG_PATH}; defaults if absent)",
+    )
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings of --config FILE, or of the default file, or the built-in defaults."""
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    return load_settings(path) if path is not None else Settings()
+
+
+def cmd_initrd(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    files = kernels.resolve(settings)
+    version = initramfs.kernel_version_of(files.kernel)
+    with open_hypervisor(args.hypervisor) as hv:
+        facts = initramfs.capture_facts(hv, version)
+        built = initramfs.ensure(settings.dump, facts, output=args.output, force=args.force)
+        host = loader.gather_host(hv)
+    inputs = loader.read_inputs(files.kernel, built.path, dom0_cmdline="")
+    need = required_bytes(inputs, host)
+    half = host.crash.size // 2
+    doc = built.to_json()
+    doc.update(
+        image_required_bytes=need,
+        crash_area_bytes=host.crash.size,
+        half_bytes=half,
+        fits_in_half=need <= half,
+        target=settings.dump.describe_target(),
+    )
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+        return 0
+    state = "built" if built.rebuilt else "up to date"
+    took = f" in {built.seconds:.1f} s" if built.rebuilt else ""
+    print(f"{built.path}: {state}{took}")
+    print(f"  size        {built.size / MIB:.1f} MiB ({built.unpacked / MIB:.1f} MiB unpacked)")
+    print(f"  kernel      {version}")
+    print(f"  programs    {' '.join(built.programs)} + the capture agent")
+    print(f"  modules     {' '.join(built.modules) or '-'}")
+    print(f"  dump target {settings.dump.describe_target()}")
+    room = "fits in" if need <= half else "does NOT fit in"
+    print(
+        f"  crash image needs {-(-need // MIB)} MiB: {room} half of the "
+        f"{host.crash.size // MIB} MiB crash area ({half // MIB} MiB, "
+        f"{(half - need) // MIB} MiB to spare)"
+    )
+    return 0
