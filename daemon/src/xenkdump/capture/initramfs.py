@@ -33,7 +33,7 @@ from pathlib import Path
 from xenkdump.capture import AGENT_DIR, agentconf, target
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.errors import OperationError
-from xenkdump.hv.port import Hypervisor
+from xenkdump.hv.port import AddressRange, Hypervisor
 from xenkdump.settings.model import DumpSettings, DumpTarget
 from xenkdump.units import KIB, MIB
 
@@ -304,8 +304,13 @@ def hostname() -> str:
     return socket.gethostname().split(".")[0] or "host"
 
 
-def capture_facts(hv: Hypervisor, kernel_version: str, kernel_sha256: str = "") -> CaptureFacts:
-    """The facts the agent records about this host, asked of the hypervisor port."""
+def capture_facts(
+    hv: Hypervisor | None, kernel_version: str, kernel_sha256: str = ""
+) -> CaptureFacts:
+    """The facts the agent records about this host, asked of the hypervisor port (None:
+    not on a Xen host; Xen's version, command line and image are then unknown)."""
+    if hv is None:
+        return CaptureFacts(hostname(), kernel_version, "", "", AddressRange(0, 0), kernel_sha256)
     major, minor = hv.xen_version()
     return CaptureFacts(
         host=hostname(),
@@ -328,7 +333,7 @@ def kernel_version_of(kernel: Path) -> str:
     return kernel.name[len(prefix) :]
 
 
-def for_kernel(dump: DumpSettings, hv: Hypervisor, kernel: Path) -> Built:
+def for_kernel(dump: DumpSettings, hv: Hypervisor | None, kernel: Path) -> Built:
     """The crash initramfs for the crash kernel file ``kernel`` on this host (``ensure``)."""
     version = kernel_version_of(kernel)
     return ensure(dump, capture_facts(hv, version))

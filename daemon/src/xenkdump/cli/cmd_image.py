@@ -43,16 +43,14 @@ import logging
 import sys
 from pathlib import Path
 
-from xenkdump.capture import initramfs
 from xenkdump.cli import cmd_daemon
 from xenkdump.cli.options import no_daemon_option, state_option, store
 from xenkdump.daemon import kernels
 from xenkdump.errors import InputError
-from xenkdump.hv.port import Hypervisor
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.image import loader
 from xenkdump.image.planner import ImageInputs, Plan
-from xenkdump.settings import InitrdPolicy, load_settings
+from xenkdump.settings import load_settings
 from xenkdump.units import MIB, mib_up
 
 log = logging.getLogger(__name__)
@@ -152,7 +150,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         )
     with open_hypervisor(args.hypervisor) as hv:
         if args.config is not None:
-            inputs = _config_inputs(args.config, hv)
+            inputs = kernels.configured_inputs(load_settings(args.config), hv)
         host = loader.gather_host(hv)
         rec = loader.load(hv, inputs, host, records, reason="xenkdumpctl load")
     print(
@@ -160,19 +158,6 @@ def cmd_load(args: argparse.Namespace) -> int:
         f"({rec.half} {'area' if rec.half == 'whole' else 'half'}): {rec.kernel}"
     )
     return 0
-
-
-def _config_inputs(config: Path, hv: Hypervisor) -> ImageInputs:
-    """The image a configuration names, as xenkdumpd would load it (its own initrd built)."""
-    settings = load_settings(config)
-    files = kernels.resolve(settings)
-    initrd = files.initrd
-    if settings.initrd is InitrdPolicy.XENKDUMP:
-        initrd = initramfs.for_kernel(settings.dump, hv, files.kernel).path
-    c = settings.cmdline
-    return loader.read_inputs(
-        files.kernel, initrd, cmdline=c.base, append=c.append, remove=c.remove
-    )
 
 
 def cmd_unload(args: argparse.Namespace) -> int:

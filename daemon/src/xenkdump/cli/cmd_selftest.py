@@ -87,20 +87,13 @@ def _image(args: argparse.Namespace) -> plan.Image:
     from xenkdump.image import loader  # noqa: PLC0415
 
     if args.config is not None:
-        from xenkdump.daemon.kernels import resolve  # noqa: PLC0415
+        from xenkdump.daemon.kernels import configured_inputs  # noqa: PLC0415
         from xenkdump.settings.load import load_settings  # noqa: PLC0415
 
         if args.initrd is not None or args.cmdline is not None:
             raise InputError("--initrd/--cmdline: not with --config (the file names the image)")
-        settings = load_settings(args.config)
-        files = resolve(settings)
-        inputs = loader.read_inputs(
-            files.kernel,
-            files.initrd,
-            cmdline=settings.cmdline.base,
-            append=settings.cmdline.append,
-            remove=settings.cmdline.remove,
-        )
+        # initrd: xenkdump builds the crash initramfs as xenkdumpd would (no Xen facts).
+        inputs = configured_inputs(load_settings(args.config), None)
     elif args.kernel is not None:
         inputs = loader.read_inputs(args.kernel, args.initrd, cmdline=args.cmdline)
     else:

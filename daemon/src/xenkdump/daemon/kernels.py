@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenkdump.errors import ImageError
+from xenkdump.hv.port import Hypervisor
+from xenkdump.image import loader
+from xenkdump.image.planner import ImageInputs
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
 
 KERNEL_PREFIX = "vmlinuz-"
@@ -105,3 +108,21 @@ def is_relevant(settings: Settings, path: Path, *, release: str | None = None) -
         rel = release or os.uname().release
         return name in (f"{KERNEL_PREFIX}{rel}", f"{INITRD_PREFIX}{rel}")
     return name.startswith((KERNEL_PREFIX, INITRD_PREFIX))
+
+
+def configured_inputs(settings: Settings, hv: Hypervisor | None) -> ImageInputs:
+    """The image ``settings`` name now, read as xenkdumpd loads it (``load --config``).
+
+    With ``initrd: xenkdump`` the crash initramfs is built first when its content changed
+    (``hv`` supplies the Xen facts it records; None: unknown, e.g. off a Xen host).
+    """
+    files = resolve(settings)
+    initrd = files.initrd
+    if settings.initrd is InitrdPolicy.XENKDUMP:
+        from xenkdump.capture import initramfs  # noqa: PLC0415 (mkinitramfs and friends)
+
+        initrd = initramfs.for_kernel(settings.dump, hv, files.kernel).path
+    c = settings.cmdline
+    return loader.read_inputs(
+        files.kernel, initrd, cmdline=c.base, append=c.append, remove=c.remove
+    )
