@@ -23,17 +23,12 @@ XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
 
 sys.path.insert(0, str(REPO / "tests"))
 import privatebus  # noqa: E402 (the tests' private dbus-daemon)
+import testkernel  # noqa: E402
 
 
 def test_kernel() -> Path:
     """Debian's vmlinuz, fetched into the test cache (never installed)."""
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "fetch-test-kernel.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip())
+    return testkernel.debian_kernel()
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from dbus_fast import Message, MessageType
 
 import privatebus
+from xenkdump.dbus import client, names
+from xenkdump.dbus.client import DaemonClient
 from xenkdump.errors import BusyError
 from xenkdump.requests import ReloadOptions, UnloadOptions
 from xenkdump.status import Status
@@ -221,3 +225,42 @@ def serve_fake(private_bus: str) -> Iterator[Callable[..., Served]]:
     yield start
     for s in started:
         s.close()
+
+
+# ---- talking to a served object from a test ----
+
+
+def with_client(work: Callable[[DaemonClient], Awaitable[T]]) -> T:
+    async def go() -> T:
+        c = await DaemonClient.connect()
+        async with c:
+            return await work(c)
+
+    return client.run(go())
+
+
+async def listen(c: DaemonClient, member: str) -> list[Message]:
+    """Collect the signals ``member`` sent by our object, from now on."""
+    got: list[Message] = []
+    rule = f"type='signal',path='{names.OBJECT_PATH}',member='{member}'"
+    await c.call_raw(
+        "AddMatch",
+        "s",
+        [rule],
+        interface=names.DBUS_SERVICE,
+        destination=names.DBUS_SERVICE,
+        path=names.DBUS_PATH,
+    )
+
+    def handler(msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == member:
+            got.append(msg)
+
+    c.bus.add_message_handler(handler)
+    return got
+
+
+async def settle(got: list[Message], count: int = 1, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

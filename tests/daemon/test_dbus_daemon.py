@@ -19,16 +19,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from dbus_fast import Message, MessageType, Variant
+from busfixtures import listen, settle, with_client
+from dbus_fast import Message, Variant
 
 from xenkdump import __version__
 from xenkdump.cli import cmd_daemon, ctl
-from xenkdump.dbus import client, errors, names
+from xenkdump.dbus import errors, names
 from xenkdump.dbus.client import DaemonClient
-from xenkdump.status import INTERFACE_REVISION
+from xenkdump.status import INTERFACE_REVISION, Status
 
 pytestmark = pytest.mark.kernel
 
@@ -127,39 +127,6 @@ def daemon(tmp_path: Path, debian_kernel: Path, private_bus: str) -> Iterator[Ru
     assert "Traceback" not in running.stderr()
 
 
-def with_client(work: Any) -> Any:
-    async def go() -> Any:
-        c = await DaemonClient.connect()
-        async with c:
-            return await work(c)
-
-    return client.run(go())
-
-
-async def listen(c: DaemonClient, member: str) -> list[Message]:
-    got: list[Message] = []
-    await c.call_raw(
-        "AddMatch",
-        "s",
-        [f"type='signal',path='{names.OBJECT_PATH}',member='{member}'"],
-        interface=names.DBUS_SERVICE,
-        destination=names.DBUS_SERVICE,
-        path=names.DBUS_PATH,
-    )
-    c.bus.add_message_handler(
-        lambda m: (
-            got.append(m) if m.message_type is MessageType.SIGNAL and m.member == member else None
-        )
-    )
-    return got
-
-
-async def settle(got: list[Message], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not got and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-
-
 def test_golden_introspection_of_the_real_daemon(daemon: Running) -> None:
     async def work(c: DaemonClient) -> str:
         reply = await c.call_raw("Introspect", interface=names.INTROSPECTABLE)
@@ -179,10 +146,11 @@ def test_status_of_a_freshly_started_daemon(daemon: Running) -> None:
     assert status["CrashKernel"] == str(daemon.kernel)
     assert status["DaemonVersion"] == __version__
     assert status["InterfaceRevision"] == INTERFACE_REVISION
-    (start, size), (ustart, usize) = status["CrashRegion"], status["CrashRegionUsed"]
+    model = Status.from_json(status)
+    (start, size), (ustart, usize) = model.crash_region, model.crash_region_used
     assert size > 0 and start <= ustart and ustart + usize <= start + size
-    assert 0 < int(status["RequiredBytes"]) <= usize
-    assert abs(int(status["LoadedAt"]) / 1e6 - time.time()) < 600
+    assert 0 < model.required_bytes <= usize
+    assert abs(model.loaded_at / 1e6 - time.time()) < 600
 
 
 def test_reload_force_loads_again_and_signals(daemon: Running) -> None:

@@ -12,11 +12,11 @@ import shutil
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from busfixtures import listen, settle, with_client
 from dbus_fast import Message, MessageType, Variant
 
 from xenkdump.dbus import client, errors, names
@@ -35,42 +35,6 @@ from xenkdump.status import INTERFACE_REVISION
 
 DATA = Path(__file__).parent / "data"
 T = TypeVar("T")
-
-
-def with_client(work: Callable[[DaemonClient], Awaitable[T]]) -> T:
-    async def go() -> T:
-        c = await DaemonClient.connect()
-        async with c:
-            return await work(c)
-
-    return client.run(go())
-
-
-async def listen(c: DaemonClient, member: str) -> list[Message]:
-    """Collect the signals ``member`` sent by our object, from now on."""
-    got: list[Message] = []
-    rule = f"type='signal',path='{names.OBJECT_PATH}',member='{member}'"
-    await c.call_raw(
-        "AddMatch",
-        "s",
-        [rule],
-        interface=names.DBUS_SERVICE,
-        destination=names.DBUS_SERVICE,
-        path=names.DBUS_PATH,
-    )
-
-    def handler(msg: Message) -> None:
-        if msg.message_type is MessageType.SIGNAL and msg.member == member:
-            got.append(msg)
-
-    c.bus.add_message_handler(handler)
-    return got
-
-
-async def settle(got: list[Message], count: int = 1, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
 
 
 async def error_of(c: DaemonClient, *args: Any, **kwargs: Any) -> tuple[str, str]:
