@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/reload.py
 	$(PY) bench/idle.py
 	$(PY) bench/dbus_status.py
+	$(PY) bench/cli.py
 
 purgatory:
 	$(MAKE) -s -C purgatory

@@ -22,8 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
 
 sys.path.insert(0, str(REPO / "tests"))
+import asyncclient as client  # noqa: E402 (the tests' asyncio D-Bus client)
 import privatebus  # noqa: E402 (the tests' private dbus-daemon)
 import testkernel  # noqa: E402
+from asyncclient import DaemonClient  # noqa: E402
+
+__all__ = ["DaemonClient", "client", "privatebus", "testkernel"]
 
 
 def test_kernel() -> Path:

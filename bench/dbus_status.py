@@ -17,9 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import running_daemon
-from xenkdump.dbus import client
-from xenkdump.dbus.client import DaemonClient
+from benchlib import DaemonClient, client, running_daemon
 
 
 def pct(values: list[float], p: float) -> float:

@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE=1
 # What the demo needs on a fresh Debian 12 machine: the product's runtime packages
 # (as on a dom0) and the tools that build the purgatory and the demo's initrd.
 need=()
-for p in python3 python3-cffi python3-yaml python3-jsonschema python3-dbus-fast python3-systemd dbus libxenmisc4.17 \
+for p in python3 python3-cffi python3-yaml python3-jsonschema python3-dbus-fast python3-dbus python3-systemd dbus libxenmisc4.17 \
          gcc make binutils cpio gzip; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done

@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 import pytest
 from dbus_fast import Message, MessageType
 
+import asyncclient as client
 import privatebus
-from xenkdump.dbus import client, names
-from xenkdump.dbus.client import DaemonClient
+from asyncclient import DaemonClient
+from xenkdump.dbus import names
 from xenkdump.errors import BusyError
 from xenkdump.requests import ReloadOptions, UnloadOptions
 from xenkdump.status import Status

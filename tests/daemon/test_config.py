@@ -10,15 +10,8 @@ import pytest
 from xenkdump.daemon import kernels
 from xenkdump.errors import ConfigError
 from xenkdump.schema import CONFIG_SCHEMA, keys, load, schema
-from xenkdump.settings import (
-    CmdlineSettings,
-    ConfigProblems,
-    InitrdPolicy,
-    KernelPolicy,
-    Settings,
-    load_settings,
-    parse_settings,
-)
+from xenkdump.settings import CmdlineSettings, InitrdPolicy, KernelPolicy, Settings
+from xenkdump.settings.load import ConfigProblems, load_settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

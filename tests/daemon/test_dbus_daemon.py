@@ -2,7 +2,7 @@
 
 ``.venv/bin/xenkdumpd --config F --hypervisor sim:H`` owns org.xenkdump.Kdump1 on the
 private dbus-daemon of the ``private_bus`` fixture (via DBUS_SYSTEM_BUS_ADDRESS);
-the tests talk to it with xenkdump.dbus.client as xenkdumpctl does.
+the tests talk to it with tests/asyncclient.py, xenkdumpctl with its own client.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import pytest
 from busfixtures import listen, settle, with_client
 from dbus_fast import Message, Variant
 
+from asyncclient import DaemonClient
 from xenkdump import __version__
 from xenkdump.cli import cmd_daemon, ctl
 from xenkdump.dbus import errors, names
-from xenkdump.dbus.client import DaemonClient
 from xenkdump.status import INTERFACE_REVISION, Status
 
 pytestmark = pytest.mark.kernel

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from xenkdump.dbus import client, names
-from xenkdump.dbus.client import DaemonClient
+import asyncclient as client
+from asyncclient import DaemonClient
+from xenkdump.dbus import names
 
 POLICY = Path(__file__).resolve().parents[2] / "systemd" / "org.xenkdump.Kdump1.conf"
 

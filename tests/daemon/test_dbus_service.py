@@ -19,8 +19,9 @@ import pytest
 from busfixtures import listen, settle, with_client
 from dbus_fast import Message, MessageType, Variant
 
-from xenkdump.dbus import client, errors, names
-from xenkdump.dbus.client import DaemonClient
+import asyncclient as client
+from asyncclient import DaemonClient
+from xenkdump.dbus import errors, names
 from xenkdump.dbus.service import serve
 from xenkdump.errors import (
     BusyError,

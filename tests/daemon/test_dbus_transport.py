@@ -163,12 +163,16 @@ def test_other_major_versions_keep_the_upstream_writer(
 
 
 def test_the_client_imports_nothing_of_the_service() -> None:
+    """xenkdumpctl's client: no server module, and none of the daemon's asyncio stack."""
     code = (
         "import sys, xenkdump.dbus.client; "
-        "print(sorted(m for m in sys.modules if m.startswith('xenkdump.')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('xenkdump', 'dbus_fast', 'asyncio')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert "xenkdump.dbus.transport" in out
-    assert "xenkdump.dbus.service" not in out and "xenkdump.daemon" not in out
+    assert "xenkdump.dbus.client" in out
+    for server_side in ("xenkdump.dbus.service", "xenkdump.dbus.transport", "xenkdump.daemon"):
+        assert server_side not in out
+    assert "dbus_fast" not in out and "asyncio" not in out

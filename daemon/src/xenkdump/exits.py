@@ -7,11 +7,10 @@ error class its code).
 from __future__ import annotations
 
 import argparse
-from typing import Final
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 class OneLineParser(argparse.ArgumentParser):

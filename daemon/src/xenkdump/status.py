@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from xenkdump.hv.port import AddressRange
     from xenkdump.state.record import LoadRecord
 
+# The parts of the crash area an image can use (image/planner.py places it).
+HALVES = ("lower", "upper", "whole")
+
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
 INTERFACE_REVISION = 1
 

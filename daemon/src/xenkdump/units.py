@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Final
-
-KIB: Final = 1 << 10
-MIB: Final = 1 << 20
-GIB: Final = 1 << 30
-PAGE_SIZE: Final = 4096
+KIB = 1 << 10
+MIB = 1 << 20
+GIB = 1 << 30
+PAGE_SIZE = 4096
 
 
 def mib_up(n: int) -> str:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
+from xenkdump.cli.options import path_arg
 from xenkdump.errors import ConfigError
-from xenkdump.settings.model import DEFAULT_CONFIG_PATH
+from xenkdump.paths import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "one per line, as FILE:LINE: KEY: expected ..., found ...  Each FILE is laid "
             "over the previous ones, followed by its own drop-ins (FILE.d/*.yaml in lexical "
             "order); a directory stands for its *.yaml files.  Without FILE: "
-            f"{DEFAULT_CONFIG_PATH} and its drop-ins.  Then the kernel and initrd the "
+            f"{CONFIG_FILE} and its drop-ins.  Then the kernel and initrd the "
             "configuration names must be readable files (--schema-only skips this, e.g. "
             "to check a file before it is pushed to a host).  Needs no daemon, no Xen."
         ),
         epilog="Exit status: 0 valid, 2 a problem was found (every one is printed).",
     )
-    p.add_argument("files", nargs="*", type=Path, metavar="FILE", help="configuration files")
+    p.add_argument("files", nargs="*", type=path_arg, metavar="FILE", help="configuration files")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--schema-only",
@@ -37,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from xenkdump.settings.check import check_config  # noqa: PLC0415 (the schema stack)
+    import json
+
+    from xenkdump.settings.check import check_config
+    from xenkdump.settings.model import DEFAULT_CONFIG_PATH
 
     files: list[Path] = args.files
     if not files and DEFAULT_CONFIG_PATH.exists():

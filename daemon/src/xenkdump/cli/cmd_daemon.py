@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from xenkdump.dbus.client import DaemonClient, DaemonNotRunningError, run
 from xenkdump.exits import EXIT_OK
+
+if TYPE_CHECKING:
+    from xenkdump.dbus.client import DaemonClient
 
 T = TypeVar("T")
 
@@ -40,23 +42,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=_reload)
 
 
-async def _with_daemon(work: Callable[[DaemonClient], Awaitable[T]]) -> T:
-    """Connect, check that xenkdumpd owns its name, run ``work``, disconnect."""
-    c = await DaemonClient.connect()
-    async with c:
-        await c.require_owner()
-        return await work(c)
+def optional(work: Callable[[DaemonClient], T]) -> T | None:
+    """``work`` against the running daemon, or None when no daemon is on the bus."""
+    from xenkdump.dbus.client import DaemonNotRunningError, connected
 
-
-def optional(work: Callable[[DaemonClient], Awaitable[T]]) -> T | None:
-    """``work`` against the daemon, or None when no daemon is on the bus."""
     try:
-        return run(_with_daemon(work))
+        c = connected()
     except DaemonNotRunningError:
         return None
+    with c:
+        return work(c)
 
 
 def _reload(args: argparse.Namespace) -> int:
+    from xenkdump.dbus.client import connected
+
     options: dict[str, object] = {"reason": "xenkdumpctl reload"}
     if args.force:
         options["force"] = True
@@ -69,32 +69,21 @@ def _reload(args: argparse.Namespace) -> int:
         options["cmdline"] = args.cmdline
     if not args.wait:
         options["wait"] = False
-
-    async def work(c: DaemonClient) -> dict[str, object]:
-        return await c.reload(options)
-
     # DaemonNotRunningError and RemoteError are XenkdumpErrors: ctl prints one line.
-    status = run(_with_daemon(work))
+    with connected() as c:
+        status = c.reload(options)
     print(f"{status.get('State')}: {status.get('StateReason')}")
     return EXIT_OK
 
 
 def daemon_owner_present() -> bool:
     """True when some process owns org.xenkdump.Kdump1 on the bus."""
-
-    async def work(c: DaemonClient) -> bool:
-        return True
-
-    return optional(work) is not None
+    return optional(lambda c: True) is not None
 
 
 def daemon_unload() -> int | None:
     """Ask xenkdumpd to unload; None if no daemon owns the name (the caller falls back)."""
-
-    async def work(c: DaemonClient) -> dict[str, object]:
-        return await c.unload({})
-
-    status = optional(work)
+    status = optional(lambda c: c.unload({}))
     if status is None:
         return None
     print(f"crash kernel unloaded; {status.get('State')}: {status.get('StateReason')}")

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenkdump.errors import HypervisorError
-from xenkdump.hv.port import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, AddressRange, Hypervisor
-from xenkdump.hv.select import open_hypervisor
-from xenkdump.hv.simhost import e820_type_name
 from xenkdump.units import MIB, size_text
+
+if TYPE_CHECKING:
+    from xenkdump.hv.port import AddressRange, Hypervisor
 
 STATUS_NOTE = "parity of load/unload calls, not whether an image is loaded"
 
@@ -78,6 +77,9 @@ def _status(hv: Hypervisor, type_: int) -> int | None:
 
 def collect(hv: Hypervisor) -> dict[str, Any]:
     """Everything ``hv info`` shows, as the documented JSON structure."""
+    from xenkdump.hv.port import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT
+    from xenkdump.hv.simhost import e820_type_name
+
     major, minor = hv.xen_version()
     crash = hv.crash_range()
     max_cpus = hv.max_cpus()
@@ -156,9 +158,13 @@ def render(info: dict[str, Any]) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from xenkdump.hv.select import open_hypervisor
+
     with open_hypervisor(args.hypervisor) as hv:
         info = collect(hv)
     if args.json:
+        import json
+
         print(json.dumps(info, indent=2))
     else:
         print(render(info))

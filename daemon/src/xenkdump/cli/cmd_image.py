@@ -38,22 +38,15 @@ Exit codes as ctl.py: 0 success, 1 the hypervisor refused, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from xenkdump.cli import cmd_daemon
-from xenkdump.cli.options import no_daemon_option, state_option, store
-from xenkdump.daemon import kernels
+from xenkdump.cli.options import no_daemon_option, path_arg, state_option, store
 from xenkdump.errors import InputError
-from xenkdump.hv.select import open_hypervisor
-from xenkdump.image import loader
-from xenkdump.image.planner import ImageInputs, Plan
-from xenkdump.settings import load_settings
 from xenkdump.units import MIB, mib_up
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from xenkdump.image.planner import ImageInputs, Plan
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _image_options(p, kernel_required=False)
     p.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FILE",
         help=(
@@ -89,14 +82,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _daemon_runs() -> bool:
     """True when xenkdumpd owns its name on the (system or $DBUS_SYSTEM_BUS_ADDRESS) bus."""
+    from xenkdump.cli import cmd_daemon
+
     return cmd_daemon.daemon_owner_present()
 
 
 def _image_options(p: argparse.ArgumentParser, *, kernel_required: bool = True) -> None:
     p.add_argument(
-        "--kernel", type=Path, required=kernel_required, metavar="PATH", help="the bzImage"
+        "--kernel", type=path_arg, required=kernel_required, metavar="PATH", help="the bzImage"
     )
-    p.add_argument("--initrd", type=Path, default=None, metavar="PATH", help="the initramfs")
+    p.add_argument("--initrd", type=path_arg, default=None, metavar="PATH", help="the initramfs")
     line = p.add_mutually_exclusive_group()
     line.add_argument(
         "--append",
@@ -121,6 +116,8 @@ def _image_options(p: argparse.ArgumentParser, *, kernel_required: bool = True) 
 
 
 def _inputs(args: argparse.Namespace) -> ImageInputs:
+    from xenkdump.image import loader
+
     append = [word for arg in args.append for word in arg.split()]
     return loader.read_inputs(
         args.kernel,
@@ -138,6 +135,11 @@ def cmd_load(args: argparse.Namespace) -> int:
             "run `xenkdumpctl reload`, or `xenkdumpctl reload --kernel PATH --initrd PATH` for a "
             "one-off image (or pass --no-daemon to load behind its back)"
         )
+    from xenkdump.daemon import kernels
+    from xenkdump.hv.select import open_hypervisor
+    from xenkdump.image import loader
+    from xenkdump.settings.load import load_settings
+
     records = store(args)
     if args.config is None:
         if args.kernel is None:
@@ -162,9 +164,14 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_unload(args: argparse.Namespace) -> int:
     if not args.no_daemon:
+        from xenkdump.cli import cmd_daemon
+
         code = cmd_daemon.daemon_unload()
         if code is not None:
             return code
+    from xenkdump.hv.select import open_hypervisor
+    from xenkdump.image import loader
+
     records = store(args)
     with open_hypervisor(args.hypervisor) as hv:
         loader.unload(hv, records)
@@ -173,6 +180,9 @@ def cmd_unload(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from xenkdump.hv.select import open_hypervisor
+    from xenkdump.image import loader
+
     records = store(args)
     inputs = _inputs(args)
     with open_hypervisor(args.hypervisor) as hv:
@@ -182,6 +192,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             armed = None
         plan, must_unload = loader.plan_for_load(inputs, host, armed)
     if args.json:
+        import json
+
         out = plan.to_json()
         out["must_unload_first"] = must_unload
         json.dump(out, sys.stdout, indent=1)

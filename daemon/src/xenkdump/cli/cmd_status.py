@@ -10,16 +10,14 @@ daemon-only ones are then empty: DaemonVersion "", ConfigDigest "", LastError ""
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import time
+from typing import TYPE_CHECKING
 
 from xenkdump.cli.options import no_daemon_option, state_option, store
-from xenkdump.dbus.names import BUS_NAME
-from xenkdump.status import State, Status, suggested_reservation
 from xenkdump.units import MIB, mib_up, size_text
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from xenkdump.status import Status
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +42,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status is None:
         status = record_status(args)
     if args.json:
+        import json
+
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
     else:
         print(render(status))
@@ -52,7 +52,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def daemon_status() -> Status | None:
     """xenkdumpd's status over D-Bus; None when no daemon owns its name on the bus."""
-    from xenkdump.cli import cmd_daemon  # noqa: PLC0415 (D-Bus only when asked for)
+    from xenkdump.cli import cmd_daemon
+    from xenkdump.status import Status
 
     reply = cmd_daemon.optional(lambda c: c.get_status())
     return None if reply is None else Status.from_json(reply)
@@ -60,9 +61,13 @@ def daemon_status() -> Status | None:
 
 def record_status(args: argparse.Namespace) -> Status:
     """The status from xenkdump's record and the hypervisor, without the daemon."""
-    from xenkdump.errors import XenkdumpError  # noqa: PLC0415
-    from xenkdump.hv.select import open_hypervisor  # noqa: PLC0415
-    from xenkdump.status import build  # noqa: PLC0415
+    import logging
+
+    from xenkdump.errors import XenkdumpError
+    from xenkdump.hv.select import open_hypervisor
+    from xenkdump.status import State, build
+
+    log = logging.getLogger(__name__)
 
     record = store(args).read()
     crash = None
@@ -113,6 +118,9 @@ def _part(s: Status) -> str:
 
 def render(s: Status) -> str:
     """The human form of a status, one "Name: value" row each."""
+    from xenkdump.dbus.names import BUS_NAME
+    from xenkdump.status import suggested_reservation
+
     region, used = s.crash_region, s.crash_region_used
     running = bool(s.daemon_version)
     if region[1]:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from xenkdump.state.record import RecordStore
+
+
+def path_arg(text: str) -> Path:
+    """argparse ``type=`` for paths (pathlib is imported only when a path is given)."""
+    from pathlib import Path
+
+    return Path(text)
 
 
 def state_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state-dir",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="DIR",
         help="where the load record lives (default: $XENKDUMP_STATE_DIR or /run/xenkdump)",
@@ -26,7 +34,7 @@ def no_daemon_option(p: argparse.ArgumentParser, text: str) -> None:
 
 def store(args: argparse.Namespace) -> RecordStore:
     """The record store named by --state-dir (or the default)."""
-    from xenkdump.state.record import RecordStore, default_state_dir  # noqa: PLC0415
+    from xenkdump.state.record import RecordStore, default_state_dir
 
     state_dir: Path | None = args.state_dir
     return RecordStore(state_dir if state_dir is not None else default_state_dir())

@@ -6,7 +6,7 @@ must agree with it, which tests/daemon/test_dbus_contract.py checks.
 
 from __future__ import annotations
 
-from importlib import resources
+import os
 
 from xenkdump.requests import ReloadOptions, UnloadOptions, signatures
 
@@ -58,6 +58,16 @@ RELOAD_OPTIONS = signatures(ReloadOptions)
 UNLOAD_OPTIONS = signatures(UnloadOptions)
 
 
+def system_bus_address(bus_address: str | None = None) -> str:
+    """The address used: ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the default."""
+    if bus_address:
+        return bus_address
+    # The same rule as libdbus and dbus_fast (D-Bus specification, "Well-known buses").
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+
+
 def interface_xml() -> str:
     """The contract XML, as installed with the package."""
+    from importlib import resources  # noqa: PLC0415 (only the daemon and tests read it)
+
     return resources.files(__package__).joinpath(INTERFACE_XML).read_text(encoding="utf-8")

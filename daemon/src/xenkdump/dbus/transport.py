@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from typing import Any
 
 from dbus_fast import BusType
 from dbus_fast.__version__ import __version__ as dbus_fast_version
 from dbus_fast.aio.message_bus import MessageBus, _MessageWriter
 
+from xenkdump.dbus.names import system_bus_address
 from xenkdump.errors import OperationError
+
+__all__ = ["new_bus", "system_bus_address", "workaround_applies"]
 
 log = logging.getLogger("xenkdump.dbus")
 
@@ -34,14 +36,6 @@ log = logging.getLogger("xenkdump.dbus")
 TESTED_MAJOR = 1
 # What the fixed write_callback reads and writes on the writer (set by upstream's __init__).
 WRITER_ATTRIBUTES = ("messages", "bus", "sock", "loop", "buf", "fd", "offset", "unix_fds", "fut")
-
-
-def system_bus_address(bus_address: str | None = None) -> str:
-    """The address used: ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the default."""
-    if bus_address:
-        return bus_address
-    # The same rule as libdbus and dbus_fast (D-Bus specification, "Well-known buses").
-    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
 
 
 def workaround_applies() -> str | None:

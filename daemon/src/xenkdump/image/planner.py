@@ -60,6 +60,7 @@ from xenkdump.hv.port import (
 )
 from xenkdump.image import bootparams, cmdline, elfcore, purgatory
 from xenkdump.image.bzimage import BzImage
+from xenkdump.status import HALVES
 from xenkdump.units import GIB, KIB, MIB, mib_up
 
 LOWMEM_END = 1 * MIB  # the low identity map: [0, 1 MiB) (§2.1)
@@ -67,7 +68,6 @@ BACKUP_SRC_LIMIT = 0xA0000  # backup source: first RAM range ending at or below 
 ELFCOREHDR_MIN = 16 * KIB  # kexec-tools' minimum elfcorehdr segment (§2.1)
 CONTROL_RESERVE_MIN = 1 * MIB  # never less at the bottom (xen-kexec-contract.md §3.3)
 
-HALVES = ("lower", "upper", "whole")
 
 NULL_KINDS = frozenset({"lowmem", "guard"})
 # Buffered segments the purgatory does not verify: itself, and the backup (filled at crash time).

@@ -1,8 +1,11 @@
-"""xenkdump's configuration: the YAML loader (``load``) and the typed settings (``model``)."""
+"""xenkdump's configuration: the YAML loader (``load``) and the typed settings (``model``).
+
+Only the model is imported here: the loader brings the YAML and JSON Schema stack, which
+commands that only need a default path must not pay for (bench/cli.py).
+"""
 
 from __future__ import annotations
 
-from xenkdump.settings.load import ConfigProblem, ConfigProblems, load_settings, parse_settings
 from xenkdump.settings.model import (
     DEFAULT_CONFIG_PATH,
     CmdlineSettings,
@@ -14,11 +17,7 @@ from xenkdump.settings.model import (
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "CmdlineSettings",
-    "ConfigProblem",
-    "ConfigProblems",
     "InitrdPolicy",
     "KernelPolicy",
     "Settings",
-    "load_settings",
-    "parse_settings",
 ]

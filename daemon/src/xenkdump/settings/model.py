@@ -10,9 +10,10 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenkdump.paths import CONFIG_FILE
 from xenkdump.state.record import DEFAULT_STATE_DIR
 
-DEFAULT_CONFIG_PATH = Path("/etc/xenkdump/xenkdump.yaml")
+DEFAULT_CONFIG_PATH = Path(CONFIG_FILE)
 DEFAULT_BOOT_DIR = Path("/boot")
 DEFAULT_TOPOLOGY_CHECK_INTERVAL = 60.0
 DEFAULT_RELOAD_DEBOUNCE = 0.5

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from xenkdump.errors import InputError
-from xenkdump.image.planner import HALVES
 from xenkdump.safefile import Limit, atomic_write, read_file_if_exists
+from xenkdump.status import HALVES
 
 log = logging.getLogger(__name__)
 
