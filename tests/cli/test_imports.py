@@ -17,12 +17,14 @@ HEAVY = (
     "yaml",
     "jsonschema",
     "cffi",
-    "xenkdump.image",
+    "xenkdump.image.planner",
+    "xenkdump.image.loader",
     "xenkdump.hv.sim",
     "xenkdump.hv.xen",
     "xenkdump.daemon",
     "xenkdump.settings.load",
     "xenkdump.state",
+    "xenkdump.capture",
 )
 
 

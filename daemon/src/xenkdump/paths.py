@@ -3,3 +3,6 @@
 from __future__ import annotations
 
 CONFIG_FILE = "/etc/xenkdump/xenkdump.yaml"
+# Where xenkdump's crash initramfs images go ($XENKDUMP_INITRD_DIR overrides).
+INITRD_DIR = "/var/lib/xenkdump"
+INITRD_DIR_ENV = "XENKDUMP_INITRD_DIR"

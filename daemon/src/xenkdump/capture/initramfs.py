@@ -34,13 +34,14 @@ from xenkdump.capture import AGENT_DIR, agentconf, target
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.errors import OperationError
 from xenkdump.hv.port import AddressRange, Hypervisor
+from xenkdump.paths import INITRD_DIR, INITRD_DIR_ENV
 from xenkdump.settings.model import DumpSettings, DumpTarget
 from xenkdump.units import KIB, MIB
 
 log = logging.getLogger(__name__)
 
 # Where xenkdumpd keeps the image it builds ($XENKDUMP_INITRD_DIR for tests).
-DEFAULT_DIR = Path(os.environ.get("XENKDUMP_INITRD_DIR", "/var/lib/xenkdump"))
+DEFAULT_DIR = Path(os.environ.get(INITRD_DIR_ENV, INITRD_DIR))
 MKINITRAMFS = "mkinitramfs"
 BUILD_TIMEOUT = 600.0
 # initramfs-tools' own settings for this image: busybox, only the listed modules.

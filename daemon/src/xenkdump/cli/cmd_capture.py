@@ -21,15 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from xenkdump.capture import initramfs
-from xenkdump.daemon import kernels
-from xenkdump.hv.select import open_hypervisor
-from xenkdump.image import loader
-from xenkdump.image.planner import required_bytes
-from xenkdump.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from xenkdump.cli.options import path_arg
+from xenkdump.paths import CONFIG_FILE, INITRD_DIR, INITRD_DIR_ENV
 from xenkdump.units import MIB
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from xenkdump.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,10 +40,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     config_option(p)
     p.add_argument(
         "--output",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="PATH",
-        help=f"where to write it (default {initramfs.DEFAULT_DIR}/crash-initrd.img-RELEASE)",
+        help=(
+            f"where to write it (default ${INITRD_DIR_ENV} or {INITRD_DIR}, "
+            "/crash-initrd.img-RELEASE in it)"
+        ),
     )
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -52,15 +56,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
-        type=Path,
+        type=path_arg,
         default=None,
         metavar="FILE",
-        help=f"the configuration to use (default {DEFAULT_CONFIG_PATH}; defaults if absent)",
+        help=f"the configuration to use (default {CONFIG_FILE}; defaults if absent)",
     )
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
     """The settings of --config FILE, or of the default file, or the built-in defaults."""
+    from xenkdump.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+
     path: Path | None = args.config
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
@@ -68,6 +74,12 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
 
 def cmd_initrd(args: argparse.Namespace) -> int:
+    from xenkdump.capture import initramfs
+    from xenkdump.daemon import kernels
+    from xenkdump.hv.select import open_hypervisor
+    from xenkdump.image import loader
+    from xenkdump.image.planner import required_bytes
+
     settings = settings_of(args)
     files = kernels.resolve(settings)
     version = initramfs.kernel_version_of(files.kernel)

@@ -84,11 +84,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _image(args: argparse.Namespace) -> plan.Image:
     """The image under test, planned as ``load`` would plan it when a hypervisor answers."""
-    from xenkdump.image import loader  # noqa: PLC0415
+    from xenkdump.image import loader
 
     if args.config is not None:
-        from xenkdump.daemon.kernels import configured_inputs  # noqa: PLC0415
-        from xenkdump.settings.load import load_settings  # noqa: PLC0415
+        from xenkdump.daemon.kernels import configured_inputs
+        from xenkdump.settings.load import load_settings
 
         if args.initrd is not None or args.cmdline is not None:
             raise InputError("--initrd/--cmdline: not with --config (the file names the image)")
@@ -100,7 +100,7 @@ def _image(args: argparse.Namespace) -> plan.Image:
         raise InputError("selftest: give --config FILE or --kernel PATH (xenkdumpd is not running)")
     cmdline, crash_size = inputs.cmdline, (args.crash_size or DEFAULT_CRASH_MIB) * MIB
     if args.crash_size is None and (args.hypervisor is not None or _xen_present()):
-        from xenkdump.hv.select import open_hypervisor  # noqa: PLC0415
+        from xenkdump.hv.select import open_hypervisor
 
         try:
             with open_hypervisor(args.hypervisor) as hv:
@@ -118,7 +118,7 @@ def _image(args: argparse.Namespace) -> plan.Image:
 
 
 def _xen_present() -> bool:
-    from xenkdump.hv.select import xen_present  # noqa: PLC0415
+    from xenkdump.hv.select import xen_present
 
     return xen_present()
 
