@@ -67,11 +67,15 @@ def test_load_status_plan_unload(host: Host) -> None:
     r = host.run("status", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["State"] == "not-loaded" and doc["CrashKernel"] == "" and doc["Generation"] == 0
+    # No record yet: whatever Xen holds (another tool's image?) is at an unknown place.
+    assert doc["State"] == "degraded" and "unknown place" in doc["StateReason"]
+    assert doc["CrashKernel"] == "" and doc["Generation"] == 0
 
     r = host.load()
     assert r.returncode == 0, r.stderr
     assert "generation 1" in r.stdout and "lower half" in r.stdout
+    # No record yet: whatever Xen may hold (kexec-tools?) is unloaded first, never guessed.
+    assert "no trustworthy record" in r.stderr and "window without a crash kernel" in r.stderr
     sim = host.sim()
     assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
 
@@ -108,7 +112,7 @@ def test_load_status_plan_unload(host: Host) -> None:
          "purgatory"]
     )  # fmt: skip
     # plan loads nothing
-    assert sim.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
+    assert sim.call_counts(KEXEC_TYPE_CRASH) == (1, 1)
 
     r = host.run("plan", "--kernel", str(host.kernel), "--initrd", str(host.initrd))
     assert r.returncode == 0, r.stderr
@@ -124,7 +128,7 @@ def test_load_status_plan_unload(host: Host) -> None:
     r = host.run("status", "--json")
     assert json.loads(r.stdout)["State"] == "not-loaded"
     record = json.loads((host.state / "state.json").read_text())
-    assert (record["generation"], record["loads_issued"], record["unloads_issued"]) == (2, 2, 1)
+    assert (record["generation"], record["loads_issued"], record["unloads_issued"]) == (2, 2, 2)
 
 
 def _one_line_exit_2(r: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -167,7 +171,7 @@ def test_bad_inputs_exit_2_and_keep_the_armed_image(host: Host, tmp_path: Path) 
     assert (host.state / "state.json").read_bytes() == record
     assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
     assert sim.armed_image(KEXEC_TYPE_CRASH).entry == entry  # type: ignore[union-attr]
-    assert sim.call_counts(KEXEC_TYPE_CRASH) == (1, 0)
+    assert sim.call_counts(KEXEC_TYPE_CRASH) == (1, 1)
 
 
 def test_no_crash_area_exit_2(host: Host) -> None:
@@ -199,7 +203,7 @@ def test_fallback_is_shown_in_status(host: Host) -> None:
     assert "whole crash area" in r.stdout
     assert "reloads unload it first" in r.stdout and "crashkernel=" in r.stdout
     assert "the last load unloaded the armed image first" in r.stdout
-    assert host.sim().call_counts(KEXEC_TYPE_CRASH) == (2, 1)
+    assert host.sim().call_counts(KEXEC_TYPE_CRASH) == (2, 2)  # the first: no record yet
 
 
 def test_load_config_takes_the_image_from_a_configuration(host: Host) -> None:
@@ -235,3 +239,22 @@ def test_load_config_misuse_is_one_line_exit_2(host: Host, args: list[str], mess
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert host.sim().armed_image(KEXEC_TYPE_CRASH) is None
+
+
+def test_status_with_an_unknown_hypervisor_is_a_usage_error(host: Host) -> None:
+    r = subprocess.run(
+        [
+            str(CTL),
+            "--hypervisor",
+            "bogus",
+            "status",
+            "--no-daemon",
+            "--state-dir",
+            str(host.state),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _one_line_exit_2(r, "--hypervisor", "bogus")

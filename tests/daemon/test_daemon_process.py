@@ -9,8 +9,8 @@ and whether the armed image's bytes are intact).
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
-import json
 import os
 import shutil
 import signal
@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,12 @@ from typing import Any
 import pytest
 
 from xenkdump.daemon.core import DaemonCore, State
+from xenkdump.errors import FileWriteError, OperationError
 from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange
 from xenkdump.hv.sim import SimulatedHypervisor
+from xenkdump.requests import ReloadOptions
 from xenkdump.settings.load import load_settings
+from xenkdump.state import record as record_mod
 from xenkdump.state.record import RecordStore
 
 XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
@@ -174,7 +177,12 @@ class Daemon:
 def start(host: Host, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def _start(*extra: str, use_bus: bool = False, env: dict[str, str] | None = None) -> Daemon:
+    def _start(
+        *extra: str,
+        use_bus: bool = False,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] = (str(XENKDUMPD),),
+    ) -> Daemon:
         n = len(started)
         sock_path = tmp_path / f"notify{n}.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -186,7 +194,7 @@ def start(host: Host, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         environ["NOTIFY_SOCKET"] = str(sock_path)
         environ.update(env or {})
         args = [
-            str(XENKDUMPD),
+            *program,
             "--config",
             str(host.config),
             "--hypervisor",
@@ -221,7 +229,7 @@ def test_ready_only_after_the_first_load(host: Host, start: Callable[..., Daemon
     assert any(m.startswith("STATUS=starting") for m in before)
     rec = host.record()
     assert rec["generation"] == 1 and rec["kernel"] == str(host.kernel)
-    assert rec["reason"].startswith("start: no record")
+    assert rec["reason"].startswith("start: location of any armed image unknown (no record)")
     sim = host.sim()
     assert loads(sim) == 1 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
     assert d.stop() == 0
@@ -342,25 +350,25 @@ def test_kill9_then_restart_adopts_without_loading(
     assert "adopted generation 1" in d2.stderr()
 
 
-def test_record_disagreeing_with_parity_reloads_into_free_half(
+def test_record_disagreeing_with_parity_unloads_then_loads(
     host: Host, start: Callable[..., Daemon]
 ) -> None:
     d = start()
     d.wait_for(lambda m: "READY=1" in m, "READY=1")
     d.stop()
-    first = host.record()
-    # Someone loads behind our back: Xen's parity flips, our record no longer agrees.
+    # Another tool (kexec -p -u, then kexec -p) acts behind our back: Xen's parity
+    # flips, and where its image lives is unknown -- no half may be guessed.
     with host.sim() as sim:
-        armed = sim.armed_image(KEXEC_TYPE_CRASH)
-        assert armed is not None
-    state = json.loads((host.state_dir / "state.json").read_text())
-    state["loads_issued"] += 1
-    (host.state_dir / "state.json").write_text(json.dumps(state))
+        sim.kexec_unload(KEXEC_TYPE_CRASH)
+        before = sim.call_counts(KEXEC_TYPE_CRASH)
     d2 = start()
     ready = d2.wait_for(lambda m: "READY=1" in m, "READY=1")
-    assert "generation 2" in ready
-    assert "disagrees with Xen's load/unload parity" in str(host.record()["reason"])
-    assert host.record()["half"] != first["half"]
+    assert "STATUS=loaded: crash kernel armed (generation 2)" in ready
+    assert "another tool loaded or unloaded" in str(host.record()["reason"])
+    assert "window without a crash kernel" in d2.stderr()
+    with host.sim() as sim:
+        assert sim.call_counts(KEXEC_TYPE_CRASH) == (before[0] + 1, before[1] + 1)
+        assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
 
 
 def test_topology_change_rebuilds_only_the_core_header(host: Host) -> None:
@@ -444,6 +452,22 @@ def test_bad_config_at_start_exits_2_with_one_line(
     assert not (host.state_dir / "state.json").exists()
 
 
+@pytest.mark.parametrize(("mode", "uid"), [(0o777, 0), (0o775, 0), (0o755, 1000)])
+def test_state_dir_writable_by_others_is_refused_at_start(
+    host: Host, start: Callable[..., Daemon], mode: int, uid: int
+) -> None:
+    host.state_dir.mkdir(exist_ok=True)
+    os.chown(host.state_dir, uid, -1)
+    host.state_dir.chmod(mode)
+    d = start()
+    assert d.proc.wait(TIMEOUT) == 2
+    err = d.stderr().strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in d.stderr()
+    assert f"{host.state_dir}: state_dir: expected a directory owned by uid 0" in err[0]
+    assert f"found owner uid {uid}, mode {mode:04o}" in err[0]
+    assert host.sim().call_counts(KEXEC_TYPE_CRASH) == (0, 0)
+
+
 def test_missing_kernel_at_start_is_failed_then_recovers(
     host: Host, start: Callable[..., Daemon]
 ) -> None:
@@ -451,7 +475,9 @@ def test_missing_kernel_at_start_is_failed_then_recovers(
     host.kernel.rename(saved)
     d = start()
     ready = d.wait_for(lambda m: "READY=1" in m, "READY=1")
-    assert "STATUS=failed" in ready and "not found" in ready
+    # No record yet, nothing loaded: where an image may be armed is honestly unknown.
+    assert "STATUS=degraded: a crash image may be armed at an unknown place" in ready
+    assert "not found" in ready
     shutil.copyfile(saved, host.kernel)
     d.wait_status("loaded: crash kernel armed (generation 1)")
 
@@ -467,3 +493,69 @@ def test_no_xen_exits_non_zero_with_one_line(host: Host, tmp_path: Path) -> None
     assert proc.returncode in (1, 2)
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_read_only_state_dir_keeps_the_armed_image_and_says_why(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record cannot be written: no load is issued, the armed image stays and status
+    says so -- never "no crash kernel armed" while one is."""
+    settings = load_settings(host.config)
+
+    def read_only(path: Path, _data: bytes, *, mode: int = 0o644) -> None:
+        raise FileWriteError(path, OSError(errno.EROFS, os.strerror(errno.EROFS)))
+
+    async def scenario() -> None:
+        with host.sim() as sim:
+            core = DaemonCore(sim, settings, config_path=host.config)
+            await core.start()
+            assert core.status().state == State.LOADED
+            before = sim.call_counts(KEXEC_TYPE_CRASH)
+            monkeypatch.setattr(record_mod, "atomic_write", read_only)
+            with pytest.raises(OperationError) as err:
+                await core.reload(ReloadOptions(force=True, reason="test"))
+            assert f"{host.state_dir}/state.json: cannot write: EROFS" in str(err.value)
+            assert "not loading" in str(err.value)
+            snap = core.status()
+            assert snap.state == State.DEGRADED and snap.generation == 1
+            assert "generation 1 stays armed" in snap.state_reason
+            assert "EROFS" in snap.last_error
+            assert sim.call_counts(KEXEC_TYPE_CRASH) == before  # no hypercall issued
+            assert sim.armed_image_intact(KEXEC_TYPE_CRASH)
+            monkeypatch.undo()
+            await core.reload(ReloadOptions(force=True, reason="test"))
+            assert core.status().state == State.LOADED and core.status().generation == 2
+            await core.close()
+
+    asyncio.run(scenario())
+
+
+def test_stuck_load_starves_the_watchdog_and_sigterm_still_stops(
+    host: Host, start: Callable[..., Daemon]
+) -> None:
+    stuck = Path(__file__).with_name("stuck_xenkdumpd.py")
+    d = start(
+        program=(sys.executable, str(stuck)),
+        env={"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": ""},
+    )
+    d.wait_for(lambda m: "WATCHDOG=1" in m, "a first keep-alive")
+
+    def keep_alives() -> int:
+        while True:  # every datagram queued so far
+            before = len(d.messages)
+            d._drain(0.2)
+            if len(d.messages) == before:
+                return sum("WATCHDOG=1" in m for m in d.messages)
+
+    time.sleep(4)
+    fed = keep_alives()
+    # Every 0.5 s while the stuck load is younger than the 2 s limit, then never again.
+    assert 1 <= fed <= 6, d.messages
+    time.sleep(2)
+    assert keep_alives() == fed
+    assert "made no progress" in d.stderr()
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    assert time.monotonic() - t0 < 10
+    assert "still running" in d.stderr()

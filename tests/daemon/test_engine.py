@@ -72,9 +72,7 @@ def test_start_with_agreeing_record_adopts_without_loading() -> None:
     assert state_of(e) is State.LOADED
 
 
-@pytest.mark.parametrize(
-    "record", [RecordCheck.ABSENT, RecordCheck.DISAGREES, RecordCheck.UNLOADED]
-)
+@pytest.mark.parametrize("record", [RecordCheck.UNKNOWN, RecordCheck.UNLOADED])
 def test_start_without_trustworthy_record_forces_a_load(record: RecordCheck) -> None:
     e = Engine()
     [load] = work(e.handle(Start(record, detail="parity 1, record 0")))
@@ -84,9 +82,27 @@ def test_start_without_trustworthy_record_forces_a_load(record: RecordCheck) -> 
     assert state_of(e) is State.LOADED and e.armed == GEN2
 
 
+def test_unknown_location_is_degraded_until_a_load_settles_it() -> None:
+    e = Engine()
+    out = e.handle(Start(RecordCheck.UNKNOWN, detail="no record"))
+    assert "unknown (no record)" in logs(out)[0].message
+    # The executor could not even unload (e.g. the record could not be written): still unknown.
+    e.handle(LoadFailed("state.json: cannot write: EROFS", False, unknown_after="no record"))
+    assert state_of(e) is State.DEGRADED
+    assert "unknown place in the crash area (no record)" in e.state_reason
+    assert "EROFS" in e.state_reason
+    assert work(e.handle(ReloadRequested("retry")))
+    # The unload happened, the load failed: nothing is armed, and that is known.
+    e.handle(LoadFailed("EINVAL", armed_after=False))
+    assert state_of(e) is State.FAILED and not e.unknown
+    e.handle(ReloadRequested("retry"))
+    e.handle(LoadDone(Outcome.LOADED, GEN2))
+    assert state_of(e) is State.LOADED
+
+
 def test_start_load_failure_without_record_is_failed() -> None:
     e = Engine()
-    e.handle(Start(RecordCheck.ABSENT))
+    e.handle(Start(RecordCheck.UNLOADED))
     out = e.handle(LoadFailed("kernel /boot/vmlinuz-x: not found", armed_after=False))
     assert state_of(e) is State.FAILED
     assert "not found" in e.state_reason
@@ -296,7 +312,9 @@ def test_invariants_hold_for_any_sequence(
             finish(result)
         assert e.state in set(State)
         if e.armed is None and not e.starting:
-            assert e.state in (State.NOT_LOADED, State.FAILED)
+            assert e.state in (State.NOT_LOADED, State.FAILED) or (
+                e.state is State.DEGRADED and e.unknown
+            )
     while outstanding:
         finish("loaded")
     assert tickets_in == tickets_out  # I5

@@ -34,7 +34,7 @@ from xenkdump.image.planner import (
     plan_crash_image,
     required_bytes,
 )
-from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.state.record import Ledger, LoadRecord, RecordError, RecordStore, StateFile
 from xenkdump.status import suggested_reservation
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,6 +58,14 @@ def files(tmp_path: Path, debian_kernel: Path) -> tuple[Path, Path]:
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(make_initrd(2 * MIB))
     return debian_kernel, initrd
+
+
+def known_empty(hv: SimulatedHypervisor, store: RecordStore) -> Ledger:
+    """The ledger of a daemon that knows nothing is armed (its record says so, parity agrees)."""
+    store.write_state(StateFile(parity=hv.kexec_status(KEXEC_TYPE_CRASH)))
+    ledger = loader.recall(hv, store)
+    assert ledger.knowledge.known
+    return ledger
 
 
 def inputs_of(files: tuple[Path, Path], initrd: Path | None = None) -> ImageInputs:
@@ -96,22 +104,24 @@ def a_record(**changes: object) -> LoadRecord:
 
 def test_record_roundtrip_and_atomic_write(tmp_path: Path) -> None:
     store = RecordStore(tmp_path / "state")
-    assert store.read() is None
+    assert store.read() is None and store.read_state() is None
     rec = a_record()
-    store.write(rec)
+    written = store.write_state(StateFile(3, 3, 1, armed=rec, parity=0))
     assert store.read() == rec
+    assert store.read_state() == written and written.written_at > 0
     assert sorted(p.name for p in store.state_dir.iterdir()) == ["state.json"]  # no temp left
-    state = store.clear_armed()
-    assert store.read() is None
+    state = written.after("unload", None, 0)
     assert (state.generation, state.loads_issued, state.unloads_issued) == (3, 3, 2)
-    assert store.read_state() == state
+    assert state.armed is None and state.parity == 1
+    pending = store.write_state(state.begin("load", 1, rec))
+    assert store.read_state() == pending and pending.pending is not None
 
 
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
         ("{not json", "Expecting"),
-        ('{"format": 2}', "field 'format': expected 1"),
+        ('{"format": 3}', "field 'format': expected one of (1, 2)"),
         ('{"format": 1, "generation": -1, "loads_issued": 0, "unloads_issued": 0}', "generation"),
     ],
 )
@@ -122,14 +132,16 @@ def test_corrupt_record_is_ignored_with_a_warning(
     store.path.write_text(text)
     with caplog.at_level(logging.WARNING):
         assert store.read() is None
-    assert "corrupt state file" in caplog.text and problem in caplog.text
+    assert "corrupt state record" in caplog.text and problem in caplog.text
+    with pytest.raises(RecordError, match=f"{tmp_path}/state.json: corrupt state record"):
+        store.read_state()
 
 
 def test_corrupt_armed_field_names_the_field(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = RecordStore(tmp_path)
-    store.write(a_record())
+    store.write_state(StateFile(armed=a_record()))
     raw = json.loads(store.path.read_text())
     raw["armed"]["half"] = "middle"
     store.path.write_text(json.dumps(raw))
@@ -232,7 +244,7 @@ def test_bad_dom0_vmcoreinfo_is_refused_and_the_armed_image_stays(
 ) -> None:
     hv = sim_host(tmp_path)
     store = RecordStore(tmp_path / "state")
-    a = loader.load(hv, inputs_of(files), loader.gather_host(hv), store)
+    a = loader.load(hv, inputs_of(files), loader.gather_host(hv), known_empty(hv, store))
     record_bytes = store.path.read_bytes()
     crash = hv.host.crash_range
     bad = AddressRange(crash.start + 0x10000 if where == "crash" else 0xA0000, 0x1024)
@@ -280,9 +292,10 @@ def test_reload_goes_to_the_other_half_and_never_touches_the_armed_image(
 ) -> None:
     hv = sim_host(tmp_path)
     store = RecordStore(tmp_path / "state")
+    ledger = known_empty(hv, store)
     inputs = inputs_of(files)
     host = loader.gather_host(hv)
-    a = loader.load(hv, inputs, host, store, reason="first")
+    a = loader.load(hv, inputs, host, ledger, reason="first")
     assert a.half == "lower" and a.generation == 1 and not a.unloaded_first
     assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
     armed = hv.armed_image(KEXEC_TYPE_CRASH)
@@ -292,7 +305,7 @@ def test_reload_goes_to_the_other_half_and_never_touches_the_armed_image(
 
     other = tmp_path / "initrd2.img"
     other.write_bytes(make_initrd(3 * MIB))
-    b = loader.load(hv, inputs_of(files, other), host, store, reason="second")
+    b = loader.load(hv, inputs_of(files, other), host, ledger, reason="second")
     assert b.half == "upper" and b.generation == 2 and (b.loads_issued, b.unloads_issued) == (2, 0)
     assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
     assert hv.armed_image(KEXEC_TYPE_CRASH).entry == b.entry  # type: ignore[union-attr]
@@ -305,7 +318,7 @@ def test_reload_goes_to_the_other_half_and_never_touches_the_armed_image(
     _, upper = half_window(host.crash, "lower")
     assert upper is not None
     before = hv.read_crash_area(upper.start, upper.size)
-    c = loader.load(hv, inputs, host, store, reason="third")
+    c = loader.load(hv, inputs, host, ledger, reason="third")
     assert c.half == "lower" and hv.armed_image_intact(KEXEC_TYPE_CRASH)
     assert hv.read_crash_area(upper.start, upper.size) == before
 
@@ -318,8 +331,9 @@ def test_rejected_load_after_copy(
     """Xen checks arch only after copying (§4.4): the armed image survives only two-halves."""
     hv = sim_host(tmp_path)
     store = RecordStore(tmp_path / "state")
+    ledger = known_empty(hv, store)
     host = loader.gather_host(hv)
-    a = loader.load(hv, inputs_of(files), host, store)
+    a = loader.load(hv, inputs_of(files), host, ledger)
     other = tmp_path / "initrd2.img"
     other.write_bytes(make_initrd(3 * MIB))
     b_inputs = inputs_of(files, other)
@@ -348,16 +362,17 @@ def test_unload_then_load_when_halves_do_not_fit(
     need = required_bytes(inputs, loader.gather_host(sim_host(probe)))
     hv = sim_host(tmp_path, -(-need * 3 // 2 // MIB) * MIB)
     store = RecordStore(tmp_path / "state")
+    ledger = known_empty(hv, store)
     host = loader.gather_host(hv)
     assert need <= host.crash.size and not fits_in_half(inputs, host)
     with caplog.at_level(logging.WARNING):
-        a = loader.load(hv, inputs, host, store)
+        a = loader.load(hv, inputs, host, ledger)
     assert a.half == "whole" and not a.unloaded_first
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (1, 0)  # nothing was armed: no unload
     assert "does not fit in half" in caplog.text and "crashkernel=" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        b = loader.load(hv, inputs, host, store)
+        b = loader.load(hv, inputs, host, ledger)
     assert b.half == "whole" and b.unloaded_first
     assert (b.generation, b.loads_issued, b.unloads_issued) == (2, 2, 1)
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (2, 1)
@@ -372,15 +387,16 @@ def test_too_small_keeps_the_armed_image_and_record(
 ) -> None:
     hv = sim_host(tmp_path)
     store = RecordStore(tmp_path / "state")
+    ledger = known_empty(hv, store)
     host = loader.gather_host(hv)
-    a = loader.load(hv, inputs_of(files), host, store)
+    a = loader.load(hv, inputs_of(files), host, ledger)
     record_bytes = store.path.read_bytes()
     big = tmp_path / "big.img"
     # The kernel's own need (its header's init_size) plus this initrd exceed 256 MiB.
     kernel_memsz = inputs_of(files).kernel.load_memsz
     big.write_bytes(os.urandom(256 * MIB - kernel_memsz + MIB))
     with pytest.raises(PlanError) as err:
-        loader.load(hv, inputs_of(files, big), host, store)
+        loader.load(hv, inputs_of(files, big), host, ledger)
     msg = str(err.value)
     need = int(re.search(r"needs (\d+) MiB", msg).group(1))  # type: ignore[union-attr]
     assert need > 256 and "Xen reserved 256 MiB" in msg and "crashkernel=" in msg
@@ -394,12 +410,14 @@ def test_too_small_keeps_the_armed_image_and_record(
 def test_unload_records_it(tmp_path: Path, files: tuple[Path, Path]) -> None:
     hv = sim_host(tmp_path)
     store = RecordStore(tmp_path / "state")
+    ledger = known_empty(hv, store)
     host = loader.gather_host(hv)
-    loader.load(hv, inputs_of(files), host, store)
-    loader.unload(hv, store)
+    loader.load(hv, inputs_of(files), host, ledger)
+    loader.unload(hv, ledger)
     assert hv.armed_image(KEXEC_TYPE_CRASH) is None
     assert store.read() is None
     state = store.read_state()
+    assert state is not None and state.pending is None
     assert (state.generation, state.loads_issued, state.unloads_issued) == (1, 1, 1)
-    # Xen's parity agrees with the record's counters (§4.1).
-    assert hv.kexec_status(KEXEC_TYPE_CRASH) == (state.loads_issued + state.unloads_issued) % 2
+    # Xen's parity agrees with the record (docs/xen-kexec-contract.md §4.1).
+    assert hv.kexec_status(KEXEC_TYPE_CRASH) == state.parity

@@ -140,3 +140,17 @@ def test_write_failures_name_the_file_and_keep_the_old_one(
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_paths_that_are_not_utf8_are_refused_by_name(tmp_path: Path) -> None:
+    from xenkdump.errors import ImageError  # noqa: PLC0415
+    from xenkdump.image import loader  # noqa: PLC0415
+
+    bad = Path(os.fsdecode(os.fsencode(tmp_path) + b"/vmlinuz-\xff"))
+    bad.write_bytes(b"x")
+    with pytest.raises(ImageError) as info:
+        loader.read_inputs(bad, None, cmdline="x")
+    assert (
+        str(info.value)
+        == f"{tmp_path}/vmlinuz-\\xff: kernel: expected a UTF-8 path, found bytes that are not"
+    )

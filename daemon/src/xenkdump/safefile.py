@@ -53,6 +53,22 @@ def shown(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
+def is_text(s: str) -> bool:
+    """True when ``s`` is valid UTF-8 text (no surrogate escapes of undecodable bytes)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_text_path(path: Path | str, what: str, *, error: type[InputError] = InputError) -> None:
+    """``error`` unless ``path`` is UTF-8: it is recorded, logged and sent on D-Bus,
+    which carries only valid UTF-8 strings."""
+    if not is_text(str(path)):
+        raise error(f"{shown(path)}: {what}: expected a UTF-8 path, found bytes that are not")
+
+
 def _kind(mode: int) -> str:
     for test, name in (
         (stat.S_ISDIR, "a directory"),
@@ -166,4 +182,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise FileWriteError(directory, exc) from None
 
 
-__all__ = ["Limit", "atomic_write", "read_file", "read_file_if_exists", "shown"]
+__all__ = [
+    "Limit",
+    "atomic_write",
+    "is_text",
+    "read_file",
+    "read_file_if_exists",
+    "require_text_path",
+    "shown",
+]

@@ -3,11 +3,14 @@ limits, and what must never appear."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenkdump.errors import ImageError, PlanError
+from xenkdump.errors import ImageError, InputError, PlanError
+from xenkdump.image import cmdline
 from xenkdump.image.cmdline import (
     DEFAULT_CRASH_ARGS,
     crash_cmdline,
@@ -188,3 +191,26 @@ def test_never_jump_back_and_idempotent(base: list[str], append: list[str], kib:
         assert sum(1 for t in toks if t.startswith("elfcorehdr=")) == 1
         again = crash_cmdline(base=out, xen_cmdline=XEN, elfcorehdr_addr=kib * 1024)
         assert again == out
+
+
+def test_limit_is_counted_in_bytes_not_characters() -> None:
+    # 1,500 characters, 3,000 bytes: over a 2,047-byte cmdline_size.
+    wide = "x=" + "é" * 1500
+    with pytest.raises(ImageError, match=r"expected at most 2047 bytes .* found 30\d\d$"):
+        cmdline.crash_cmdline(base=wide, elfcorehdr_addr=0x1000, cmdline_size=2047)
+
+
+@pytest.mark.parametrize(
+    ("base", "found"),
+    [
+        ("root=/dev/sda\x07", "control character 0x07"),
+        ('a="x\ny"', "control character 0x0a"),
+        ("panic=\x7f", "control character 0x7f"),
+        (os.fsdecode(b"init=/sbin/\xffinit"), "bytes that are not UTF-8"),
+    ],
+)
+def test_control_characters_and_undecodable_bytes_are_refused(base: str, found: str) -> None:
+    with pytest.raises(
+        InputError, match=f"command line: expected printable UTF-8 text, found {found}"
+    ):
+        cmdline.user_cmdline(base=base)

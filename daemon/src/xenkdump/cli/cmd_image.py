@@ -154,7 +154,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         if args.config is not None:
             inputs = kernels.configured_inputs(load_settings(args.config), hv)
         host = loader.gather_host(hv)
-        rec = loader.load(hv, inputs, host, records, reason="xenkdumpctl load")
+        ledger = loader.recall(hv, records, crash=host.crash)
+        rec = loader.load(hv, inputs, host, ledger, reason="xenkdumpctl load")
     print(
         f"loaded crash image generation {rec.generation} "
         f"({rec.half} {'area' if rec.half == 'whole' else 'half'}): {rec.kernel}"
@@ -174,7 +175,7 @@ def cmd_unload(args: argparse.Namespace) -> int:
 
     records = store(args)
     with open_hypervisor(args.hypervisor) as hv:
-        loader.unload(hv, records)
+        loader.unload(hv, loader.recall(hv, records))
     print("crash image unloaded")
     return 0
 
@@ -187,10 +188,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     inputs = _inputs(args)
     with open_hypervisor(args.hypervisor) as hv:
         host = loader.gather_host(hv)
-        armed = records.read()
-        if armed is not None and armed.crash_range != (host.crash.start, host.crash.size):
-            armed = None
-        plan, must_unload = loader.plan_for_load(inputs, host, armed)
+        knowledge = loader.recall(hv, records, crash=host.crash, settle=False).knowledge
+        plan, must_unload = loader.plan_for_load(inputs, host, knowledge.armed)
+        must_unload = must_unload or not knowledge.known
     if args.json:
         import json
 

@@ -63,26 +63,41 @@ def record_status(args: argparse.Namespace) -> Status:
     """The status from xenkdump's record and the hypervisor, without the daemon."""
     import logging
 
-    from xenkdump.errors import XenkdumpError
+    from xenkdump.errors import InputError, XenkdumpError
     from xenkdump.hv.select import open_hypervisor
+    from xenkdump.image.loader import recall
     from xenkdump.status import State, build
 
     log = logging.getLogger(__name__)
 
-    record = store(args).read()
+    records = store(args)
     crash = None
     xen_version = ""
+    unknown = ""
+    record = None
     try:
         with open_hypervisor(args.hypervisor) as hv:
             crash = hv.crash_range()
             major, minor = hv.xen_version()
             xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
+            # The record checked against Xen's parity, as xenkdumpd would (nothing written).
+            knowledge = recall(hv, records, crash=crash, settle=False).knowledge
+            record, unknown = knowledge.armed, knowledge.state.unknown
+    except InputError:
+        raise  # a wrong --hypervisor value is a usage error (exit 2)
     except XenkdumpError as exc:
+        record = records.read()
         # The record is the answer; the crash area is only context.  Say why it is
         # missing only when a hypervisor was named explicitly.
         level = logging.WARNING if args.hypervisor is not None else logging.DEBUG
         log.log(level, "cannot ask the hypervisor for the crash area: %s", exc)
-    if record is None:
+    if unknown:
+        state = State.DEGRADED
+        reason = (
+            f"a crash image may be armed at an unknown place in the crash area ({unknown}); "
+            "the next load unloads it first"
+        )
+    elif record is None:
         state, reason = State.NOT_LOADED, "nothing armed according to xenkdump's record"
     else:
         state, reason = State.LOADED, f"armed by xenkdump (generation {record.generation})"

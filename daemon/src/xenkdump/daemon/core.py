@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class DaemonCore:
         self._tickets = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Status]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._work_started: float | None = None  # monotonic start of the running action
         self._idle = asyncio.Event()
         self._idle.set()
         self._host_seen = ""
@@ -174,9 +176,25 @@ class DaemonCore:
         """``callback(settings)`` whenever a new configuration is accepted."""
         self._settings_listeners.append(callback)
 
-    async def close(self) -> None:
-        """Wait for running work (a load is never abandoned half-way) and stop."""
-        await self.wait_idle()
+    async def close(self, grace: float | None = None) -> bool:
+        """Wait for running work, at most ``grace`` seconds (None: for ever).
+
+        False when work is still running: abandoning it is safe, because every
+        hypercall is recorded as pending first and Xen's parity settles it at the
+        next start (docs/record-safety.md §2.2).
+        """
+        try:
+            await asyncio.wait_for(self.wait_idle(), grace)
+        except TimeoutError:
+            return False
+        return True
+
+    def progress_age(self) -> float:
+        """Seconds since the running load or unload last made progress (0.0 when idle)."""
+        started = self._work_started
+        if started is None:
+            return 0.0
+        return time.monotonic() - max(started, self.executor.progress_at)
 
     # ---- internals ----
 
@@ -224,6 +242,7 @@ class DaemonCore:
     async def _run(self, action: ev.Load | ev.Unload) -> None:
         error: BaseException | None = None
         result: ev.Event
+        self._work_started = time.monotonic()
         try:
             if isinstance(action, ev.Load):
                 result = await asyncio.to_thread(self.executor.load, action)
@@ -238,13 +257,18 @@ class DaemonCore:
         except Exception as exc:  # a bug: report it, keep the daemon and the image
             log.exception("internal error while running %s", action)
             error = OperationError(f"internal error: {exc!r}")
+        self._work_started = None
         if error is not None:
             if isinstance(action, ev.Load):
-                armed = await asyncio.to_thread(self.executor.after_failure)
-                result = ev.LoadFailed(str(error), armed_after=armed)
+                armed = self.executor.after_failure()
+                result = ev.LoadFailed(
+                    str(error), armed_after=armed, unknown_after=self.executor.location_unknown
+                )
             else:
-                await asyncio.to_thread(self.executor.after_failure)
-                result = ev.UnloadFailed(str(error))
+                armed = self.executor.after_failure()
+                result = ev.UnloadFailed(
+                    str(error), armed_after=armed, unknown_after=self.executor.location_unknown
+                )
         self._feed(result)
         for ticket in action.tickets:
             future = self._waiters.pop(ticket, None)

@@ -14,11 +14,15 @@ What the engine keeps
     host_stale  the host's CPUs or memory map changed after the armed image was built.
     config_error  the last configuration re-read was rejected (the old settings stay).
     held        an unload was requested: change events do not re-arm until a Reload.
+    unknown     why Xen may hold an image at a place nobody recorded ("" when known): the
+                record was lost, unreadable or disagrees with Xen (another tool loaded).
+                The executor's next load then unloads first (docs/record-safety.md).
     busy        one Load or Unload is outstanding; pending holds what arrived meanwhile.
 
 The state is derived from those, never stored:
 
     phase STARTING                                  -> starting
+    armed None,  unknown set                        -> degraded
     armed None,  failure None                       -> not-loaded
     armed None,  failure set                        -> failed
     armed set,   failure/host_stale/config_error/
@@ -28,7 +32,8 @@ The state is derived from those, never stored:
 Transitions (event -> effect; "Load(x)" is emitted only when not busy, else coalesced):
 
     Start(record ARMED)          armed := record; Load(IF_CHANGED) (adopt when identical)
-    Start(record other)          armed := None;   Load(FORCE) into the free half
+    Start(record UNLOADED)       armed := None;   Load(FORCE) into the free half
+    Start(record UNKNOWN)        unknown := why;  Load(FORCE): unload first, then load
     Changed(FILES|CONFIG)        Load(IF_CHANGED)                 (ignored while held)
     Changed(HOST)                host_stale := armed; Load(HOST)  (ignored while held)
     ConfigRejected(error)        config_error := error; no action
@@ -37,7 +42,8 @@ Transitions (event -> effect; "Load(x)" is emitted only when not busy, else coal
     UnloadRequested              held := True; Unload
     LoadDone(SKIPPED)            armed unchanged; failure, host_stale := None
     LoadDone(LOADED, info)       armed := info; failure, host_stale := None
-    LoadFailed(error, armed?)    failure := error; armed kept unless the result says it is gone
+    LoadFailed(error, armed?)    failure := error; armed kept unless the result says it is gone;
+                                 unknown := the result's
     UnloadDone                   armed := None; failure := None
     UnloadFailed(error)          failure := error; armed unknown -> None
 
@@ -65,9 +71,10 @@ class RecordCheck(enum.Enum):
     """What start-up found in our durable record, cross-checked with Xen's parity."""
 
     ARMED = "armed"  # record present, says armed, parity agrees, from this boot
-    ABSENT = "absent"  # no record (first start, or state directory lost)
-    UNLOADED = "unloaded"  # record says nothing is armed
-    DISAGREES = "disagrees"  # record and Xen's parity disagree (e.g. killed mid-load)
+    UNLOADED = "unloaded"  # record says nothing is armed, parity agrees
+    # No trustworthy record: missing, unreadable, older than this boot, or disagreeing
+    # with Xen's parity (another tool loaded or unloaded): where an image is, is unknown.
+    UNKNOWN = "unknown"
 
 
 class Change(enum.Enum):
@@ -164,6 +171,7 @@ class LoadDone:
 class LoadFailed:
     error: str
     armed_after: bool = True  # False: the record says the previous image is gone too
+    unknown_after: str = ""  # why the location of an armed image is now unknown, if it is
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,8 @@ class UnloadDone:
 @dataclass(frozen=True)
 class UnloadFailed:
     error: str
+    armed_after: bool = False  # True: the executor knows the image is still armed
+    unknown_after: str = ""
 
 
 Event = (
@@ -262,6 +272,7 @@ class Engine:
         self.host_stale = False
         self.config_error: str | None = None
         self.held = False
+        self.unknown = ""
         self.busy: Load | Unload | None = None
         self.last_error = ""
         self.last_reason = ""  # why the newest Load was issued
@@ -274,6 +285,8 @@ class Engine:
         if self.starting:
             return State.STARTING
         if self.armed is None:
+            if self.unknown:
+                return State.DEGRADED
             return State.FAILED if self.failure else State.NOT_LOADED
         if self.failure or self.host_stale or self.config_error or self.armed.whole_area:
             return State.DEGRADED
@@ -296,7 +309,14 @@ class Engine:
         if state is State.LOADED:
             return f"crash kernel armed ({gen})"
         why = []
-        if self.failure:
+        if self.unknown:
+            why.append(
+                f"a crash image may be armed at an unknown place in the crash area "
+                f"({self.unknown}); the next load unloads it first"
+            )
+        if self.failure and self.armed is None:
+            why.append(f"the newest load failed ({self.failure})")
+        elif self.failure:
             why.append(f"the newest load failed ({self.failure}); {gen} stays armed")
         if self.host_stale:
             why.append(f"host CPUs or memory map changed since {gen} was built")
@@ -356,11 +376,14 @@ class Engine:
             assert event.armed is not None
             self.armed = event.armed
             return self._issue(Load("start: adopt the armed image or update it", Scope.IF_CHANGED))
-        why = {
-            RecordCheck.ABSENT: "start: no record of an armed image",
-            RecordCheck.UNLOADED: "start: record says nothing is armed",
-            RecordCheck.DISAGREES: "start: record disagrees with Xen's load/unload parity",
-        }[event.record]
+        if event.record is RecordCheck.UNKNOWN:
+            self.unknown = event.detail or "no trustworthy record"
+            why = f"start: location of any armed image unknown ({self.unknown})"
+            return [
+                Log(LogKind.WARNING, why + "; unloading it, then loading"),
+                *self._issue(Load(why, Scope.FORCE)),
+            ]
+        why = "start: record says nothing is armed"
         if event.detail:
             why += f" ({event.detail})"
         return [
@@ -419,6 +442,7 @@ class Engine:
         self.failure = None
         self.host_stale = False
         self.armed = event.armed
+        self.unknown = ""
         self.last_error = ""
         gen = event.armed.generation
         if event.outcome is Outcome.SKIPPED:
@@ -439,10 +463,13 @@ class Engine:
         self.last_error = event.error
         if not event.armed_after:
             self.armed = None
+        self.unknown = event.unknown_after
         self.host_stale = self.host_stale and self.armed is not None
         keeps = (
             f"generation {self.armed.generation} stays armed"
             if self.armed is not None
+            else "where a crash kernel may be armed is unknown"
+            if self.unknown
             else "no crash kernel is armed"
         )
         return [
@@ -453,6 +480,7 @@ class Engine:
     def _unload_done(self) -> list[Action]:
         self._finish()
         self.armed = None
+        self.unknown = ""
         self.failure = None
         self.host_stale = False
         return [Log(LogKind.UNLOADED, "crash kernel unloaded on request"), *self._next()]
@@ -461,6 +489,9 @@ class Engine:
         self._finish()
         self.failure = event.error
         self.last_error = event.error
-        # After a failed unload Xen may or may not still hold the image: claim nothing.
-        self.armed = None
+        # Xen refuses before its swap, so the image stays -- but claim nothing the
+        # executor does not vouch for.
+        if not event.armed_after:
+            self.armed = None
+        self.unknown = event.unknown_after
         return [Log(LogKind.UNLOAD_FAILED, f"unload failed: {event.error}"), *self._next()]

@@ -14,12 +14,12 @@ from pathlib import Path
 from xenkdump.daemon import kernels
 from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, Scope, Start
 from xenkdump.errors import InputError
-from xenkdump.hv.port import KEXEC_TYPE_CRASH, Hypervisor
+from xenkdump.hv.port import Hypervisor
 from xenkdump.image import loader
 from xenkdump.image.planner import HostFacts, ImageInputs
 from xenkdump.safefile import Limit, read_file
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
-from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.state.record import Ledger, LoadRecord, RecordStore
 from xenkdump.units import size_text
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,16 @@ class Executor:
         self.settings = settings
         self.release = release
         self.store = RecordStore(settings.state_dir)
-        self.record: LoadRecord | None = None  # what the store said after our last action
+        self.record: LoadRecord | None = None  # what is armed after our last action
+        self.ledger: Ledger | None = None  # the record and what we know Xen holds
         self.crash_range = hv.crash_range()
         major, minor = hv.xen_version()
         self.xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
         self._cached: _Cached | None = None
         self.files_read = 0  # how many times kernel/initrd were read (header-only reloads do not)
+        # time.monotonic() of the running action's last step (read, host, load): what the
+        # daemon's watchdog keep-alive checks (progress, not just a live event loop).
+        self.progress_at = 0.0
 
     def set_settings(self, settings: Settings) -> None:
         # The state directory is where our record lives; moving it mid-run would orphan
@@ -70,30 +74,34 @@ class Executor:
     # ---- start-up: what is armed? ----
 
     def check_record(self) -> Start:
-        """Cross-check our durable record with Xen's load/unload parity.
+        """What is armed: our durable record checked against Xen's parity
+        (why only the parity: docs/xen-kexec-contract.md §4.1).
 
-        Why only the parity: docs/xen-kexec-contract.md §4.1.
+        A record older than this boot, missing, unreadable or disagreeing with Xen
+        leaves the location of any armed image unknown (state/record.py).
         """
-        state = self.store.read_state()
-        self.record = state.armed
-        parity = self.hv.kexec_status(KEXEC_TYPE_CRASH) & 1
-        ours = (state.loads_issued + state.unloads_issued) & 1
-        if state.loads_issued == 0 and state.unloads_issued == 0 and state.armed is None:
-            return Start(RecordCheck.ABSENT, detail=f"no {self.store.path}")
-        if parity != ours:
-            return Start(
-                RecordCheck.DISAGREES,
-                detail=f"Xen's parity is {parity}, our {state.loads_issued} loads and "
-                f"{state.unloads_issued} unloads give {ours}",
-            )
-        if state.armed is None:
-            return Start(RecordCheck.UNLOADED)
-        # Parity alone cannot tell this boot's record from an earlier boot's (the count
-        # restarts at 0); a record older than the boot is stale.
-        btime = boot_time()
-        if state.armed.loaded_at < btime:
-            return Start(RecordCheck.DISAGREES, detail="the record predates this boot")
-        return Start(RecordCheck.ARMED, Armed(state.armed.generation, state.armed.half == "whole"))
+        ledger = loader.recall(self.hv, self.store, crash=self.crash_range, boot_time=boot_time())
+        self.ledger = ledger
+        k = ledger.knowledge
+        self.record = k.armed
+        if not k.known:
+            return Start(RecordCheck.UNKNOWN, detail=k.state.unknown)
+        if k.armed is None:
+            return Start(RecordCheck.UNLOADED, detail=k.detail)
+        return Start(
+            RecordCheck.ARMED, Armed(k.armed.generation, k.armed.half == "whole"), k.detail
+        )
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            self.check_record()
+        assert self.ledger is not None
+        return self.ledger
+
+    @property
+    def location_unknown(self) -> str:
+        """Why the location of an armed image is unknown ("" when it is known)."""
+        return "" if self.ledger is None else self.ledger.knowledge.state.unknown
 
     # ---- loads ----
 
@@ -148,8 +156,9 @@ class Executor:
 
     def load(self, action: Load) -> LoadDone:
         """Carry out ``action``; raise the project's errors when it fails."""
-        started = time.monotonic()
-        current = self.store.read()
+        started = self.progress_at = time.monotonic()
+        ledger = self._ledger()
+        current = ledger.knowledge.armed
         cached = self._cached
         if (
             action.scope is Scope.HOST
@@ -161,7 +170,9 @@ class Executor:
             inputs = cached.inputs  # only the ELF core header changes: no file is re-read
         else:
             inputs = self.read_inputs(action)
+        self.progress_at = time.monotonic()
         host = self.gather_host()
+        self.progress_at = time.monotonic()
         if (
             action.scope is not Scope.FORCE
             and current is not None
@@ -170,8 +181,10 @@ class Executor:
             self.record = current
             self._cached = _Cached(current.generation, inputs)
             return LoadDone(Outcome.SKIPPED, Armed(current.generation, current.half == "whole"))
-        rec = loader.load(self.hv, inputs, host, self.store, reason=action.reason)
-        self.record = rec
+        try:
+            rec = loader.load(self.hv, inputs, host, ledger, reason=action.reason)
+        finally:
+            self.record = ledger.knowledge.armed
         self._cached = _Cached(rec.generation, inputs)
         took = (time.monotonic() - started) * 1000
         summary = f"{Path(rec.kernel).name} into the {rec.half} half in {took:.0f} ms"
@@ -190,17 +203,18 @@ class Executor:
         )
 
     def after_failure(self) -> bool:
-        """Re-read the record after a failed action: is an image still armed?"""
-        try:
-            self.record = self.store.read()
-        except OSError:
-            return self.record is not None
+        """After a failed action: is an image still armed?  (What we know, not a re-read:
+        the record on disk may lag behind when it could not be written.)"""
+        self.record = None if self.ledger is None else self.ledger.knowledge.armed
         return self.record is not None
 
     def unload(self) -> None:
-        loader.unload(self.hv, self.store)
-        self.record = self.store.read()
-        self._cached = None
+        ledger = self._ledger()
+        try:
+            loader.unload(self.hv, ledger)
+        finally:
+            self.record = ledger.knowledge.armed
+            self._cached = None
 
 
 def _with_kernel(settings: Settings, kernel: Path) -> Settings:

@@ -14,6 +14,7 @@ from xenkdump.errors import ImageError
 from xenkdump.hv.port import Hypervisor
 from xenkdump.image import loader
 from xenkdump.image.planner import ImageInputs
+from xenkdump.safefile import is_text
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
 
 KERNEL_PREFIX = "vmlinuz-"
@@ -41,7 +42,9 @@ def latest_version(boot_dir: Path) -> str:
     versions = [
         n[len(KERNEL_PREFIX) :]
         for n in names
-        if n.startswith(KERNEL_PREFIX) and not n.endswith((".dpkg-new", ".dpkg-tmp", ".bak"))
+        if n.startswith(KERNEL_PREFIX)
+        and not n.endswith((".dpkg-new", ".dpkg-tmp", ".bak"))
+        and is_text(n)  # a name that is not UTF-8 could not be recorded or shown on D-Bus
     ]
     if not versions:
         raise ImageError(f"kernel: latest: no {KERNEL_PREFIX}* file in {boot_dir}")

@@ -29,9 +29,16 @@ from xenkdump.exits import EXIT_FAILED, EXIT_OK, OneLineParser
 from xenkdump.hv.select import open_hypervisor
 from xenkdump.settings.load import dropin_dir, load_settings
 from xenkdump.settings.model import DEFAULT_CONFIG_PATH, Settings
+from xenkdump.state.record import check_state_dir
 from xenkdump.status import Status
 
 log = logging.getLogger("xenkdump.daemon")
+
+# A load or unload that makes no progress for this long stops the watchdog keep-alive, so
+# that systemd restarts xenkdumpd (the record settles what happened, docs/record-safety.md).
+STALL_LIMIT = 60.0
+# SIGTERM waits this long for a running load or unload, then exits without it.
+STOP_GRACE = 5.0
 
 
 class ServiceHandle(Protocol):
@@ -81,6 +88,34 @@ class Daemon:
         self._timers: list[PeriodicTimer] = []
         self._topology: PeriodicTimer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starving = False
+        self.abandoned = False  # stopped with a load or unload still running
+
+    def _keep_alive(self) -> None:
+        """WATCHDOG=1, but only while the running work (if any) makes progress."""
+        age = self.core.progress_age()
+        if age < STALL_LIMIT:
+            self._starving = False
+            self.notifier.watchdog()
+        elif not self._starving:
+            self._starving = True
+            log.error(
+                "the running load or unload made no progress for %.0f s: no longer feeding "
+                "the watchdog, so that systemd restarts xenkdumpd",
+                age,
+            )
+
+    async def _until_started_or_stopped(self) -> bool:
+        """The first reconcile, unless SIGTERM comes first (True: it finished)."""
+        start = asyncio.ensure_future(self.core.start())
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if start.done():
+            stop.cancel()
+            log.info("first reconcile done: %s", start.result().status_line())
+            return True
+        start.cancel()
+        return False
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -142,8 +177,12 @@ class Daemon:
         self._watcher.watch(self._watch_dirs(settings))
         core.on_settings(self._on_settings)
 
-        snapshot = await core.start()
-        log.info("first reconcile done: %s", snapshot.status_line())
+        period = watchdog_period()
+        if period is not None:
+            self._timers.append(PeriodicTimer(loop, period, self._keep_alive))
+        if not await self._until_started_or_stopped():
+            await self._stop(None)
+            return self.exit_code
 
         handle: ServiceHandle | None = None
         if self.use_bus:
@@ -159,9 +198,6 @@ class Daemon:
         self._topology = PeriodicTimer(
             loop, settings.topology_check_interval, lambda: self._spawn(core.check_host())
         )
-        period = watchdog_period()
-        if period is not None:
-            self._timers.append(PeriodicTimer(loop, period, self.notifier.watchdog))
         self.notifier.ready(core.status().status_line())
         try:
             if handle is None:
@@ -169,13 +205,22 @@ class Daemon:
             else:
                 await self._until_stop_or_bus_lost(handle)
         finally:
-            self.notifier.stopping()
-            log.info("stopping; the crash kernel stays armed")
-            self._shutdown()
-            if handle is not None:
-                await handle.close()
-            await core.close()
+            await self._stop(handle)
         return self.exit_code
+
+    async def _stop(self, handle: ServiceHandle | None) -> None:
+        self.notifier.stopping()
+        log.info("stopping; the crash kernel stays armed")
+        self._shutdown()
+        if handle is not None:
+            await handle.close()
+        if not await self.core.close(STOP_GRACE):
+            self.abandoned = True
+            log.warning(
+                "stopping with a load or unload still running after %.0f s; its pending "
+                "record and Xen's load/unload parity settle it at the next start",
+                STOP_GRACE,
+            )
 
     async def _until_stop_or_bus_lost(self, handle: ServiceHandle) -> None:
         """Wait for SIGTERM; if the bus goes away first, exit non-zero so that systemd
@@ -217,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_path) if config_path is not None else Settings()
         if config_path is None:
             log.info("no %s: using built-in defaults", DEFAULT_CONFIG_PATH)
+        # Whoever can write the state directory chooses where the next load goes.
+        check_state_dir(settings.state_dir, create=True)
         hv = open_hypervisor(args.hypervisor)
     except XenkdumpError as exc:
         log.error("cannot start: %s", exc)
@@ -225,7 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with hv:
             core = DaemonCore(hv, settings, config_path=config_path)
-            return asyncio.run(Daemon(core, notifier, use_bus=not args.no_bus).run())
+            daemon = Daemon(core, notifier, use_bus=not args.no_bus)
+            runner = asyncio.Runner()
+            try:
+                code = runner.run(daemon.run())
+            finally:
+                if not daemon.abandoned:  # closing joins the worker threads
+                    runner.close()
+            if daemon.abandoned:
+                logging.shutdown()
+                os._exit(code)  # a worker thread is stuck in a system call: do not join it
+            return code
     except XenkdumpError as exc:
         log.error("stopped: %s", exc)
         notifier.send(f"STATUS=failed: {exc}")

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from xenkdump.errors import ImageError, PlanError
+from xenkdump.errors import ImageError, InputError, PlanError
 
 DEFAULT_CRASH_ARGS: tuple[str, ...] = ("irqpoll", "nr_cpus=1", "reset_devices")
 
@@ -140,7 +140,28 @@ def user_cmdline(
     crash_cmdline() later adds the console and elfcorehdr=/acpi_rsdp=.
     """
     kept, extra, init = _edit(base, append, remove, use_defaults)
-    return " ".join(kept + extra + init)
+    line = " ".join(kept + extra + init)
+    check_text(line)
+    return line
+
+
+def check_text(line: str) -> None:
+    """InputError unless ``line`` is UTF-8 text without control characters.
+
+    A control character would reach the crash kernel's parser, the record, the journal
+    and D-Bus; bytes that are not UTF-8 (surrogate escapes from argv) cannot be sent
+    on D-Bus at all.
+    """
+    for i, ch in enumerate(line):
+        if ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
+            what = (
+                "bytes that are not UTF-8"
+                if 0xD800 <= ord(ch) <= 0xDFFF
+                else f"control character {ord(ch):#04x}"
+            )
+            raise InputError(
+                f"command line: expected printable UTF-8 text, found {what} at character {i}"
+            )
 
 
 def _xen_serial(xen_cmdline: str) -> str | None:
@@ -220,9 +241,10 @@ def crash_cmdline(
     if acpi_rsdp:
         tail.append(f"acpi_rsdp={acpi_rsdp:#x}")
     line = " ".join(kept + extra + tail + init)
-    if len(line) > cmdline_size:
+    size = len(line.encode("utf-8", errors="surrogateescape"))
+    if size > cmdline_size:
         raise ImageError(
             f"crash command line: expected at most {cmdline_size} bytes (the kernel's "
-            f"cmdline_size), found {len(line)}"
+            f"cmdline_size), found {size}"
         )
     return line

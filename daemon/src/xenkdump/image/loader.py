@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from xenkdump.errors import HypervisorError, ImageError, InputError, PlanError, XenkdumpError
@@ -42,12 +42,24 @@ from xenkdump.image.planner import (
     plan_crash_image,
     required_bytes,
 )
-from xenkdump.safefile import Limit, read_file, read_file_if_exists
-from xenkdump.state.record import LoadRecord, RecordStore
+from xenkdump.safefile import Limit, read_file, read_file_if_exists, require_text_path
+from xenkdump.state.record import (
+    Knowledge,
+    Ledger,
+    LoadRecord,
+    RecordError,
+    RecordStore,
+    StateFile,
+    resolve,
+)
 from xenkdump.status import suggested_reservation
 from xenkdump.units import MIB, mib_up
 
 log = logging.getLogger(__name__)
+
+# KEXEC_CMD_kexec_status exists from Xen 4.9; before, the hypercall answers 0
+# (docs/xen-kexec-contract.md §2.2).
+PARITY_XEN_VERSION = (4, 9)
 
 PROC_CMDLINE = Path("/proc/cmdline")
 EFI_SYSTAB = Path("/sys/firmware/efi/systab")
@@ -74,6 +86,9 @@ def read_inputs(
     /proc/cmdline); ``remove`` and ``append`` then edit it (cmdline.py).
     ImageError naming the file when one is missing, unreadable or malformed.
     """
+    require_text_path(kernel, "kernel", error=ImageError)
+    if initrd is not None:
+        require_text_path(initrd, "initrd", error=ImageError)
     kernel_data = read_file(kernel, "kernel", Limit.KERNEL, error=ImageError)
     image = parse_bzimage(kernel_data, name=str(kernel))
     initrd_data = b""
@@ -141,7 +156,8 @@ def gather_host(hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB) -> HostFacts:
         try:
             notes.append(hv.cpu_note_range(cpu))
         except HypervisorError as exc:
-            # kexec-tools stops at the first CPU Xen will not describe (§2.2).
+            # kexec-tools stops at the first CPU Xen will not describe
+            # (docs/xen-kexec-contract.md §2.2).
             log.debug("no crash note for cpu %d: %s", cpu, exc)
             break
     vmcoreinfo = hv.vmcoreinfo_range()
@@ -178,40 +194,111 @@ def plan_for_load(
     return plan, must_unload
 
 
-def _armed_record(store: RecordStore, host: HostFacts) -> LoadRecord | None:
-    armed = store.read()
-    if armed is not None and armed.crash_range != (host.crash.start, host.crash.size):
-        log.warning(
-            "%s: recorded crash area %#x+%#x differs from Xen's %#x+%#x; ignoring the record",
-            store.path,
-            *armed.crash_range,
-            host.crash.start,
-            host.crash.size,
-        )
+def xen_parity(hv: Hypervisor) -> int | None:
+    """Xen's crash status answer (the load/unload parity), None where Xen has none (< 4.9)."""
+    if hv.xen_version() < PARITY_XEN_VERSION:
         return None
-    return armed
+    return hv.kexec_status(KEXEC_TYPE_CRASH) & 1
+
+
+def recall(
+    hv: Hypervisor,
+    store: RecordStore,
+    *,
+    crash: AddressRange | None = None,
+    boot_time: float = 0.0,
+    settle: bool = True,
+) -> Ledger:
+    """What is armed now: the record checked against Xen (record.resolve).
+
+    With ``settle`` the outcome is written back (best effort), so that a later check
+    compares against Xen's parity as it is now.
+    """
+    parity = xen_parity(hv)
+    crash = crash if crash is not None else hv.crash_range()
+    try:
+        state = store.read_state()
+    except RecordError as exc:
+        log.warning("%s", exc)
+        knowledge = resolve(None, parity, problem=str(exc))
+        state = None
+    else:
+        knowledge = resolve(
+            state, parity, boot_time=boot_time, crash_range=(crash.start, crash.size)
+        )
+    ledger = Ledger(store, knowledge)
+    if settle and knowledge.state != state:
+        ledger.settle(knowledge)
+    return ledger
+
+
+def _guarded(
+    hv: Hypervisor, ledger: Ledger, op: str, image: LoadRecord | None, call: Callable[[], None]
+) -> None:
+    """Issue one load or unload hypercall with the record written before and after it."""
+    before = xen_parity(hv)
+    base = ledger.knowledge.state
+    ledger.begin(op, before, image)  # RecordWriteError: nothing is issued
+    try:
+        call()
+    except XenkdumpError:
+        # Xen refuses before its slot swap, so nothing happened -- its parity confirms it.
+        try:
+            now = xen_parity(hv)
+        except XenkdumpError:
+            now = None
+        if now is None or before is None:
+            outcome = Knowledge(base, base.unknown)
+        else:
+            outcome = resolve(base.begin(op, before, image), now)
+        ledger.settle(outcome)
+        raise
+    ledger.settle(Knowledge(base.after(op, image, before)))
 
 
 def load(
     hv: Hypervisor,
     inputs: ImageInputs,
     host: HostFacts,
-    store: RecordStore,
+    ledger: Ledger,
     *,
     reason: str = "manual",
 ) -> LoadRecord:
     """Load ``inputs`` as the crash image, replacing any armed one; record it.
 
-    The record is written only after Xen accepted the load.  On failure the
-    exception propagates and the record says what is armed now: the previous
-    image (two-halves placement: untouched), or nothing (after the fallback
-    unload, or after a failed whole-area load, which is unloaded because it
-    may have overwritten whatever was armed, xen-kexec-contract.md §4.3).
+    The record names the image and its half before the hypercall and the result after
+    it (``_guarded``).  On failure the exception propagates and ``ledger.knowledge``
+    says what is armed now: the previous image (two-halves placement: untouched), or
+    nothing (after an unload first, or after a failed whole-area load, which is
+    unloaded because it may have overwritten whatever was armed, docs/xen-kexec-contract.md §4.3).
+
+    When the location of an armed image is unknown (``ledger.knowledge.known`` False)
+    the load unloads first: a window without a crash kernel, logged with its length,
+    instead of a load into a half that may hold the armed image.
     """
-    armed = _armed_record(store, host)
+    knowledge = ledger.knowledge
+    armed = knowledge.armed
     plan, must_unload = plan_for_load(inputs, host, armed)
     needed = required_bytes(inputs, host)
-    if must_unload:
+    window_from: float | None = None
+    if not knowledge.known:
+        log.warning(
+            "no trustworthy record of where a crash image may be armed (%s): unloading "
+            "whatever Xen holds before loading; a crash meanwhile finds no crash kernel",
+            knowledge.state.unknown,
+        )
+        window_from = time.monotonic()
+        _guarded(hv, ledger, "unload", None, lambda: hv.kexec_unload(KEXEC_TYPE_CRASH))
+    if plan.half == "whole" and not must_unload:
+        # nothing (known) armed now, but the next reload will need to unload
+        log.warning(
+            "the crash image (%s) does not fit in half of the %d MiB crash area: the "
+            "next reload must unload it first; crashkernel=%dM on the Xen command line avoids this",
+            mib_up(needed),
+            host.crash.size // MIB,
+            suggested_reservation(needed) // MIB,
+        )
+    elif must_unload:
         why = (
             "the armed image uses the whole crash area"
             if armed is not None and armed.half == "whole" and plan.half != "whole"
@@ -226,32 +313,42 @@ def load(
             host.crash.size // MIB,
             suggested_reservation(needed) // MIB,
         )
-        hv.kexec_unload(KEXEC_TYPE_CRASH)
-        store.clear_armed(unloads=1)
-    elif plan.half == "whole":  # nothing armed now, but the next reload will need to unload
-        log.warning(
-            "the crash image (%s) does not fit in half of the %d MiB crash area: the "
-            "next reload must unload it first; crashkernel=%dM on the Xen command line avoids this",
-            mib_up(needed),
-            host.crash.size // MIB,
-            suggested_reservation(needed) // MIB,
-        )
+        window_from = time.monotonic()
+        _guarded(hv, ledger, "unload", None, lambda: hv.kexec_unload(KEXEC_TYPE_CRASH))
+    record = new_record(
+        ledger.knowledge.state,
+        inputs,
+        host,
+        plan,
+        reason=reason,
+        unloaded_first=must_unload,
+        needed=needed,
+    )
+    segments = plan.kexec_segments()
     try:
-        hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, plan.entry, plan.kexec_segments())
+        _guarded(
+            hv,
+            ledger,
+            "load",
+            record,
+            lambda: hv.kexec_load(KEXEC_TYPE_CRASH, EM_X86_64, plan.entry, segments),
+        )
     except XenkdumpError:
-        if plan.half == "whole" and not must_unload:
+        if window_from is not None:
+            log.error("no crash kernel armed: the load after the unload failed")
+        elif plan.half == "whole" and ledger.knowledge.armed is None:
             # A whole-area load may have overwritten an image we did not know about (§4.3):
             # leave nothing half-written armed.
             try:
-                hv.kexec_unload(KEXEC_TYPE_CRASH)
-                store.clear_armed(unloads=1)
+                _guarded(hv, ledger, "unload", None, lambda: hv.kexec_unload(KEXEC_TYPE_CRASH))
             except XenkdumpError as exc:
                 log.warning("unload after the failed load failed too: %s", exc)
         raise
-    record = new_record(
-        store, inputs, host, plan, reason=reason, unloaded_first=must_unload, needed=needed
-    )
-    store.write(record)
+    if window_from is not None:
+        log.warning(
+            "window without a crash kernel: %.0f ms (unload to load)",
+            (time.monotonic() - window_from) * 1000,
+        )
     log.info(
         "crash image generation %d loaded in the %s half: %s (%s)",
         record.generation,
@@ -263,7 +360,7 @@ def load(
 
 
 def new_record(
-    store: RecordStore,
+    state: StateFile,
     inputs: ImageInputs,
     host: HostFacts,
     plan: Plan,
@@ -272,8 +369,7 @@ def new_record(
     unloaded_first: bool,
     needed: int,
 ) -> LoadRecord:
-    """The record of ``plan`` once Xen has accepted it (one more load issued)."""
-    state = store.read_state()
+    """The record of ``plan`` as it will be once Xen has accepted it (one more load issued)."""
     return LoadRecord(
         generation=state.generation + 1,
         kernel=inputs.kernel_path,
@@ -300,7 +396,9 @@ def new_record(
     )
 
 
-def unload(hv: Hypervisor, store: RecordStore) -> None:
-    """Unload the crash image (an empty slot unloads fine, §2.2) and record that."""
-    hv.kexec_unload(KEXEC_TYPE_CRASH)
-    store.clear_armed(unloads=1)
+def unload(hv: Hypervisor, ledger: Ledger) -> None:
+    """Unload the crash image and record that.
+
+    An empty slot unloads fine (docs/xen-kexec-contract.md §2.2).
+    """
+    _guarded(hv, ledger, "unload", None, lambda: hv.kexec_unload(KEXEC_TYPE_CRASH))
