@@ -53,7 +53,12 @@ class ConfigProblems(ConfigError):
 
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
+        super().__init__("; ".join(_printable(str(p)) for p in problems))
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: a control character a file put in a key or value is escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def dotted(path: KeyPath) -> str:
@@ -199,8 +204,12 @@ def read_yaml(raw: bytes, source: str) -> Document:
         line = int(mark.line) + 1 if mark is not None else 0
         what = exc.problem or exc.context or "syntax error"
         raise ConfigProblems([ConfigProblem(source, line, "", f"invalid YAML: {what}")]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, C0)
+        what = f"invalid YAML: character {exc.character!r} at offset {exc.position}: {exc.reason}"
+        raise ConfigProblems([ConfigProblem(source, 0, "", what)]) from None
     except yaml.YAMLError as exc:
-        raise ConfigProblems([ConfigProblem(source, 0, "", f"invalid YAML: {exc}")]) from None
+        what = " ".join(str(exc).split())  # one line, whatever the exception printed
+        raise ConfigProblems([ConfigProblem(source, 0, "", f"invalid YAML: {what}")]) from None
     except RecursionError:
         message = f"invalid YAML: nested more than {MAX_DEPTH} levels deep"
         raise ConfigProblems([ConfigProblem(source, 0, "", message)]) from None
