@@ -49,8 +49,10 @@ class Limit(enum.IntEnum):
 
 
 def shown(path: Path | str) -> str:
-    """``path`` as valid text: undecodable bytes escaped as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    """``path`` as valid one-line text: undecodable bytes escaped as ``\\xNN``, control
+    characters as Python writes them (``\\n``)."""
+    text = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def is_text(s: str) -> bool:

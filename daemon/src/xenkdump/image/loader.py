@@ -42,7 +42,7 @@ from xenkdump.image.planner import (
     plan_crash_image,
     required_bytes,
 )
-from xenkdump.safefile import Limit, read_file, read_file_if_exists, require_text_path
+from xenkdump.safefile import Limit, read_file, read_file_if_exists, require_text_path, shown
 from xenkdump.state.record import (
     Knowledge,
     Ledger,
@@ -90,12 +90,12 @@ def read_inputs(
     if initrd is not None:
         require_text_path(initrd, "initrd", error=ImageError)
     kernel_data = read_file(kernel, "kernel", Limit.KERNEL, error=ImageError)
-    image = parse_bzimage(kernel_data, name=str(kernel))
+    image = parse_bzimage(kernel_data, name=shown(kernel))
     initrd_data = b""
     if initrd is not None:
         initrd_data = read_file(initrd, "initrd", Limit.INITRD, error=ImageError)
         if not initrd_data:
-            raise ImageError(f"{initrd}: initrd: expected a non-empty file, found 0 bytes")
+            raise ImageError(f"{shown(initrd)}: initrd: expected a non-empty file, found 0 bytes")
     if cmdline is None:
         base = dom0_cmdline if dom0_cmdline is not None else read_dom0_cmdline()
     else:
