@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from dbus_fast import Message, MessageType, Variant
@@ -157,6 +157,54 @@ class DaemonClient:
         body = variants(options or {}, names.RELOAD_OPTIONS)
         (status,) = await self.call("Reload", "a{sv}", [body])
         return status_dict(status)
+
+    async def self_test(
+        self,
+        options: Mapping[str, object] | None = None,
+        on_progress: Callable[[str, float], None] | None = None,
+    ) -> tuple[str, bool, dict[str, object]]:
+        """Start a self-test and follow its signals to the end: (id, passed, result).
+
+        Signals are matched before the call, so none is missed however fast the run.
+        """
+        match = f"type='signal',interface='{names.INTERFACE}',path='{names.OBJECT_PATH}'"
+        await self.call_raw(
+            "AddMatch",
+            "s",
+            [match],
+            interface=names.DBUS_SERVICE,
+            destination=names.DBUS_SERVICE,
+            path=names.DBUS_PATH,
+        )
+        seen: list[Message] = []
+        arrived = asyncio.Event()
+
+        def handler(msg: Message) -> None:
+            if msg.member in ("SelfTestProgress", "SelfTestFinished"):
+                seen.append(msg)
+                arrived.set()
+
+        self.bus.add_message_handler(handler)
+        try:
+            body = variants(options or {}, names.SELFTEST_OPTIONS)
+            (test_id,) = await self.call("SelfTest", "a{sv}", [body])
+            done = 0
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                for msg in seen[done:]:
+                    done += 1
+                    if msg.body[0] != test_id:
+                        continue
+                    if msg.member == "SelfTestProgress" and on_progress is not None:
+                        on_progress(str(msg.body[1]), float(msg.body[2]))
+                    elif msg.member == "SelfTestFinished":
+                        return str(test_id), bool(msg.body[1]), status_dict(msg.body[2])
+        finally:
+            self.bus.remove_message_handler(handler)
+
+    async def cancel_self_test(self, test_id: str) -> None:
+        await self.call("CancelSelfTest", "s", [test_id])
 
     async def unload(self, options: Mapping[str, object] | None = None) -> dict[str, object]:
         body = variants(options or {}, names.UNLOAD_OPTIONS)

@@ -30,7 +30,11 @@ import privatebus
 from asyncclient import DaemonClient
 from xenkdump.dbus import names
 from xenkdump.errors import BusyError
-from xenkdump.requests import ReloadOptions, UnloadOptions
+from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
+from xenkdump.selftest.job import Job, Options, Result
+from xenkdump.selftest.plan import Image
+from xenkdump.selftest.runner import SelfTests
+from xenkdump.selftest.stages import LEVEL_STAGES, Level, Stage
 from xenkdump.status import Status
 
 T = TypeVar("T")
@@ -119,6 +123,37 @@ def snapshot() -> Status:
     return loaded_status()
 
 
+class ScriptedJob(Job):
+    """A self-test job without a VM: reports every stage, then passes, unless told to
+    hold (until cancelled) or refused at preflight.  The runner and the D-Bus edge
+    around it are the real ones."""
+
+    hold = False
+    refuse: BaseException | None = None
+
+    def preflight(self) -> str:
+        if self.refuse is not None:
+            raise self.refuse
+        return "qemu"
+
+    def run(self) -> Result:
+        result = Result(self.id, str(self.options.level), 1_764_000_000.0)
+        result.image_sha256 = self.image.image_sha256
+        stages = LEVEL_STAGES[self.options.level]
+        for i, stage in enumerate(stages[:2]):
+            self.progress(stage, (i + 1) / len(stages))
+        if self.hold:
+            self._cancel.wait(30)
+            result.failed_stage, result.reason = Stage.CRASH_KERNEL_UP.value, "cancelled"
+            return result
+        for i, stage in enumerate(stages[2:], start=2):
+            self.progress(stage, (i + 1) / len(stages))
+        result.passed, result.duration, result.accel = True, 12.5, "tcg"
+        result.crash_kernel_boot_seconds, result.peak_memory = 3.5, 74 << 20
+        result.headroom, result.crashkernel = 182 << 20, "crashkernel=192M"
+        return result
+
+
 class FakeCore:
     """DaemonCore's API with scripted results; runs on the service's loop."""
 
@@ -129,6 +164,25 @@ class FakeCore:
         self.fail: BaseException | None = None
         self.gate: asyncio.Event | None = None  # set: reload/unload wait for it
         self.busy = False
+        self.selftests = SelfTests(
+            on_change=lambda: self.publish(
+                last_self_test=self.selftests.last_status(),
+                current_self_test=self.selftests.current_status(),
+            ),
+            job_factory=ScriptedJob,
+        )
+
+    async def self_test(self, options: SelfTestOptions) -> str:
+        self.calls.append(("selftest", "", dataclasses.asdict(options)))
+        snap = self.snapshot
+        image = Image(snap.crash_kernel, snap.initrd, snap.command_line, snap.crash_region[1])
+        image = dataclasses.replace(image, image_sha256=snap.image_sha256)
+        return await self.selftests.start(
+            image, Options(level=Level(options.level), timeout=float(options.timeout))
+        )
+
+    def cancel_self_test(self, test_id: str) -> None:
+        self.selftests.cancel(test_id)
 
     def status(self) -> Status:
         return self.snapshot

@@ -40,10 +40,14 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "Reload": ("a{sv}", "a{sv}"),
         "Unload": ("a{sv}", "a{sv}"),
         "GetStatus": ("", "a{sv}"),
+        "SelfTest": ("a{sv}", "s"),
+        "CancelSelfTest": ("s", ""),
     }
     assert {s.name: s.signature for s in SPEC.signals.values()} == {
         "ReloadFinished": "a{sv}",
         "UnloadFinished": "a{sv}",
+        "SelfTestProgress": "ssd",
+        "SelfTestFinished": "sba{sv}",
     }
     props = {p.name: p.signature for p in SPEC.properties.values()}
     assert props == {
@@ -65,6 +69,8 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "ConfigDigest": "s",
         "Generation": "t",
         "UnloadedFirst": "b",
+        "CurrentSelfTest": "a{sv}",
+        "LastSelfTest": "a{sv}",
     }
     assert all(p.access == "read" for p in SPEC.properties.values())
     const = {p.name for p in SPEC.properties.values() if not p.emits_changed}
@@ -75,7 +81,7 @@ def test_every_error_name_and_option_is_documented_in_the_xml() -> None:
     text = names.interface_xml()
     for name in names.ERRORS:
         assert name in text, name
-    for option in [*names.RELOAD_OPTIONS, *names.UNLOAD_OPTIONS]:
+    for option in [*names.RELOAD_OPTIONS, *names.UNLOAD_OPTIONS, *names.SELFTEST_OPTIONS]:
         assert f"{option} (" in text, option
 
 

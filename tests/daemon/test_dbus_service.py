@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from busfixtures import listen, settle, with_client
+from busfixtures import ScriptedJob, listen, settle, with_client
 from dbus_fast import Message, MessageType, Variant
 
 import asyncclient as client
@@ -32,6 +32,7 @@ from xenkdump.errors import (
     OperationError,
     PlanError,
 )
+from xenkdump.selftest.stages import LEVEL_STAGES, Level
 from xenkdump.status import INTERFACE_REVISION
 
 DATA = Path(__file__).parent / "data"
@@ -135,7 +136,8 @@ def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
     sigs = with_client(work)
     assert sigs["CrashRegion"] == "(tt)" and sigs["LoadedAt"] == "t"
     assert sigs["InterfaceRevision"] == "u" and sigs["UnloadedFirst"] == "b"
-    assert len(sigs) == 18
+    assert sigs["LastSelfTest"] == sigs["CurrentSelfTest"] == "a{sv}"
+    assert len(sigs) == 20
 
 
 def test_property_errors_are_named(serve_fake: Any) -> None:
@@ -456,3 +458,110 @@ class _Idle:
 
     def subscribe(self, callback: Any) -> None:
         pass
+
+    async def self_test(self, options: Any) -> str:
+        raise AssertionError("not called")
+
+    def cancel_self_test(self, test_id: str) -> None:
+        raise AssertionError("not called")
+
+    @property
+    def selftests(self) -> Any:
+        return self
+
+
+# ---- self-tests (the runner and the D-Bus edge are real; the job is scripted) ----
+
+
+def test_self_test_reports_progress_and_sets_last_self_test(serve_fake: Any) -> None:
+    serve_fake()
+    progress: list[tuple[str, float]] = []
+
+    async def work(c: DaemonClient) -> tuple[tuple[str, bool, dict[str, object]], dict[str, Any]]:
+        done = await c.self_test({}, lambda stage, f: progress.append((stage, f)))
+        return done, await c.get_status()
+
+    (test_id, passed, result), status = with_client(work)
+    assert passed and result["Passed"] is True and result["Id"] == test_id
+    assert [s for s, _ in progress] == [s.value for s in LEVEL_STAGES[Level.BOOT]]
+    assert [f for _, f in progress] == sorted(f for _, f in progress) and progress[-1][1] == 1.0
+    assert result["ImageSha256"] == status["ImageSha256"]  # it tested the armed image
+    assert status["LastSelfTest"] == result
+    assert status["CurrentSelfTest"] == {}  # none runs now
+    assert result["Crashkernel"] == "crashkernel=192M" and result["PeakMemory"] == 74 << 20
+
+
+def test_one_self_test_at_a_time_and_cancel_by_id(
+    serve_fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ScriptedJob, "hold", True)
+    serve_fake()
+
+    async def work(c: DaemonClient) -> tuple[Any, ...]:
+        finished = await listen(c, "SelfTestFinished")
+        (test_id,) = await c.call("SelfTest", "a{sv}", [{}])
+        busy = await error_of(c, "SelfTest", "a{sv}", [{}])
+        wrong = await error_of(c, "CancelSelfTest", "s", ["000000000000"])
+        for _ in range(100):  # the scripted job holds after crash-kernel-up
+            status = await c.get_status()  # prompt while it runs
+            if dict(status["CurrentSelfTest"]).get("Stage") == "crash-kernel-up":  # type: ignore[call-overload]
+                break
+            await asyncio.sleep(0.02)
+        await c.cancel_self_test(test_id)
+        for _ in range(100):
+            if finished:
+                break
+            await asyncio.sleep(0.05)
+        return test_id, busy, wrong, status, finished
+
+    test_id, busy, wrong, status, finished = with_client(work)
+    assert busy[0] == names.ERROR_BUSY and test_id in busy[1]
+    assert wrong[0] == names.ERROR_INVALID_ARGS
+    assert "no self-test '000000000000' is running" in wrong[1] and test_id in wrong[1]
+    assert status["State"] == "loaded"
+    assert status["CurrentSelfTest"] == {
+        "Id": test_id, "Level": "boot", "Stage": "crash-kernel-up", "Fraction": 2 / 6
+    }  # fmt: skip
+    (msg,) = finished
+    assert msg.body[0] == test_id and msg.body[1] is False
+    assert msg.body[2]["Reason"].value == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("options", "expect"),
+    [
+        ({"timeout": Variant("s", "60")}, "expected D-Bus type 'u', got 's'"),
+        ({"level": Variant("s", "full")}, "expected 'boot' or 'handoff', got 'full'"),
+        ({"timeout": Variant("u", 5)}, "expected 10 to 86400 seconds, got 5"),
+        ({"speed": Variant("u", 5)}, "SelfTest option 'speed': unknown"),
+    ],
+)
+def test_self_test_options_are_checked_at_the_edge(
+    serve_fake: Any, options: dict[str, Variant], expect: str
+) -> None:
+    s = serve_fake()
+
+    async def work(c: DaemonClient) -> tuple[str, str]:
+        return await error_of(c, "SelfTest", "a{sv}", [options])
+
+    name, text = with_client(work)
+    assert name == names.ERROR_INVALID_ARGS and expect in text, text
+    assert s.core.calls == []
+
+
+def test_a_refused_self_test_is_a_named_error_and_leaves_it_free(
+    serve_fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusal = OperationError("not enough free memory for the staging VM: it needs 352 MiB")
+    monkeypatch.setattr(ScriptedJob, "refuse", refusal)
+    serve_fake()
+
+    async def work(c: DaemonClient) -> tuple[tuple[str, str], tuple[str, str]]:
+        return (
+            await error_of(c, "SelfTest", "a{sv}", [{}]),
+            await error_of(c, "SelfTest", "a{sv}", [{}]),
+        )
+
+    first, second = with_client(work)
+    assert first == (names.ERROR_FAILED, str(refusal))
+    assert second == first  # not Busy: nothing was started

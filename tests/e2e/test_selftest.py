@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import scenarios as sc
 import selftest_images as si
 from e2e_harness import CRASH_CMDLINE, REPO, Assets
 
+import privatebus
+from xenkdump.cli import cmd_daemon
 from xenkdump.selftest import job as st_job
 from xenkdump.selftest import plan
 from xenkdump.selftest.stages import LEVEL_STAGES, Level, Stage
@@ -167,3 +173,97 @@ def test_kill_9_of_the_cli_leaves_no_qemu(
     while qemus_in(work) and time.monotonic() < end:
         time.sleep(0.1)
     assert qemus_in(work) == []
+
+
+# ---- through xenkdumpd over D-Bus (a simulated host arms the image; QEMU is real) ----
+
+
+@pytest.fixture
+def daemon(
+    assets: Assets, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[subprocess.Popen[bytes]]:
+    """xenkdumpd on a private bus, with the good crash image armed on a simulated host."""
+    bus_dir = Path(tempfile.mkdtemp(prefix="xenkdump-bus-"))
+    initrd = si.good_initrd(assets, tmp_path / "good.cpio.gz")
+    config = tmp_path / "xenkdump.yaml"
+    config.write_text(sc.daemon_config(assets.kernel, initrd, str(tmp_path / "state")) + "\n")
+    with privatebus.running(bus_dir) as address:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+        log = (tmp_path / "daemon.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xenkdump.daemon.main", "--config", str(config),
+             "--hypervisor", f"sim:{tmp_path / 'host.yaml'}"],
+            stdout=log, stderr=log, env=env, cwd=REPO,
+        )  # fmt: skip
+        try:
+            for _ in range(120):
+                status = cmd_daemon.optional(lambda c: c.get_status())
+                if status is not None and status["State"] == "loaded":
+                    break
+                assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+                time.sleep(0.5)
+            else:
+                raise AssertionError((tmp_path / "daemon.log").read_text())
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+            log.close()
+    shutil.rmtree(bus_dir, ignore_errors=True)
+
+
+def test_the_daemon_self_tests_its_armed_image_over_dbus(
+    daemon: subprocess.Popen[bytes], env: dict[str, str]
+) -> None:
+    t0 = time.monotonic()
+    proc = ctl(["--json"], env)  # no image given: xenkdumpd tests the armed one
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["Passed"] is True and result["Level"] == "boot"
+    status = cmd_daemon.optional(lambda c: c.get_status())
+    assert status is not None
+    assert status["LastSelfTest"] == result and result["ImageSha256"] == status["ImageSha256"]
+    human = subprocess.run(
+        [sys.executable, "-m", "xenkdump.cli.ctl", "status"],
+        capture_output=True, text=True, env=env, cwd=REPO, check=True,
+    ).stdout  # fmt: skip
+    assert re.search(r"Self-test: +passed \d+ s ago for this image \(boot level\)", human), human
+    print(f"\n[selftest] boot level through xenkdumpd: {time.monotonic() - t0:.1f}s")
+
+
+def test_kill_9_of_the_daemon_leaves_no_qemu(
+    daemon: subprocess.Popen[bytes], env: dict[str, str], tmp_path: Path
+) -> None:
+    test_id = cmd_daemon.optional(lambda c: c.self_test({}))
+    assert test_id
+    qemus: list[int] = []
+    for _ in range(100):
+        qemus = [p for p in qemus_in(Path("/var/tmp")) if test_id in _cmdline(p)]
+        if qemus:
+            break
+        time.sleep(0.1)
+    assert qemus, "the self-test's QEMU never started"
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait()
+    end = time.monotonic() + 10
+    while any(_alive(p) for p in qemus) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in qemus)
+    for leftover in Path("/var/tmp").glob(f"xenkdump-selftest.{test_id}.*"):
+        shutil.rmtree(leftover)  # kill -9 gave xenkdumpd no chance to clean up
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

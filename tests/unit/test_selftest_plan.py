@@ -8,7 +8,9 @@ from xenkdump.errors import InputError, OperationError
 from xenkdump.image.cmdline import split_cmdline
 from xenkdump.image.elfcore import PT_LOAD, PT_NOTE, parse_elfcorehdr
 from xenkdump.selftest import plan
+from xenkdump.selftest.job import Result
 from xenkdump.selftest.stages import Level, Stage
+from xenkdump.status import SELF_TEST_KEYS, Status, self_test_note
 from xenkdump.units import MIB
 
 ID = "abc123def456"
@@ -94,3 +96,30 @@ def test_sizing_advice_gives_each_half_the_peak_plus_a_quarter() -> None:
     assert (s.peak_bytes, s.headroom_bytes) == (74 * MIB, 182 * MIB)
     assert s.crashkernel == "crashkernel=192M"  # 2 x 92.5 MiB, whole 64 MiB
     assert plan.sizing({}, 256 * MIB) is None
+
+
+def test_result_round_trips_through_the_status_dictionary() -> None:
+    r = Result("abc123def456", "boot", 1_764_000_000.25, duration=12.5, passed=True,
+               image_sha256="ab" * 32, accel="tcg", crash_kernel_boot_seconds=3.5,
+               peak_memory=74 * MIB, headroom=182 * MIB,
+               crashkernel="crashkernel=192M")  # fmt: skip
+    pairs = r.to_status()
+    assert [k for k, _ in pairs] == sorted(set(SELF_TEST_KEYS) - {"Stage", "Fraction"})
+    back = Result.from_status(dict(pairs))
+    assert back.summary() == r.summary()
+    assert "passed in 12 s" in r.summary() and "crashkernel=192M" in r.summary()
+
+
+def test_status_says_whether_the_armed_image_passed_its_self_test() -> None:
+    r = Result("abc123def456", "boot", 1_000.0, passed=True, image_sha256="ab" * 32)
+    armed = Status(image_sha256="ab" * 32, last_self_test=r.to_status())
+    assert self_test_note(armed, 1_000.0 + 7200) == "passed 2 h ago for this image (boot level)"
+    reloaded = Status(image_sha256="cd" * 32, last_self_test=r.to_status())
+    assert self_test_note(reloaded, 1_060.0).startswith("not tested since the last reload")
+    failed = Result("abc123def456", "boot", 1_000.0, failed_stage="token-found",
+                    reason="the token is not in /proc/vmcore", image_sha256="ab" * 32)  # fmt: skip
+    note = self_test_note(Status(image_sha256="ab" * 32, last_self_test=failed.to_status()), 1_030)
+    assert note == "FAILED 30 s ago for this image at token-found: the token is not in /proc/vmcore"
+    assert self_test_note(Status(), 0) == "never run"
+    # The status model carries it as the D-Bus dictionary, and back.
+    assert Status.from_json(armed.to_json()) == armed

@@ -1,4 +1,4 @@
-"""What a caller may ask of xenkdumpd: the options of Reload and Unload, typed.
+"""What a caller may ask of xenkdumpd: the options of Reload, Unload and SelfTest, typed.
 
 The D-Bus edge (dbus/service.py) checks an a{sv} against these tables once, names and
 types, and hands the daemon's core a typed value; the core does not check again.  The
@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 # Field type (as written in the dataclasses below) -> D-Bus signature.
-_SIGNATURES = {"bool": "b", "str | None": "s"}
+_SIGNATURES = {"bool": "b", "str | None": "s", "str": "s", "int": "u"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,26 @@ class UnloadOptions:
     wait: bool = True
 
 
-def signatures(options: type[ReloadOptions] | type[UnloadOptions]) -> dict[str, str]:
+@dataclass(frozen=True)
+class SelfTestOptions:
+    level: str = "boot"  # boot (handoff: not in this version)
+    timeout: int = 900  # seconds for the whole run
+
+    def __post_init__(self) -> None:
+        from xenkdump.errors import InputError  # noqa: PLC0415
+
+        if self.level not in ("boot", "handoff"):
+            raise InputError(
+                f"SelfTest option 'level': expected 'boot' or 'handoff', got {self.level!r}"
+            )
+        if not 10 <= self.timeout <= 86400:
+            raise InputError(
+                f"SelfTest option 'timeout': expected 10 to 86400 seconds, got {self.timeout}"
+            )
+
+
+def signatures(
+    options: type[ReloadOptions] | type[UnloadOptions] | type[SelfTestOptions],
+) -> dict[str, str]:
     """Option name -> D-Bus signature."""
     return {f.name: _SIGNATURES[str(f.type)] for f in dataclasses.fields(options)}

@@ -32,7 +32,28 @@ if TYPE_CHECKING:
 HALVES = ("lower", "upper", "whole")
 
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
-INTERFACE_REVISION = 1
+INTERFACE_REVISION = 2
+
+
+# The LastSelfTest dictionary: key -> D-Bus type (xenkdump.selftest.job.Result.to_status).
+SELF_TEST_KEYS: dict[str, str] = {
+    "Id": "s",
+    "Level": "s",
+    "Started": "t",  # microseconds since the epoch
+    "Duration": "d",  # seconds
+    "Passed": "b",
+    "FailedStage": "s",
+    "Reason": "s",
+    "ImageSha256": "s",  # the armed image it tested
+    "Accel": "s",  # kvm or tcg
+    "CrashKernelBootSeconds": "d",
+    "PeakMemory": "t",  # bytes
+    "Headroom": "t",  # bytes still available at the peak
+    "Crashkernel": "s",  # sizing advice for Xen's command line
+    # CurrentSelfTest only (Id and Level as above):
+    "Stage": "s",  # the last stage reached, "" before vm-start
+    "Fraction": "d",  # of the level's stages reached, 0 to 1
+}
 
 
 class State(enum.StrEnum):
@@ -67,13 +88,16 @@ class Status:
     config_digest: str = ""
     generation: int = 0
     unloaded_first: bool = False  # the last load unloaded the armed image first
+    # The last self-test's result as sorted (key, value) pairs (SELF_TEST_KEYS); () if none.
+    last_self_test: tuple[tuple[str, Any], ...] = ()
+    # The running self-test (Id, Level, Stage, Fraction) as sorted pairs; () if none.
+    current_self_test: tuple[tuple[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Property name -> plain value (pairs as lists), in field order."""
         return {
-            property_name(f.name): list(v) if isinstance(v, tuple) else v
+            property_name(f.name): _plain(f.name, getattr(self, f.name))
             for f in dataclasses.fields(self)
-            for v in (getattr(self, f.name),)
         }
 
     @classmethod
@@ -85,6 +109,8 @@ class Status:
             name = property_name(f.name)
             if name in values:
                 value = values[name]
+                if isinstance(value, dict):
+                    value = tuple(sorted(value.items()))
                 fields[f.name] = tuple(value) if isinstance(value, list) else value
         return cls(**fields)
 
@@ -96,6 +122,37 @@ class Status:
     def whole_area(self) -> bool:
         """The image uses the whole crash area, so a reload has to unload it first."""
         return self.crash_region_used[1] > 0 and self.crash_region_used == self.crash_region
+
+
+def _plain(name: str, value: object) -> object:
+    if name in ("last_self_test", "current_self_test"):
+        return dict(value)  # type: ignore[call-overload]
+    return list(value) if isinstance(value, tuple) else value
+
+
+def self_test_note(s: Status, now: float) -> str:
+    """Whether the armed image passed a self-test, for people ("passed 2 h ago ...")."""
+    last = dict(s.last_self_test)
+    if not last:
+        return "never run"
+    ago = _ago(now - int(last.get("Started", 0)) / 1e6)
+    if s.image_sha256 and last.get("ImageSha256") != s.image_sha256:
+        return (
+            f"not tested since the last reload (the last self-test, {ago} ago, "
+            "was of another image)"
+        )
+    which = "for this image" if s.image_sha256 else "(no image armed now)"
+    if last.get("Passed"):
+        return f"passed {ago} ago {which} ({last.get('Level', '')} level)"
+    return f"FAILED {ago} ago {which} at {last.get('FailedStage', '')}: {last.get('Reason', '')}"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
 
 
 def property_name(field: str) -> str:
@@ -123,6 +180,8 @@ def build(
     config_digest: str = "",
     last_error: str = "",
     last_reason: str = "",
+    last_self_test: tuple[tuple[str, Any], ...] = (),
+    current_self_test: tuple[tuple[str, Any], ...] = (),
 ) -> Status:
     """The status from the record of what is armed and the caller's own facts.
 
@@ -157,4 +216,6 @@ def build(
         config_digest=config_digest,
         generation=record.generation if record else 0,
         unloaded_first=record.unloaded_first if record else False,
+        last_self_test=last_self_test,
+        current_self_test=current_self_test,
     )

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -184,9 +185,59 @@ def run_standalone(args: argparse.Namespace) -> Result:
     return box[0]
 
 
+def run_through_daemon(args: argparse.Namespace) -> dict[str, object] | None:
+    """The armed image's self-test, run by xenkdumpd; None when it does not run.
+
+    Follows CurrentSelfTest (a status read, cheap) until LastSelfTest has this id;
+    Ctrl-C cancels the run.
+    """
+    from xenkdump.cli import cmd_daemon
+    from xenkdump.dbus.client import DaemonClient
+
+    if args.xen:
+        raise InputError("--xen: xenkdumpd uses its configured Xen binary (or stop it first)")
+    progress = Progress(sys.stderr)
+    options = {"level": args.level, "timeout": int(args.timeout)}
+
+    def work(c: DaemonClient) -> dict[str, object]:
+        test_id = c.self_test(options)
+        shown = ""
+        try:
+            while True:
+                status = c.get_status()
+                last: dict[str, object] = dict(status.get("LastSelfTest") or {})  # type: ignore[call-overload]
+                if last.get("Id") == test_id:
+                    return last
+                now = dict(status.get("CurrentSelfTest") or {})  # type: ignore[call-overload]
+                if now.get("Id") == test_id and now.get("Stage") and now["Stage"] != shown:
+                    shown = str(now["Stage"])
+                    progress(Stage(shown), float(now.get("Fraction", 0.0)))
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            c.cancel_self_test(test_id)
+            raise
+
+    try:
+        return cmd_daemon.optional(work)
+    finally:
+        progress.end()
+
+
 def cmd_selftest(args: argparse.Namespace) -> int:
     if args.xen and args.level != Level.HANDOFF:
         raise InputError("--xen: only with --level handoff")
+    if args.config is None and args.kernel is None:
+        reply = run_through_daemon(args)
+        if reply is None:
+            raise InputError(
+                "selftest: xenkdumpd is not running: give --config FILE or --kernel PATH"
+            )
+        if args.json:
+            json.dump(reply, sys.stdout, indent=1)
+            print()
+        else:
+            print(Result.from_status(reply).summary())
+        return 0 if reply.get("Passed") else 1
     result = run_standalone(args)
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=1)

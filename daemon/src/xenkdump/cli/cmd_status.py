@@ -134,7 +134,7 @@ def _part(s: Status) -> str:
 def render(s: Status) -> str:
     """The human form of a status, one "Name: value" row each."""
     from xenkdump.dbus.names import BUS_NAME
-    from xenkdump.status import suggested_reservation
+    from xenkdump.status import self_test_note, suggested_reservation
 
     region, used = s.crash_region, s.crash_region_used
     running = bool(s.daemon_version)
@@ -176,6 +176,8 @@ def render(s: Status) -> str:
                 "avoids this",
             )
         )
+    if running:
+        rows.append(("Self-test", self_test_note(s, time.time())))
     xen = f"Xen {s.xen_version or 'unknown'}"
     if running:
         rows.append(("Versions", f"{xen}, xenkdumpd {s.daemon_version}"))

@@ -27,7 +27,7 @@ from xenkdump.daemon.notify import (
 )
 from xenkdump.errors import BusyError, ConfigError, InputError, OperationError, XenkdumpError
 from xenkdump.hv.port import Hypervisor
-from xenkdump.requests import ReloadOptions, UnloadOptions
+from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import Settings
 from xenkdump.status import State, Status, build
@@ -71,6 +71,10 @@ class DaemonCore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._host_seen = ""
+        # Imported here: the self-test's modules are not needed until a daemon runs.
+        from xenkdump.selftest.runner import SelfTests  # noqa: PLC0415
+
+        self.selftests = SelfTests(on_change=self._publish)
         self._snapshot = self._make_snapshot()
 
     # ---- the API the D-Bus service uses ----
@@ -111,6 +115,32 @@ class DaemonCore:
         self._waiters[ticket] = future
         self._feed(ev.UnloadRequested("unload requested", ticket=ticket))
         return await future
+
+    async def self_test(self, options: SelfTestOptions) -> str:
+        """Start a self-test of the armed image; its id.  InputError when nothing is armed
+        or an option is wrong, BusyError while one runs, OperationError when refused."""
+        from xenkdump.selftest.job import Options  # noqa: PLC0415
+        from xenkdump.selftest.plan import Image  # noqa: PLC0415
+        from xenkdump.selftest.stages import Level  # noqa: PLC0415
+
+        run = Options(level=Level(options.level), timeout=float(options.timeout))
+        snap = self._snapshot
+        if not snap.crash_kernel or not snap.crash_region[1]:
+            raise InputError(
+                f"SelfTest: no crash image is armed ({snap.state}: {snap.state_reason}); "
+                "there is nothing to test"
+            )
+        image = Image(
+            kernel=snap.crash_kernel,
+            initrd=snap.initrd,
+            cmdline=snap.command_line,
+            crash_size=snap.crash_region[1],
+            image_sha256=snap.image_sha256,
+        )
+        return await self.selftests.start(image, run)
+
+    def cancel_self_test(self, test_id: str) -> None:
+        self.selftests.cancel(test_id)
 
     # ---- what the daemon's own watchers call ----
 
@@ -183,6 +213,7 @@ class DaemonCore:
         hypercall is recorded as pending first and Xen's parity settles it at the
         next start (docs/record-safety.md §2.2).
         """
+        await self.selftests.close()  # cancelled; its VM is destroyed
         try:
             await asyncio.wait_for(self.wait_idle(), grace)
         except TimeoutError:
@@ -290,6 +321,8 @@ class DaemonCore:
             config_digest=self.settings.digest,
             last_error=self.engine.last_error,
             last_reason=self.engine.last_reason,
+            last_self_test=self.selftests.last_status(),
+            current_self_test=self.selftests.current_status(),
         )
 
     def _publish(self) -> None:

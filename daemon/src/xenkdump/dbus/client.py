@@ -42,7 +42,7 @@ def plain(value: Any) -> Any:
 
 def _options(options: Mapping[str, object], allowed: Mapping[str, str]) -> dbus.Dictionary:
     """An a{sv} from plain values, typed by the option table in names.py."""
-    types = {"b": dbus.Boolean, "s": dbus.String}
+    types = {"b": dbus.Boolean, "s": dbus.String, "u": dbus.UInt32}
     out = {}
     for key, value in options.items():
         if key not in allowed:
@@ -117,6 +117,16 @@ class DaemonClient:
             "Unload", "a{sv}", (_options(options or {}, names.UNLOAD_OPTIONS),)
         )
         return status
+
+    def self_test(self, options: Mapping[str, object] | None = None) -> str:
+        """Start a self-test of the armed image; its id (follow CurrentSelfTest)."""
+        test_id: str = self.call(
+            "SelfTest", "a{sv}", (_options(options or {}, names.SELFTEST_OPTIONS),)
+        )
+        return test_id
+
+    def cancel_self_test(self, test_id: str) -> None:
+        self.call("CancelSelfTest", "s", (test_id,))
 
 
 def connected() -> DaemonClient:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from xenkdump.requests import ReloadOptions, UnloadOptions, signatures
+from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions, signatures
 
 BUS_NAME = "org.xenkdump.Kdump1"
 INTERFACE = "org.xenkdump.Kdump1"
@@ -56,6 +56,7 @@ ERROR_PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 # The options Reload and Unload accept, with their D-Bus types (see the XML docs).
 RELOAD_OPTIONS = signatures(ReloadOptions)
 UNLOAD_OPTIONS = signatures(UnloadOptions)
+SELFTEST_OPTIONS = signatures(SelfTestOptions)
 
 
 def system_bus_address(bus_address: str | None = None) -> str:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_fast.aio.message_bus import MessageBus
@@ -25,8 +25,8 @@ from xenkdump.dbus import contract, errors, names
 from xenkdump.dbus.contract import InterfaceSpec
 from xenkdump.dbus.transport import new_bus, system_bus_address
 from xenkdump.errors import OperationError
-from xenkdump.requests import ReloadOptions, UnloadOptions
-from xenkdump.status import Status
+from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
+from xenkdump.status import SELF_TEST_KEYS, Status
 
 log = logging.getLogger("xenkdump.dbus")
 
@@ -42,10 +42,32 @@ class Core(Protocol):
     async def reload(self, options: ReloadOptions) -> Status: ...
     async def unload(self, options: UnloadOptions) -> Status: ...
     def subscribe(self, callback: Callable[[Status, Status], None]) -> None: ...
+    async def self_test(self, options: SelfTestOptions) -> str: ...
+    def cancel_self_test(self, test_id: str) -> None: ...
+    @property
+    def selftests(self) -> SelfTestEvents: ...
+
+
+class SelfTestEvents(Protocol):
+    """The part of xenkdump.selftest.runner.SelfTests the service uses."""
+
+    def subscribe(self, listener: Callable[[Any], None]) -> None: ...
 
 
 def _variants(values: Mapping[str, tuple[str, object]]) -> dict[str, Variant]:
-    return {name: Variant(sig, value) for name, (sig, value) in values.items()}
+    return {name: _variant(sig, value) for name, (sig, value) in values.items()}
+
+
+def _variant(signature: str, value: object) -> Variant:
+    if signature == "a{sv}":  # LastSelfTest: typed by its key table
+        assert isinstance(value, Mapping)
+        return Variant(signature, self_test_variants(value))
+    return Variant(signature, value)
+
+
+def self_test_variants(values: Mapping[str, object]) -> dict[str, Variant]:
+    """A self-test result (status.SELF_TEST_KEYS) as an a{sv}."""
+    return {key: Variant(SELF_TEST_KEYS[key], value) for key, value in values.items()}
 
 
 class _Service:
@@ -130,9 +152,13 @@ class _Service:
             if member == "GetStatus":
                 return Message.new_method_return(msg, "a{sv}", [self._status()])
             if member == "Reload":
-                self._spawn(msg, self._reload(msg))
+                self._spawn(self._answer(msg, self._reload(msg)))
             elif member == "Unload":
-                self._spawn(msg, self._unload(msg))
+                self._spawn(self._answer(msg, self._unload(msg)))
+            elif member == "SelfTest":
+                self._spawn(self._answer_call(msg, self._self_test(msg)))
+            elif member == "CancelSelfTest":
+                self._spawn(self._answer_call(msg, self._cancel(msg)))
             else:  # in the XML but not served: the contract test catches this
                 return self._error(msg, names.ERROR_UNKNOWN_METHOD, f"{member} is not implemented")
             return True
@@ -173,12 +199,60 @@ class _Service:
             return self._error(msg, names.ERROR_PROPERTY_READ_ONLY, f"property {prop} is read-only")
         return Message.new_method_return(msg, "v", [self._status()[prop]])
 
+    # ---- self-tests ----
+
+    def on_self_test(self, event: Any) -> None:
+        """SelfTests listener: SelfTestProgress / SelfTestFinished."""
+        if self.closed:
+            return
+        from xenkdump.selftest.runner import Finished, Progress  # noqa: PLC0415
+
+        if isinstance(event, Progress):
+            name, sig, body = "SelfTestProgress", "ssd", [event.id, event.stage, event.fraction]
+        elif isinstance(event, Finished):
+            result = self_test_variants(dict(event.result))
+            name, sig, body = "SelfTestFinished", "sba{sv}", [event.id, event.passed, result]
+        else:
+            return
+        self.bus.send(Message.new_signal(names.OBJECT_PATH, names.INTERFACE, name, sig, body))
+
+    async def _answer_call(self, msg: Message, work: Awaitable[tuple[str, list[object]]]) -> None:
+        """Reply with what ``work`` returns: (signature, body), or its error."""
+        try:
+            signature, body = await work
+        except asyncio.CancelledError:
+            self._send_stopping(msg)
+            raise
+        except Exception as exc:
+            self._send_error(msg, exc)
+            return
+        self.bus.send(Message.new_method_return(msg, signature, body))
+
+    async def _self_test(self, msg: Message) -> tuple[str, list[object]]:
+        await self._authorize(msg)
+        options = SelfTestOptions(**self._options(msg, names.SELFTEST_OPTIONS))  # type: ignore[arg-type]
+        return "s", [await self.core.self_test(options)]
+
+    async def _cancel(self, msg: Message) -> tuple[str, list[object]]:
+        await self._authorize(msg)
+        self.core.cancel_self_test(str(msg.body[0]))
+        return "", []
+
     # ---- the methods that change things ----
 
-    def _spawn(self, msg: Message, work: Awaitable[tuple[Status, str]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(msg, work))
+    def _spawn(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Run a call's answer as a task (closed with the service)."""
+        task = asyncio.get_running_loop().create_task(answer)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _send_stopping(self, msg: Message) -> None:
+        self.bus.send(self._error(msg, names.ERROR_FAILED, "xenkdumpd is stopping"))
+
+    def _send_error(self, msg: Message, exc: Exception) -> tuple[str, str]:
+        name, text = errors.to_dbus(exc)
+        self.bus.send(self._error(msg, name, text))
+        return name, text
 
     async def _answer(self, msg: Message, work: Awaitable[tuple[Status, str]]) -> None:
         operation = (msg.member or "").lower()
@@ -186,11 +260,10 @@ class _Service:
         try:
             snapshot, reason = await work
         except asyncio.CancelledError:
-            self.bus.send(self._error(msg, names.ERROR_FAILED, "xenkdumpd is stopping"))
+            self._send_stopping(msg)
             raise
         except Exception as exc:
-            name, text = errors.to_dbus(exc)
-            self.bus.send(self._error(msg, name, text))
+            name, text = self._send_error(msg, exc)
             if name not in (names.ERROR_NOT_PERMITTED, names.ERROR_INVALID_ARGS):
                 self._finished(operation, name, text, reason, self.core.status())
             return
@@ -322,6 +395,7 @@ async def serve(
     service = _Service(bus, core, spec, allowed_uids)
     bus.add_message_handler(service.handle)
     core.subscribe(service.on_change)
+    core.selftests.subscribe(service.on_self_test)
     try:
         reply = await asyncio.wait_for(
             bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE), BUS_TIMEOUT

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from xenkdump.errors import InputError, OperationError
+from xenkdump.errors import InputError, OperationError, XenkdumpError
 from xenkdump.selftest import plan, vm
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
@@ -80,6 +80,44 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_status(cls, values: Mapping[str, Any]) -> Result:
+        """From a LastSelfTest / SelfTestFinished dictionary (to_status's keys)."""
+        return cls(
+            id=str(values.get("Id", "")),
+            level=str(values.get("Level", "")),
+            started=int(values.get("Started", 0)) / 1_000_000,
+            duration=float(values.get("Duration", 0.0)),
+            passed=bool(values.get("Passed", False)),
+            failed_stage=str(values.get("FailedStage", "")),
+            reason=str(values.get("Reason", "")),
+            image_sha256=str(values.get("ImageSha256", "")),
+            accel=str(values.get("Accel", "")),
+            crash_kernel_boot_seconds=float(values.get("CrashKernelBootSeconds", 0.0)),
+            peak_memory=int(values.get("PeakMemory", 0)),
+            headroom=int(values.get("Headroom", 0)),
+            crashkernel=str(values.get("Crashkernel", "")),
+        )
+
+    def to_status(self) -> tuple[tuple[str, Any], ...]:
+        """The LastSelfTest dictionary (xenkdump.status.SELF_TEST_KEYS) as sorted pairs."""
+        values = {
+            "Id": self.id,
+            "Level": self.level,
+            "Started": int(self.started * 1_000_000),
+            "Duration": float(self.duration),
+            "Passed": self.passed,
+            "FailedStage": self.failed_stage,
+            "Reason": self.reason,
+            "ImageSha256": self.image_sha256,
+            "Accel": self.accel,
+            "CrashKernelBootSeconds": float(self.crash_kernel_boot_seconds),
+            "PeakMemory": self.peak_memory,
+            "Headroom": self.headroom,
+            "Crashkernel": self.crashkernel,
+        }
+        return tuple(sorted(values.items()))
 
     def summary(self) -> str:
         if self.passed:
@@ -162,6 +200,7 @@ class Job:
     # ---- the run ----
 
     def run(self) -> Result:
+        """The whole run; a refusal (no QEMU, no memory...) is a result failed at vm-start."""
         started = time.time()
         result = Result(
             self.id, str(self.options.level), started, image_sha256=self.image.image_sha256
@@ -174,10 +213,9 @@ class Job:
                 tempfile.mkdtemp(prefix=f"xenkdump-selftest.{self.id}.", dir=self.options.work_dir)
             )
             self._boot_level(qemu, result, t0)
-        except (InputError, OperationError) as exc:
+        except XenkdumpError as exc:  # refused before or while starting the VM
             result.failed_stage = Stage.VM_START.value
             result.reason = str(exc)
-            raise
         finally:
             result.duration = time.monotonic() - t0
             if self.workdir is not None and not self.options.keep:

@@ -32,7 +32,20 @@ from xenkdump.errors import OperationError
 log = logging.getLogger("xenkdump.selftest")
 
 QEMU = "qemu-system-x86_64"
-_WRAPPER = ("setpriv", "--pdeathsig", "KILL", "--", "ionice", "-c", "3", "--", "nice", "-n", "19")
+_WRAPPER = (
+    "setpriv",
+    "--pdeathsig",
+    "KILL",
+    "--",
+    "ionice",
+    "-t",
+    "-c",
+    "3",
+    "--",
+    "nice",
+    "-n",
+    "19",
+)
 _probe_lock = threading.Lock()
 _probe_cache: dict[tuple[str, str], str] = {}
 
