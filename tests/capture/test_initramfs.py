@@ -1,11 +1,6 @@
 """xenkdump's crash initramfs, built by the real mkinitramfs (initramfs-tools) for Debian's
-kernel, through ``xenkdumpctl initrd`` as an administrator runs it.
-
-mkinitramfs reads the kernel's /boot/config-RELEASE and /lib/modules/RELEASE, which this
-machine does not have (the test kernel is only unpacked in the cache): each build runs
-in a private mount namespace (unshare -m) where the kernel package's /boot and
-/lib/modules are laid over the real ones (bind mount, overlayfs) and depmod has run,
-as after installing the package, so that nothing of the host changes.
+kernel, through ``xenkdumpctl initrd`` as an administrator runs it, with the kernel
+package "installed" in a private mount namespace (kernelns.py).
 """
 
 from __future__ import annotations
@@ -23,23 +18,10 @@ from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.hv.port import AddressRange
 from xenkdump.settings.model import DumpSettings
 
+sys.path.insert(0, str(Path(__file__).parent))
+from kernelns import with_kernel
+
 XENKDUMPCTL = [sys.executable, "-m", "xenkdump.cli.ctl"]
-
-
-def with_kernel(kernel: Path, tmp_path: Path) -> list[str]:
-    """A command prefix: run in a mount namespace where ``kernel``'s package is installed."""
-    root = kernel.parent.parent  # <cache>/root with boot/ and lib/modules/
-    up, work = tmp_path / "ov-up", tmp_path / "ov-work"
-    up.mkdir(exist_ok=True)
-    work.mkdir(exist_ok=True)
-    release = kernel.name.removeprefix("vmlinuz-")
-    # depmod as the kernel package's postinst does: an installed kernel has modules.dep.
-    script = (
-        f"mount -t overlay overlay -o lowerdir={root}/lib:/usr/lib,upperdir={up},"
-        f"workdir={work} /usr/lib && mount --bind {root}/boot /boot && "
-        f'depmod {release} && exec "$@"'
-    )
-    return ["unshare", "-m", "sh", "-c", script, "sh"]
 
 
 def ctl(prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -128,19 +128,20 @@ def network_driver_modules(sys: Path = SYS) -> list[str]:
 
 
 def target_modules(dump: DumpSettings, local: LocalFilesystem | None, sys: Path = SYS) -> list[str]:
-    """The modules the crash kernel needs to reach the target (builtin ones are absent)."""
+    """The modules the crash kernel needs to reach the target (builtin ones are absent),
+    then ``dump.modules``."""
     if dump.target is DumpTarget.LOCAL:
         assert local is not None
         try:
             node = device_node(local.device)
         except DumpTargetError:
             node = None  # not attached now: the crash kernel may still find it by UUID/LABEL
-        drivers = block_driver_modules(node, sys) if node is not None else []
-        return [local.fstype, *drivers]
-    mods = network_driver_modules(sys)
-    if dump.target is DumpTarget.NFS:
-        mods += list(NFS_MODULES)
-    return mods
+        mods = [local.fstype, *(block_driver_modules(node, sys) if node is not None else [])]
+    else:
+        mods = network_driver_modules(sys)
+        if dump.target is DumpTarget.NFS:
+            mods += list(NFS_MODULES)
+    return list(dict.fromkeys([*mods, *dump.modules]))
 
 
 def estimate_dump_bytes(ram_bytes: int, level: int) -> int:

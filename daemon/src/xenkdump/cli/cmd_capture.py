@@ -1,4 +1,12 @@
-"""xenkdumpctl initrd: build xenkdump's crash initramfs (docs/capture.md).
+"""xenkdumpctl initrd | dumps: xenkdump's crash initramfs and the dumps it saved
+(docs/capture.md).
+
+``dumps [--config FILE] [--json]``
+    List the dump directories at the configured target (a local directory, or a device
+    or NFS export while it is mounted on dom0), oldest first, with their result read
+    from each metadata.json.  JSON: a list of {"path", "host", "time" (seconds since the
+    epoch), "time_text", "result" (complete | failed | incomplete | unknown), "bytes",
+    "vmcore_bytes", "how"}.
 
 ``initrd [--config FILE] [--output PATH] [--force] [--json]``
     Build the crash initramfs exactly as xenkdumpd does for ``initrd: xenkdump``:
@@ -51,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_initrd)
+
+    p = subparsers.add_parser("dumps", help="list the dumps saved at the configured target")
+    config_option(p)
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(handler=cmd_dumps)
 
 
 def config_option(p: argparse.ArgumentParser) -> None:
@@ -116,4 +129,25 @@ def cmd_initrd(args: argparse.Namespace) -> int:
         f"{host.crash.size // MIB} MiB crash area ({half // MIB} MiB, "
         f"{(half - need) // MIB} MiB to spare)"
     )
+    return 0
+
+
+def cmd_dumps(args: argparse.Namespace) -> int:
+    from xenkdump.capture import dumps
+    from xenkdump.units import size_text
+
+    settings = settings_of(args)
+    where = dumps.dump_directory(settings.dump)
+    found = dumps.list_dumps(where)
+    if args.json:
+        json.dump([d.to_json() for d in found], sys.stdout, indent=1)
+        print()
+        return 0
+    if not found:
+        print(f"no dumps in {where}")
+        return 0
+    print(f"{'time (UTC)':<20} {'result':<11} {'size':>10}  path")
+    for d in found:
+        stamp = str(d.to_json()["time_text"]).removesuffix(" UTC")
+        print(f"{stamp:<20} {d.result:<11} {size_text(d.bytes):>10}  {d.path}")
     return 0

@@ -101,6 +101,8 @@ def dump_settings(value: dict[str, Any]) -> DumpSettings:
     for name in ("path", "ssh_key", "ssh_known_hosts"):
         if name in value:
             fields[name] = Path(value[name])
+    if "modules" in value:
+        fields["modules"] = tuple(value["modules"] or ())
     if "target" in value:
         fields["target"] = DumpTarget(value["target"])
     for name in ("failure_action", "final_action"):

@@ -73,6 +73,7 @@ class DumpSettings:
     ssh_port: int = 22
     ssh_key: Path = Path("/etc/xenkdump/id_capture")
     ssh_known_hosts: Path = Path("/etc/xenkdump/known_hosts")
+    modules: tuple[str, ...] = ()  # extra modules for the crash kernel
     level: int = 31
     compress: str = "zlib"
     keep: int = 0
