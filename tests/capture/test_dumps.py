@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 XENKDUMPCTL = [sys.executable, "-m", "xenkdump.cli.ctl"]
@@ -16,7 +17,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def make(target: Path, name: str, meta: dict[str, object] | None, vmcore: int = 0) -> Path:
+def make(target: Path, name: str, meta: Mapping[str, object] | None, vmcore: int = 0) -> Path:
     d = target / name
     d.mkdir()
     if meta is not None:

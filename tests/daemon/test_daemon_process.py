@@ -303,7 +303,7 @@ def test_crash_initramfs_that_cannot_be_built_keeps_image_and_degrades(
         good.replace(f"initrd: {host.initrd}", "initrd: xenkdump") + f"dump:\n  path: {missing}\n"
     )
     status = d.wait_status("degraded")
-    assert f"dump target {missing}: expected an existing directory" in status
+    assert f"dump target {missing}: " in status  # the preflight or the failed build
     sim = host.sim()
     assert loads(sim) == 1 and sim.armed_image_intact(KEXEC_TYPE_CRASH)
     assert host.record()["generation"] == 1

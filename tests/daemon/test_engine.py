@@ -27,6 +27,7 @@ from xenkdump.daemon.engine import (
     ReloadRequested,
     Scope,
     Start,
+    TargetChecked,
     Unload,
     UnloadDone,
     UnloadFailed,
@@ -233,6 +234,21 @@ def test_whole_area_image_is_degraded() -> None:
     e.handle(LoadDone(Outcome.LOADED, Armed(2, whole_area=True)))
     assert state_of(e) is State.DEGRADED
     assert "too small for two halves" in e.state_reason
+
+
+def test_failing_dump_target_degrades_names_it_and_loads_nothing() -> None:
+    e = started()
+    problem = "dump target /var/crash: 12.0 MiB free, a dump needs about 320.0 MiB"
+    actions = e.handle(TargetChecked(problem))
+    assert work(actions) == []  # the armed image stays; nothing is reloaded
+    assert [(x.kind, x.message) for x in logs(actions)] == [
+        (LogKind.WARNING, f"a crash would save no dump: {problem}")
+    ]
+    assert state_of(e) is State.DEGRADED and problem in e.state_reason
+    assert logs(e.handle(TargetChecked(problem))) == []  # said once, not every check
+    healed = logs(e.handle(TargetChecked(None)))
+    assert healed[0].kind is LogKind.INFO and "usable again" in healed[0].message
+    assert state_of(e) is State.LOADED
 
 
 def test_result_without_outstanding_work_is_a_bug() -> None:

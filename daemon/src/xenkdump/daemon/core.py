@@ -202,6 +202,12 @@ class DaemonCore:
                 )
             )
 
+    async def check_target(self) -> None:
+        """Preflight of the dump target (reachable, writable, room for a dump): a
+        failing target makes the state degraded, naming it; the image stays armed."""
+        problem = await asyncio.to_thread(self.executor.check_target)
+        self._feed(ev.TargetChecked(problem))
+
     def on_settings(self, callback: Callable[[Settings], None]) -> None:
         """``callback(settings)`` whenever a new configuration is accepted."""
         self._settings_listeners.append(callback)

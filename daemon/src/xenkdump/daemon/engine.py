@@ -142,6 +142,13 @@ class ConfigAccepted:
 
 
 @dataclass(frozen=True)
+class TargetChecked:
+    """The dump target was checked (preflight): ``problem`` None when it is usable."""
+
+    problem: str | None
+
+
+@dataclass(frozen=True)
 class ReloadRequested:
     reason: str
     force: bool = False
@@ -191,6 +198,7 @@ Event = (
     | Changed
     | ConfigRejected
     | ConfigAccepted
+    | TargetChecked
     | ReloadRequested
     | UnloadRequested
     | LoadDone
@@ -271,6 +279,7 @@ class Engine:
         self.failure: str | None = None
         self.host_stale = False
         self.config_error: str | None = None
+        self.target_problem: str | None = None  # the dump target's, from the last check
         self.held = False
         self.unknown = ""
         self.busy: Load | Unload | None = None
@@ -288,7 +297,13 @@ class Engine:
             if self.unknown:
                 return State.DEGRADED
             return State.FAILED if self.failure else State.NOT_LOADED
-        if self.failure or self.host_stale or self.config_error or self.armed.whole_area:
+        if (
+            self.failure
+            or self.host_stale
+            or self.config_error
+            or self.armed.whole_area
+            or self.target_problem
+        ):
             return State.DEGRADED
         return State.LOADED
 
@@ -322,6 +337,8 @@ class Engine:
             why.append(f"host CPUs or memory map changed since {gen} was built")
         if self.config_error:
             why.append(f"configuration rejected ({self.config_error}); previous settings stay")
+        if self.target_problem:
+            why.append(f"a crash would save no dump: {self.target_problem}")
         if self.armed is not None and self.armed.whole_area:
             why.append(
                 f"{gen} uses the whole crash area (too small for two halves): "
@@ -353,6 +370,13 @@ class Engine:
             case ConfigAccepted():
                 self.config_error = None
                 return []
+            case TargetChecked(problem=problem):
+                old, self.target_problem = self.target_problem, problem
+                if problem == old:
+                    return []
+                if problem is None:
+                    return [Log(LogKind.INFO, f"dump target usable again (was: {old})")]
+                return [Log(LogKind.WARNING, f"a crash would save no dump: {problem}")]
             case ReloadRequested():
                 self.held = False
                 scope = Scope.FORCE if event.force else Scope.IF_CHANGED

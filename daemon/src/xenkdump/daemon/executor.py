@@ -13,8 +13,8 @@ from pathlib import Path
 
 from xenkdump.daemon import kernels
 from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, Scope, Start
-from xenkdump.errors import InputError
-from xenkdump.hv.port import Hypervisor
+from xenkdump.errors import InputError, XenkdumpError
+from xenkdump.hv.port import E820_RAM, Hypervisor
 from xenkdump.image import loader
 from xenkdump.image.planner import HostFacts, ImageInputs
 from xenkdump.safefile import Limit, read_file
@@ -122,6 +122,21 @@ class Executor:
         if self.settings.initrd is InitrdPolicy.XENKDUMP and not explicit:
             initrd = self.crash_initramfs(kernel)
         return kernel, initrd
+
+    def check_target(self) -> str | None:
+        """Preflight of the dump target (initrd: xenkdump only): the problem, or None."""
+        if self.settings.initrd is not InitrdPolicy.XENKDUMP:
+            return None
+        from xenkdump.capture import target  # noqa: PLC0415
+
+        dump = self.settings.dump
+        ram = sum(e.size for e in self.hv.machine_memory_map() if e.type == E820_RAM)
+        try:
+            summary = target.preflight(dump, target.estimate_dump_bytes(ram, dump.level))
+        except XenkdumpError as exc:
+            return str(exc)
+        log.debug("dump target: %s", summary)
+        return None
 
     def crash_initramfs(self, kernel: Path) -> Path:
         """xenkdump's own crash initramfs for ``kernel``, rebuilt when its content changed.

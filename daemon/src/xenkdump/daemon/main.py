@@ -112,7 +112,8 @@ class Daemon:
         await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
         if start.done():
             stop.cancel()
-            log.info("first reconcile done: %s", start.result().status_line())
+            await self.core.check_target()  # a target that cannot take a dump: degraded
+            log.info("first reconcile done: %s", self.core.status().status_line())
             return True
         start.cancel()
         return False
@@ -121,6 +122,11 @@ class Daemon:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _periodic(self, core: DaemonCore) -> None:
+        """Every topology_check_interval: Xen's CPUs and memory map, then the dump target."""
+        await core.check_host()
+        await core.check_target()
 
     def _on_status(self, _old: Status, new: Status) -> None:
         self.notifier.status(new.status_line())
@@ -155,6 +161,7 @@ class Daemon:
                 deb.delay = settings.reload_debounce
         if self._topology is not None:
             self._topology.set_interval(settings.topology_check_interval)
+        self._spawn(self.core.check_target())  # the dump settings may name another target
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -196,7 +203,7 @@ class Daemon:
             handle = await serve(core, os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
 
         self._topology = PeriodicTimer(
-            loop, settings.topology_check_interval, lambda: self._spawn(core.check_host())
+            loop, settings.topology_check_interval, lambda: self._spawn(self._periodic(core))
         )
         self.notifier.ready(core.status().status_line())
         try:

@@ -1,0 +1,60 @@
+"""Preflight of the dump target from dom0: missing, read-only, full -> one line naming it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from xenkdump.capture import target
+from xenkdump.daemon.executor import Executor
+from xenkdump.hv.sim import SimulatedHypervisor
+from xenkdump.settings.model import DumpSettings, DumpTarget, InitrdPolicy, Settings
+
+
+def test_local_target_missing_read_only_and_full(tmp_path: Path) -> None:
+    missing = DumpSettings(path=tmp_path / "nope")
+    with pytest.raises(target.DumpTargetError, match=rf"dump target {tmp_path}/nope: missing"):
+        target.preflight(missing, 1)
+    ok = DumpSettings(path=tmp_path)
+    assert target.preflight(ok, 1).startswith(f"{tmp_path}: writable, ")
+    with pytest.raises(target.DumpTargetError, match=r"free, a dump needs about "):
+        target.preflight(ok, 1 << 60)
+    if os.geteuid() != 0:  # root may write anywhere: read-only is checked through access()
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(target.DumpTargetError, match="read-only or not writable"):
+            target.preflight(DumpSettings(path=ro), 1)
+
+
+def test_ssh_target_without_its_key_is_named(tmp_path: Path) -> None:
+    dump = DumpSettings(
+        target=DumpTarget.SSH, ssh="u@h", ssh_key=tmp_path / "id", ssh_known_hosts=tmp_path / "k"
+    )
+    with pytest.raises(target.DumpTargetError) as err:
+        target.preflight(dump, 1)
+    assert str(err.value) == f"dump target ssh u@h:/var/crash: dump.ssh_key {tmp_path}/id missing"
+
+
+def test_estimate_is_a_small_share_of_ram_for_filtered_dumps() -> None:
+    ram = 64 << 30
+    assert target.estimate_dump_bytes(ram, 31) < target.estimate_dump_bytes(ram, 0) < ram
+
+
+def test_daemon_check_names_the_target_only_with_its_own_initramfs(tmp_path: Path) -> None:
+    hv = SimulatedHypervisor.open(tmp_path / "host.yaml")
+    bad = DumpSettings(path=tmp_path / "gone")
+    ours = Executor(hv, Settings(initrd=InitrdPolicy.XENKDUMP, dump=bad, state_dir=tmp_path))
+    assert ours.check_target() == f"dump target {tmp_path}/gone: missing (expected a directory)"
+    theirs = Executor(hv, Settings(initrd=InitrdPolicy.AUTO, dump=bad, state_dir=tmp_path))
+    assert theirs.check_target() is None  # another initrd saves (or not) on its own
+    good = Executor(
+        hv,
+        Settings(
+            initrd=InitrdPolicy.XENKDUMP, dump=DumpSettings(path=tmp_path), state_dir=tmp_path
+        ),
+    )
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    need = target.estimate_dump_bytes(16 << 30, 31)  # the simulated host's RAM
+    assert good.check_target() == (None if free >= need else good.check_target())
