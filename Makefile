@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/idle.py
 	$(PY) bench/dbus_status.py
 	$(PY) bench/cli.py
+	$(PY) bench/capture.py
 
 purgatory:
 	$(MAKE) -s -C purgatory

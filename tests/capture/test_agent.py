@@ -109,6 +109,7 @@ def base_conf(agent: Agent, **extra: str) -> dict[str, str]:
         "XK_XEN_CMDLINE": 'console=com1 crashkernel=256M "quoted"',
         "XK_DOM0_KERNEL": "6.1.0-57-amd64",
         "XK_KERNEL_SHA256": "ab" * 32,
+        "XK_FORMAT": "compressed",
     }
     conf.update(extra)
     return conf
@@ -182,6 +183,15 @@ def test_fallback_chain(agent: Agent, fail: str, used: str, expected_steps: list
     assert got == [(n, 0 if n == f"vmcore -d {used}" else 1) for n in expected_steps]
     assert meta["vmcore"]["how"] == f"makedumpfile -X -d {used} -l"  # type: ignore[index]
     assert agent.actions() == ["reboot"]
+
+
+def test_elf_format_is_makedumpfile_e(agent: Agent) -> None:
+    proc = agent.run(**base_conf(agent, XK_FORMAT="elf"))
+    assert proc.returncode == 0, proc.stderr
+    _d, meta = one_dump(agent)
+    assert meta["vmcore"]["how"] == "makedumpfile -X -d 31 -E"  # type: ignore[index]
+    assert meta["vmcore"]["format"] == "elf"  # type: ignore[index]
+    assert "makedumpfile -X -d 31 -E --work-dir" in agent.calls()
 
 
 def test_raw_copy_when_every_makedumpfile_fails_and_the_target_has_room(agent: Agent) -> None:

@@ -368,7 +368,13 @@ class Boot:
 
 
 def qemu_command(
-    assets: Assets, dom0_initrd: Path, job: Job, serial: Path, *, xen_extra: str = ""
+    assets: Assets,
+    dom0_initrd: Path,
+    job: Job,
+    serial: Path,
+    *,
+    xen_extra: str = "",
+    disks: tuple[Path, ...] = (),
 ) -> list[str]:
     xen_cmdline = (
         f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM},max:{DOM0_MEM} loglvl=all "
@@ -393,6 +399,8 @@ def qemu_command(
         "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs",
         f"local,path={job.out},mount_tag=xkout,security_model=none,multidevs=remap",
+        # raw virtio disks (a dump target): /dev/vda, /dev/vdb, ...
+        *(a for d in disks for a in ("-drive", f"file={d},if=virtio,format=raw")),
     ]  # fmt: skip
 
 
@@ -421,12 +429,16 @@ def boot(
     grace: float = 2.0,
     stall: float = 90.0,
     xen_extra: str = "",
+    disks: tuple[Path, ...] = (),
 ) -> Boot:
-    """Boot Xen + dom0 once, run ``job``'s scenario, stop QEMU at an end marker or timeout."""
+    """Boot Xen + dom0 once, run ``job``'s scenario, stop QEMU at an end marker or timeout.
+
+    ``disks``: raw images attached as virtio disks (dom0 and the crash kernel see them).
+    """
     dom0_initrd = build_dom0_initramfs(assets, job.dir / "dom0.cpio.gz")
     serial = job.dir / "serial.log"
     serial.touch()
-    cmd = qemu_command(assets, dom0_initrd, job, serial, xen_extra=xen_extra)
+    cmd = qemu_command(assets, dom0_initrd, job, serial, xen_extra=xen_extra, disks=disks)
     (job.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
     with _one_qemu_at_a_time():
         return _run_qemu(

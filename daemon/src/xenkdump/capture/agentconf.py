@@ -72,6 +72,7 @@ def agent_values(
         "XK_DEVICE": "",
         "XK_FSTYPE": dump.fstype,
         "XK_DUMP_LEVEL": str(dump.level),
+        "XK_FORMAT": dump.format,
         "XK_COMPRESS": dump.compress,
         "XK_KEEP": str(dump.keep),
         "XK_MAX_TOTAL": str(dump.max_total),

@@ -92,7 +92,7 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
 def dump_settings(value: dict[str, Any]) -> DumpSettings:
     """The ``dump:`` section of a schema-valid configuration value."""
     fields: dict[str, Any] = {}
-    for name in ("device", "fstype", "nfs", "nfs_options", "ssh", "compress"):
+    for name in ("device", "fstype", "nfs", "nfs_options", "ssh", "format", "compress"):
         if name in value:
             fields[name] = value[name]
     for name in ("ssh_port", "level", "keep", "max_total"):

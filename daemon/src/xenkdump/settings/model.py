@@ -75,6 +75,7 @@ class DumpSettings:
     ssh_known_hosts: Path = Path("/etc/xenkdump/known_hosts")
     modules: tuple[str, ...] = ()  # extra modules for the crash kernel
     level: int = 31
+    format: str = "elf"  # elf | compressed
     compress: str = "zlib"
     keep: int = 0
     max_total: int = 0

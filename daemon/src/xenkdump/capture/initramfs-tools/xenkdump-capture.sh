@@ -7,8 +7,8 @@
 #   2. make <target>/.incoming-<host>-<time>/ holding an `incomplete` marker;
 #   3. dom0's kernel log (makedumpfile --dump-dmesg) -> dmesg.txt;
 #   4. Xen's console ring, read from Xen's image in the dump -> xen-console.txt;
-#   5. the vmcore: makedumpfile -X -d LEVEL (compressed, work dir on the target, no
-#      threads: makedumpfile refuses them on Xen), then -X -d 1, then -X -d 0, then
+#   5. the vmcore: makedumpfile -X -d LEVEL (ELF, or compressed; work dir on the target,
+#      no threads: makedumpfile refuses them on Xen), then -X -d 1, then -X -d 0, then
 #      a raw copy only when the target has room for all of /proc/vmcore;
 #   6. metadata.json (every step's exit code, duration and size, each file's sha256);
 #   7. rename to <target>/<host>-<time>/ (atomic), drop the marker, apply retention;
@@ -42,6 +42,7 @@ XK_CONF=${XK_CONF:-/etc/xenkdump/capture.conf}
 : "${XK_SSH_KEY:=/etc/xenkdump/id_capture}"
 : "${XK_SSH_KNOWN_HOSTS:=/etc/xenkdump/known_hosts}"
 : "${XK_DUMP_LEVEL:=31}"
+: "${XK_FORMAT:=elf}"
 : "${XK_COMPRESS:=zlib}"
 : "${XK_KEEP:=0}"
 : "${XK_MAX_TOTAL:=0}"
@@ -142,6 +143,9 @@ mount_target() {
 	*)
 		say "target kind $XK_TARGET_KIND: expected local, nfs or ssh"; return 1 ;;
 	esac
+	case "$TARGET_DIR" in
+	?*/) TARGET_DIR=${TARGET_DIR%/} ;;  # the filesystem's root: <mountpoint>/ -> <mountpoint>
+	esac
 	mkdir -p "$TARGET_DIR" 2>/dev/null
 	[ -d "$TARGET_DIR" ] && [ -w "$TARGET_DIR" ] || { say "target $TARGET_DIR is not writable"; return 1; }
 }
@@ -222,10 +226,12 @@ step_xen_console() {
 	record_step xen-console $rc "$t0" "$(t_size "$WORK/xen-console.txt")" "read $XK_XEN_RANGE from $XK_VMCORE"
 }
 
-compress_flag() {
+compress_flag() {  # elf: -E (makedumpfile can read dom0's memory of a Xen dump again)
+	# printf, not echo: busybox's echo takes -E as its own option.
+	[ "$XK_FORMAT" = elf ] && { printf '%s\n' -E; return; }
 	case "$XK_COMPRESS" in
-	zlib) echo -c ;; lzo) echo -l ;; zstd) echo -z ;; snappy) echo -p ;; none) echo "" ;;
-	*) echo -c ;;
+	zlib) printf '%s\n' -c ;; lzo) printf '%s\n' -l ;; zstd) printf '%s\n' -z ;;
+	snappy) printf '%s\n' -p ;; none) printf '\n' ;; *) printf '%s\n' -c ;;
 	esac
 }
 
@@ -257,7 +263,7 @@ try_makedumpfile() {  # name, then makedumpfile options; sets VMCORE_OK/VMCORE_H
 		if [ "$XK_TARGET_KIND" = ssh ]; then
 			# The server turns it back into a normal dump file when it has makedumpfile.
 			if t_sh "command -v makedumpfile >/dev/null && makedumpfile -R $(q "$WORK/vmcore") < $(q "$WORK/vmcore.flat") >/dev/null 2>&1 && rm -f $(q "$WORK/vmcore.flat")"; then
-				VMCORE_FORMAT=kdump-compressed
+				:
 			else
 				t_sh "rm -f $(q "$WORK/vmcore")"
 				VMCORE_FORMAT="flattened (makedumpfile -R vmcore < vmcore.flat)"
@@ -272,7 +278,7 @@ try_makedumpfile() {  # name, then makedumpfile options; sets VMCORE_OK/VMCORE_H
 step_vmcore() {
 	VMCORE_OK=false
 	VMCORE_HOW="none"
-	VMCORE_FORMAT=kdump-compressed
+	if [ "$XK_FORMAT" = elf ]; then VMCORE_FORMAT=elf; else VMCORE_FORMAT=kdump-compressed; fi
 	comp=$(compress_flag)
 	# shellcheck disable=SC2086
 	try_makedumpfile "vmcore -d $XK_DUMP_LEVEL" -X -d "$XK_DUMP_LEVEL" $comp && return 0
