@@ -31,3 +31,19 @@ def version_string(data: bytes) -> str:
     """The bzImage's kernel_version string (boot.rst: pointer at 0x20E, relative to 0x200)."""
     ptr = struct.unpack_from("<H", data, 0x20E)[0] + 0x200
     return data[ptr : ptr + 256].split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def with_kernel(kernel: Path, tmp_path: Path) -> list[str]:
+    """A command prefix: run in a mount namespace where ``kernel``'s package is installed."""
+    root = kernel.parent.parent  # <cache>/root with boot/ and lib/modules/
+    up, work = tmp_path / "ov-up", tmp_path / "ov-work"
+    up.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    release = kernel.name.removeprefix("vmlinuz-")
+    # depmod as the kernel package's postinst does: an installed kernel has modules.dep.
+    script = (
+        f"mount -t overlay overlay -o lowerdir={root}/lib:/usr/lib,upperdir={up},"
+        f"workdir={work} /usr/lib && mount --bind {root}/boot /boot && "
+        f'depmod {release} && exec "$@"'
+    )
+    return ["unshare", "-m", "sh", "-c", script, "sh"]

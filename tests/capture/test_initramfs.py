@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from testkernel import with_kernel
 from xenkdump.capture import initramfs
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.hv.port import AddressRange
@@ -65,11 +66,13 @@ def test_initrd_command_builds_with_mkinitramfs_and_rebuilds_only_on_change(
     for path in (
         "usr/bin/makedumpfile",
         "usr/lib/xenkdump/xenkdump-capture.sh",
+        "usr/lib/xenkdump/crashcheck.sh",  # the self-test hook, run by the premount script
         "scripts/init-premount/xenkdump",
         "etc/xenkdump/capture.conf",
     ):
         assert (main / path).exists(), path
     assert list(main.glob("usr/lib/modules/*/kernel/fs/ext4/ext4.ko*"))
+    assert list(main.glob("usr/lib/modules/*/kernel/drivers/block/virtio_blk.ko*"))
     conf = (main / "etc/xenkdump/capture.conf").read_text()
     assert "XK_DEVICE='/dev/vda1'" in conf and "XK_PATH='/crash'" in conf
     assert "XK_KEEP='2'" in conf and "XK_XEN_VERSION='4.17.7'" in conf

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from e2e_harness import Assets
 
+from xenkdump.selftest import HOOK
 from xenkdump.selftest.cpio import Initramfs
-from xenkdump.selftest.job import hook_script
 
 VIRTIO_BLK = (
     "kernel/drivers/virtio/virtio_ring.ko",
@@ -57,7 +57,7 @@ def good_initrd(assets: Assets, dest: Path) -> Path:
         fs.add_host_file(f"lib/xk/{mod.name}", mod, 0o644)
         names.append(mod.name)
     fs.add_file("etc/modules-order", ("\n".join(names) + "\n").encode())
-    fs.add_file("usr/lib/xenkdump/crashcheck.sh", hook_script(), 0o755)
+    fs.add_file("usr/lib/xenkdump/crashcheck.sh", HOOK.read_bytes(), 0o755)
     return fs.write_gz(dest)
 
 

@@ -27,6 +27,7 @@ import selftest_images as si
 from e2e_harness import CRASH_CMDLINE, REPO, Assets
 
 import privatebus
+from testkernel import with_kernel
 from xenkdump.cli import cmd_daemon
 from xenkdump.selftest import job as st_job
 from xenkdump.selftest import plan
@@ -267,3 +268,27 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_xenkdumps_own_crash_initramfs_passes_the_boot_level(
+    assets: Assets, env: dict[str, str], work: Path, tmp_path: Path
+) -> None:
+    """The default crash initrd (initrd: xenkdump, built by mkinitramfs) runs the hook."""
+    config = tmp_path / "xenkdump.yaml"
+    config.write_text(f"kernel: {assets.kernel}\ndump:\n  device: /dev/vda1\n  path: /crash\n")
+    initrd = tmp_path / "crash-initrd.img"
+    build = subprocess.run(
+        [*with_kernel(assets.kernel, tmp_path), sys.executable, "-m", "xenkdump.cli.ctl",
+         "--hypervisor", f"sim:{tmp_path / 'host.yaml'}", "initrd", "--config", str(config),
+         "--output", str(initrd)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    t0 = time.monotonic()
+    proc = ctl(
+        ["--kernel", str(assets.kernel), "--initrd", str(initrd), "--cmdline", CRASH_CMDLINE,
+         "--crash-size", "256", "--work-dir", str(work)],
+        env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"\n[selftest] xenkdump's crash initramfs: {time.monotonic() - t0:.1f}s: {proc.stdout}")

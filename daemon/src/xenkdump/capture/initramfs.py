@@ -35,6 +35,7 @@ from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.errors import OperationError
 from xenkdump.hv.port import AddressRange, Hypervisor
 from xenkdump.paths import INITRD_DIR, INITRD_DIR_ENV
+from xenkdump.selftest import HOOK as SELFTEST_HOOK
 from xenkdump.settings.model import DumpSettings, DumpTarget
 from xenkdump.units import KIB, MIB
 
@@ -150,6 +151,7 @@ def content_key(stage: _Stage, kernel_version: str, mkinitramfs: str) -> str:
 
     for name in sorted(os.listdir(AGENT_DIR)):
         add(f"agent/{name}", _digest(AGENT_DIR / name))
+    add("selftest hook", _digest(SELFTEST_HOOK))
     add("initramfs.conf", INITRAMFS_CONF)
     add("capture.conf", stage.conf)
     add("modules", " ".join(stage.modules))
@@ -174,6 +176,7 @@ def _write_confdir(root: Path, stage: _Stage) -> Path:
     shutil.copy(AGENT_DIR / "premount", conf / "scripts" / "init-premount" / "xenkdump")
     stage_dir = conf / "xenkdump"
     shutil.copy(AGENT_DIR / "xenkdump-capture.sh", stage_dir / "xenkdump-capture.sh")
+    shutil.copy(SELFTEST_HOOK, stage_dir / "crashcheck.sh")
     (stage_dir / "capture.conf").write_text(stage.conf)
     (stage_dir / "modules").write_text("".join(f"{m}\n" for m in stage.modules))
     (stage_dir / "programs").write_text("".join(f"{p} {d}\n" for p, d in stage.programs))

@@ -5,3 +5,11 @@ a level boots and whether the host can afford it (pure), ``vm`` runs QEMU so tha
 it can never outlive its owner, ``job`` ties them into one run with progress and
 cancellation.  docs/selftest.md explains the levels.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The crash-side hook (docs/selftest.md §3), shipped as package data; xenkdump's own
+# crash initramfs carries it (xenkdump/capture/initramfs-tools/hook).
+HOOK = Path(__file__).parent / "crashcheck.sh"

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,11 +34,6 @@ DEFAULT_WORK_DIR: Final = Path("/var/tmp")
 DEFAULT_TIMEOUT: Final = 900.0
 _POLL: Final = 0.25
 SCRATCH_BYTES: Final = 64 * MIB
-
-
-def hook_script() -> bytes:
-    """The crash-side self-test hook (crashcheck.sh) as shipped in the package."""
-    return resources.files("xenkdump.selftest").joinpath("crashcheck.sh").read_bytes()
 
 
 @dataclass(frozen=True)
