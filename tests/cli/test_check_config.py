@@ -107,3 +107,13 @@ def test_json(tmp_path: Path) -> None:
     (tmp_path / "c.yaml.d" / "10.yaml").write_text("reload_debounce: 2\n")
     out = json.loads(run("--json", "--schema-only", str(config)).stdout)
     assert out["valid"] is True and len(out["digest"]) == 64 and out["problems"] == []
+
+
+def test_a_fifo_as_the_kernel_is_named_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "vmlinuz"
+    os.mkfifo(fifo)
+    config = tmp_path / "xenkdump.yaml"
+    config.write_text(f"kernel: {fifo}\ninitrd: none\n")
+    proc = run(str(config))  # would hang for ever if the check opened the FIFO blocking
+    assert proc.returncode == 2
+    assert f"found {fifo}: kernel: expected a regular file, found a FIFO" in proc.stderr

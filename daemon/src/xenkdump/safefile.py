@@ -27,6 +27,7 @@ import enum
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from xenkdump.errors import FileWriteError, InputError
@@ -108,14 +109,16 @@ def read_file(
     return data
 
 
-def read_file_if_exists(
+def open_regular(
     path: Path,
     what: str,
     limit: Limit | int,
     *,
     error: type[InputError] = InputError,
-) -> bytes | None:
-    """``read_file``, but None when ``path`` does not exist."""
+) -> int | None:
+    """A descriptor of the regular file ``path`` (None when it does not exist), opened
+    without blocking and checked against ``limit``; the caller closes it.  ``error``
+    naming the file for anything else."""
     name = shown(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
@@ -132,22 +135,72 @@ def read_file_if_exists(
             raise error(
                 f"{name}: {what}: expected at most {_size(limit)}, found {_size(st.st_size)}"
             )
-        # st_size is a hint (0 for /proc files, a file may grow): read to EOF, bounded.
-        chunks: list[bytes] = []
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def chunks(
+    path: Path,
+    what: str,
+    limit: Limit | int,
+    *,
+    error: type[InputError] = InputError,
+) -> Iterator[bytes]:
+    """The bytes of the regular file ``path`` in chunks of at most 8 MiB (for hashing
+    without holding the file); the checks of ``read_file``."""
+    fd = open_regular(path, what, limit, error=error)
+    if fd is None:
+        raise error(f"{shown(path)}: {what} not found")
+    return _chunks_of(fd, path, what, limit, error)
+
+
+def _chunks_of(
+    fd: int, path: Path, what: str, limit: int, error: type[InputError]
+) -> Iterator[bytes]:
+    """Read ``fd`` to EOF (st_size is only a hint: /proc files say 0), bounded; close it."""
+    try:
         total = 0
         while True:
-            chunk = os.read(fd, min(max(st.st_size - total, 0) + 1, limit + 1 - total, 8 * MIB))
+            try:
+                chunk = os.read(fd, min(limit + 1 - total, 8 * MIB))
+            except OSError as exc:
+                raise error(f"{shown(path)}: {what} unreadable: {exc.strerror or exc}") from None
             if not chunk:
-                break
-            chunks.append(chunk)
+                return
             total += len(chunk)
             if total > limit:
-                raise error(f"{name}: {what}: expected at most {_size(limit)}, found more")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise error(f"{name}: {what} unreadable: {exc.strerror or exc}") from None
+                raise error(f"{shown(path)}: {what}: expected at most {_size(limit)}, found more")
+            yield chunk
     finally:
         os.close(fd)
+
+
+def check_readable(path: Path, what: str, limit: Limit | int) -> str:
+    """ "" if ``path`` is a regular file xenkdump could read, else why not (one line)."""
+    try:
+        fd = open_regular(path, what, limit)
+    except InputError as exc:
+        return str(exc)
+    if fd is None:
+        return f"{shown(path)}: {what} not found"
+    os.close(fd)
+    return ""
+
+
+def read_file_if_exists(
+    path: Path,
+    what: str,
+    limit: Limit | int,
+    *,
+    error: type[InputError] = InputError,
+) -> bytes | None:
+    """``read_file``, but None when ``path`` does not exist."""
+    fd = open_regular(path, what, limit, error=error)
+    if fd is None:
+        return None
+    return b"".join(_chunks_of(fd, path, what, limit, error))
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -187,7 +240,10 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 __all__ = [
     "Limit",
     "atomic_write",
+    "check_readable",
+    "chunks",
     "is_text",
+    "open_regular",
     "read_file",
     "read_file_if_exists",
     "require_text_path",

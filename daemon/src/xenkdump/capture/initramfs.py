@@ -32,12 +32,13 @@ from pathlib import Path
 
 from xenkdump.capture import AGENT_DIR, agentconf, target
 from xenkdump.capture.agentconf import CaptureFacts
-from xenkdump.errors import OperationError
+from xenkdump.errors import InputError, OperationError
 from xenkdump.hv.port import AddressRange, Hypervisor
 from xenkdump.paths import INITRD_DIR, INITRD_DIR_ENV
+from xenkdump.safefile import Limit, chunks
 from xenkdump.selftest import HOOK as SELFTEST_HOOK
 from xenkdump.settings.model import DumpSettings, DumpTarget
-from xenkdump.units import KIB, MIB
+from xenkdump.units import KIB
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,9 @@ def _which(name: str) -> str:
 def _digest(path: Path | str) -> str:
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(MIB):
-                h.update(chunk)
-    except OSError:
+        for chunk in chunks(Path(path), "file", Limit.INITRD):
+            h.update(chunk)
+    except InputError:
         return "-"
     return h.hexdigest()
 

@@ -33,6 +33,7 @@ from xenkdump.hv.port import (
     PhysInfo,
     Segment,
 )
+from xenkdump.safefile import Limit, read_file_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,10 @@ def read_dom0_vmcoreinfo(path: Path = SYS_VMCOREINFO) -> AddressRange:
     Linux writes ``"%pa %x"``: the address (a machine address on a PV dom0) and the
     note's size, both hex.  PlanError naming ``path`` when the text is anything else.
     """
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except FileNotFoundError:
+    raw = read_file_if_exists(path, "dom0 VMCOREINFO", Limit.PROC, error=PlanError)
+    if raw is None:
         return AddressRange(0, 0)
-    except OSError as exc:
-        raise PlanError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    text = raw.decode("ascii", errors="replace").strip()
     fields = text.split()
     try:
         if len(fields) != 2:

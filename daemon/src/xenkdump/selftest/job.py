@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from xenkdump.errors import InputError, OperationError, XenkdumpError
+from xenkdump.safefile import Limit, check_readable
 from xenkdump.selftest import plan, vm
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
@@ -131,11 +132,9 @@ def new_id() -> str:
 def _readable(path: str, what: str) -> None:
     if not path:
         raise InputError(f"{what}: no file given")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise InputError(f"{what} {path}: cannot read: {exc.strerror}") from None
+    why = check_readable(Path(path), what, Limit.INITRD)  # never blocks on a FIFO
+    if why:
+        raise InputError(why)
 
 
 def _meminfo() -> str:

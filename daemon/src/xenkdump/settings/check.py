@@ -8,6 +8,7 @@ initrd must be readable files.  Every problem is a ``ConfigProblem`` with file:l
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from xenkdump.daemon import kernels
 from xenkdump.errors import ImageError
+from xenkdump.safefile import Limit, check_readable, shown
 from xenkdump.schema import ConfigProblem, ConfigProblems, Document, KeyPath
 from xenkdump.settings.load import config_files, read_config, settings_of
 from xenkdump.settings.model import InitrdPolicy, Settings
@@ -84,14 +86,13 @@ def _problem(doc: Document, path: KeyPath, message: str) -> ConfigProblem:
     return ConfigProblem(mark.source, mark.line, ".".join(str(p) for p in path), message)
 
 
-def _readable(path: Path) -> str:
-    """ "" if ``path`` is a readable regular file, else why not."""
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return "" if path.is_file() else "not a regular file"
+def _readable(path: Path, what: str, limit: Limit) -> str:
+    """ "" if ``path`` is a readable regular file within ``limit``, else why not (never
+    blocks on a FIFO: safefile opens without blocking)."""
+    if not os.path.lexists(path):
+        return os.strerror(errno.ENOENT)
+    why = check_readable(path, what, limit)
+    return why.split(": ", 1)[1] if why.startswith(f"{shown(path)}: ") else why
 
 
 def _named_files(doc: Document, settings: Settings, release: str | None) -> list[ConfigProblem]:
@@ -100,13 +101,13 @@ def _named_files(doc: Document, settings: Settings, release: str | None) -> list
         files = kernels.resolve(settings, release=release)
     except ImageError as exc:
         return [_problem(doc, ("kernel",), f"expected a kernel file to load, found none ({exc})")]
-    why = _readable(files.kernel)
+    why = _readable(files.kernel, "kernel", Limit.KERNEL)
     if why:
         problems.append(
             _problem(doc, ("kernel",), f"expected a readable kernel, found {files.kernel}: {why}")
         )
     if settings.initrd is InitrdPolicy.PATH and files.initrd is not None:
-        why = _readable(files.initrd)
+        why = _readable(files.initrd, "initrd", Limit.INITRD)
         if why:
             message = f"expected a readable initrd, found {files.initrd}: {why}"
             problems.append(_problem(doc, ("initrd",), message))
