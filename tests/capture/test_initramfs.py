@@ -1,6 +1,6 @@
 """xenkdump's crash initramfs, built by the real mkinitramfs (initramfs-tools) for Debian's
 kernel, through ``xenkdumpctl initrd`` as an administrator runs it, with the kernel
-package "installed" in a private mount namespace (kernelns.py).
+package "installed" in a private mount namespace (tests/testkernel.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,6 @@ from xenkdump.capture import initramfs
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.hv.port import AddressRange
 from xenkdump.settings.model import DumpSettings
-
-sys.path.insert(0, str(Path(__file__).parent))
-from kernelns import with_kernel
 
 XENKDUMPCTL = [sys.executable, "-m", "xenkdump.cli.ctl"]
 
