@@ -176,3 +176,15 @@ def test_the_client_imports_nothing_of_the_service() -> None:
     for server_side in ("xenkdump.dbus.service", "xenkdump.dbus.transport", "xenkdump.daemon"):
         assert server_side not in out
     assert "dbus_fast" not in out and "asyncio" not in out
+
+
+def test_the_daemon_bus_stack_keeps_glib_out() -> None:
+    """dbus-fast would load PyGObject and GLib (memory xenkdumpd does not need)."""
+    code = (
+        "import sys, xenkdump.dbus.service; "
+        "print(sys.modules['gi'], sorted(m for m in sys.modules if m.startswith('gi.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["None", "[]"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from xenkdump import __version__
 from xenkdump.daemon import engine as ev
 from xenkdump.daemon.executor import Executor
+from xenkdump.daemon.memory import release_free_memory
 from xenkdump.daemon.notify import (
     MESSAGE_ID_LOAD_FAILED,
     MESSAGE_ID_LOADED,
@@ -307,6 +308,7 @@ class DaemonCore:
                     str(error), armed_after=armed, unknown_after=self.executor.location_unknown
                 )
         self._feed(result)
+        await asyncio.to_thread(release_free_memory)  # the image's bytes are gone now
         for ticket in action.tickets:
             future = self._waiters.pop(ticket, None)
             if future is None or future.done():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from xenkdump.daemon import kernels
@@ -37,14 +37,6 @@ def boot_time() -> float:
     return 0.0
 
 
-@dataclass(frozen=True)
-class _Cached:
-    """The inputs of the armed image, kept in memory for header-only rebuilds."""
-
-    generation: int
-    inputs: ImageInputs
-
-
 class Executor:
     def __init__(self, hv: Hypervisor, settings: Settings, *, release: str | None = None) -> None:
         self.hv = hv
@@ -56,8 +48,6 @@ class Executor:
         self.crash_range = hv.crash_range()
         major, minor = hv.xen_version()
         self.xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
-        self._cached: _Cached | None = None
-        self.files_read = 0  # how many times kernel/initrd were read (header-only reloads do not)
         # time.monotonic() of the running action's last step (read, host, load): what the
         # daemon's watchdog keep-alive checks (progress, not just a live event loop).
         self.progress_at = 0.0
@@ -160,7 +150,6 @@ class Executor:
         kernel, initrd = self.resolve(action)
         c = self.settings.cmdline
         base = action.overrides.cmdline if action.overrides and action.overrides.cmdline else c.base
-        self.files_read += 1
         return loader.read_inputs(kernel, initrd, cmdline=base, append=c.append, remove=c.remove)
 
     def gather_host(self) -> HostFacts:
@@ -174,16 +163,10 @@ class Executor:
         started = self.progress_at = time.monotonic()
         ledger = self._ledger()
         current = ledger.knowledge.armed
-        cached = self._cached
-        if (
-            action.scope is Scope.HOST
-            and action.overrides is None
-            and cached is not None
-            and current is not None
-            and current.generation == cached.generation
-        ):
-            inputs = cached.inputs  # only the ELF core header changes: no file is re-read
-        else:
+        inputs = None
+        if action.scope is Scope.HOST and action.overrides is None and current is not None:
+            inputs = self.armed_inputs(current)  # only the ELF core header is to change
+        if inputs is None:
             inputs = self.read_inputs(action)
         self.progress_at = time.monotonic()
         host = self.gather_host()
@@ -194,16 +177,41 @@ class Executor:
             and self.matches(current, inputs, host)
         ):
             self.record = current
-            self._cached = _Cached(current.generation, inputs)
             return LoadDone(Outcome.SKIPPED, Armed(current.generation, current.half == "whole"))
         try:
             rec = loader.load(self.hv, inputs, host, ledger, reason=action.reason)
         finally:
             self.record = ledger.knowledge.armed
-        self._cached = _Cached(rec.generation, inputs)
         took = (time.monotonic() - started) * 1000
         summary = f"{Path(rec.kernel).name} into the {rec.half} half in {took:.0f} ms"
         return LoadDone(Outcome.LOADED, Armed(rec.generation, rec.half == "whole"), summary)
+
+    def armed_inputs(self, rec: LoadRecord) -> ImageInputs | None:
+        """The armed image's own files, read again for a header-only rebuild.
+
+        xenkdumpd keeps no kernel or initrd bytes between loads (its idle memory stays
+        small whatever the initrd's size): a rebuild for a host change re-reads the files
+        the record names and checks their digests.  None when a file changed or is gone
+        since it was loaded: then the configuration is resolved again (a full reload).
+        """
+        try:
+            inputs = loader.read_inputs(
+                Path(rec.kernel),
+                Path(rec.initrd) if rec.initrd else None,
+                cmdline=rec.user_cmdline,
+            )
+        except XenkdumpError as exc:
+            log.info("header-only rebuild: %s; reloading from the configuration", exc)
+            return None
+        if (inputs.kernel_sha256, inputs.initrd_sha256) != (rec.kernel_sha256, rec.initrd_sha256):
+            log.info(
+                "header-only rebuild: %s or its initrd changed since generation %d was "
+                "loaded; reloading from the configuration",
+                rec.kernel,
+                rec.generation,
+            )
+            return None
+        return replace(inputs, cmdline=rec.user_cmdline)
 
     @staticmethod
     def matches(rec: LoadRecord, inputs: ImageInputs, host: HostFacts) -> bool:
@@ -229,7 +237,6 @@ class Executor:
             loader.unload(self.hv, ledger)
         finally:
             self.record = ledger.knowledge.armed
-            self._cached = None
 
 
 def _with_kernel(settings: Settings, kernel: Path) -> Settings:
