@@ -20,26 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "capture"))
-from kernelns import with_kernel  # noqa: E402
+from benchlib import test_kernel, testkernel
 
-
-def kernel() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "fetch-test-kernel.sh")],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return Path(out)
+with_kernel = testkernel.with_kernel
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    vmlinuz = kernel()
+    vmlinuz = test_kernel()
     with tempfile.TemporaryDirectory(prefix="xenkdump-bench-capture.") as tmp:
         work = Path(tmp)
         config = work / "xenkdump.yaml"

@@ -1,7 +1,7 @@
 """The capture side on real Xen: xenkdump's own crash initramfs saves a dump to a disk.
 
 ``xenkdumpctl initrd`` (the product, with initramfs-tools' mkinitramfs and Debian's
-kernel package "installed" in a mount namespace, tests/capture/kernelns.py) builds
+kernel package "installed" in a mount namespace, tests/testkernel.py) builds
 the crash initramfs for a local target: an ext4 filesystem labelled ``xkdump`` on a
 virtio disk of the lab, found by the crash kernel by its label.  dom0 loads it with
 ``xenkdumpctl load``, writes a token line to /dev/kmsg and panics.  The crash kernel
@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 import scenarios as sc
-from e2e_harness import DOM0_END, MEMORY_MIB, REPO, Assets, Job, boot
+from e2e_harness import DOM0_END, MEMORY_MIB, Assets, Job, boot
 
-sys.path.insert(0, str(REPO / "tests" / "capture"))
-from kernelns import with_kernel
+from testkernel import with_kernel
 
 LABEL = "xkdump"
 AGENT = "xenkdump-capture:"
