@@ -37,7 +37,9 @@ from xenkdump.image.planner import ImageInputs
 from xenkdump.state import record as record_mod
 from xenkdump.state.record import RecordStore
 
-SCENARIOS = ("reload", "unknown")
+# reload: a two-halves reload; unknown: a load after the record was lost; old-xen: a
+# reload on Xen 4.8, whose status call answers 0 whatever happened (no parity).
+SCENARIOS = ("reload", "unknown", "old-xen")
 WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EIO)
 
 
@@ -111,6 +113,8 @@ def injected(hv: SimulatedHypervisor, inj: Injector) -> Iterator[None]:
 
 def prepare(work: Path, scenario: str) -> None:
     """A simulated host with image A armed; its record known ("reload") or lost ("unknown")."""
+    if scenario == "old-xen":
+        (work / "host.yaml").write_text('xen:\n  version: "4.8"\n')
     hv = SimulatedHypervisor.open(work / "host.yaml")
     store = RecordStore(work / "state")
     store.write_state(record_mod.StateFile(parity=hv.kexec_status(KEXEC_TYPE_CRASH)))
