@@ -34,6 +34,7 @@ from xenkdump.requests import ReloadOptions
 from xenkdump.settings.load import load_settings
 from xenkdump.state import record as record_mod
 from xenkdump.state.record import RecordStore
+from xenkdump.status import Status
 
 XENKDUMPD = Path(sys.executable).parent / "xenkdumpd"
 TIMEOUT = 60.0
@@ -570,3 +571,37 @@ def test_stuck_load_starves_the_watchdog_and_sigterm_still_stops(
     assert d.proc.wait(20) == 0
     assert time.monotonic() - t0 < 10
     assert "still running" in d.stderr()
+
+
+def test_status_names_every_config_file_and_judges_the_crash_area(host: Host) -> None:
+    dropins = host.config.parent / "xenkdump.yaml.d"
+    dropins.mkdir()
+    (dropins / "50-host.yaml").write_text("reload_debounce: 0.3\n")
+    settings = load_settings(host.config)
+
+    async def scenario(sim: SimulatedHypervisor) -> Status:
+        core = DaemonCore(sim, settings, config_path=host.config)
+        await core.start()
+        await core.wait_idle()
+        return core.status()
+
+    with host.sim() as sim:
+        status = asyncio.run(scenario(sim))
+    assert status.config_files == (str(host.config), str(dropins / "50-host.yaml"))
+    assert status.crash_area_verdict == "ok" and status.crash_area_fix == ""
+    assert status.state == State.LOADED
+    # The same host booted without crashkernel= (and it on dom0's line instead).
+    text = host.host_file.read_text()
+    host.host_file.write_text(
+        text.replace(" crashkernel=256M", "")
+        .replace("crash_range: {start: 0xae6ff000, size: 0x10000000}", "crash_range: null")
+        .replace("ro quiet", "ro quiet crashkernel=256M")
+    )
+    (host.state_dir / "state.json").unlink()
+    with host.sim() as sim:
+        status = asyncio.run(scenario(sim))
+    assert status.state == State.FAILED
+    assert status.crash_area_verdict == "missing"
+    assert "crashkernel=256M is on dom0's command line" in status.crash_area_advice
+    assert status.crash_area_fix.startswith('GRUB_CMDLINE_XEN_DEFAULT="console=com1 ')
+    assert status.crash_area_fix.endswith(',below=4G"')

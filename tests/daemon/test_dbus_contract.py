@@ -71,6 +71,10 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "UnloadedFirst": "b",
         "CurrentSelfTest": "a{sv}",
         "LastSelfTest": "a{sv}",
+        "ConfigFiles": "as",
+        "CrashAreaVerdict": "s",
+        "CrashAreaAdvice": "s",
+        "CrashAreaFix": "s",
     }
     assert all(p.access == "read" for p in SPEC.properties.values())
     const = {p.name for p in SPEC.properties.values() if not p.emits_changed}

@@ -137,7 +137,7 @@ def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
     assert sigs["CrashRegion"] == "(tt)" and sigs["LoadedAt"] == "t"
     assert sigs["InterfaceRevision"] == "u" and sigs["UnloadedFirst"] == "b"
     assert sigs["LastSelfTest"] == sigs["CurrentSelfTest"] == "a{sv}"
-    assert len(sigs) == 20
+    assert len(sigs) == 24
 
 
 def test_property_errors_are_named(serve_fake: Any) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from xenkdump.advice.crashkernel import recommended_size
 from xenkdump.errors import HypervisorError, ImageError, PlanError
 from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH, AddressRange
 from xenkdump.hv.sim import SimulatedHypervisor
@@ -35,7 +36,6 @@ from xenkdump.image.planner import (
     required_bytes,
 )
 from xenkdump.state.record import Ledger, LoadRecord, RecordError, RecordStore, StateFile
-from xenkdump.status import suggested_reservation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from imagefixtures import MIB, make_initrd, synth_bzimage
@@ -377,7 +377,7 @@ def test_unload_then_load_when_halves_do_not_fit(
     assert (b.generation, b.loads_issued, b.unloads_issued) == (2, 2, 1)
     assert hv.call_counts(KEXEC_TYPE_CRASH) == (2, 1)
     assert "unloading the armed crash image" in caplog.text
-    assert f"crashkernel={suggested_reservation(b.required_bytes) // MIB}M" in caplog.text
+    assert f"crashkernel={recommended_size(b.required_bytes) // MIB}M" in caplog.text
     assert hv.armed_image_intact(KEXEC_TYPE_CRASH)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -24,6 +27,14 @@ def problems(files: list[tuple[str, str]], name: str = CONFIG_SCHEMA) -> list[st
 @pytest.mark.parametrize("name", [CONFIG_SCHEMA, SIM_HOST_SCHEMA])
 def test_schemas_are_valid_draft_2020_12(name: str) -> None:
     Draft202012Validator.check_schema(schema(name))
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _v in pairs]
+        assert len(keys) == len(set(keys)), f"{name}: a key twice in one object: {keys}"
+        return dict(pairs)
+
+    text = (resources.files("xenkdump.schema") / name).read_text()
+    assert json.loads(text, object_pairs_hook=no_duplicates) == schema(name)
 
 
 def test_config_schema_defaults_are_the_model_defaults() -> None:

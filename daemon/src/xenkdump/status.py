@@ -22,9 +22,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from xenkdump.units import MIB
-
 if TYPE_CHECKING:
+    from xenkdump.advice.crashkernel import Advice
     from xenkdump.hv.port import AddressRange
     from xenkdump.state.record import LoadRecord
 
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 HALVES = ("lower", "upper", "whole")
 
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
-INTERFACE_REVISION = 2
+INTERFACE_REVISION = 3
 
 
 # The LastSelfTest dictionary: key -> D-Bus type (xenkdump.selftest.job.Result.to_status).
@@ -92,6 +91,10 @@ class Status:
     last_self_test: tuple[tuple[str, Any], ...] = ()
     # The running self-test (Id, Level, Stage, Fraction) as sorted pairs; () if none.
     current_self_test: tuple[tuple[str, Any], ...] = ()
+    config_files: tuple[str, ...] = ()  # the configuration file, then its drop-ins
+    crash_area_verdict: str = ""  # ok, tight, too-small, missing, unknown ("" not judged)
+    crash_area_advice: str = ""  # why, in one line
+    crash_area_fix: str = ""  # the GRUB_CMDLINE_XEN_DEFAULT=... line to use, "" if none
 
     def to_json(self) -> dict[str, Any]:
         """Property name -> plain value (pairs as lists), in field order."""
@@ -163,12 +166,6 @@ def property_name(field: str) -> str:
 PROPERTY_NAMES = tuple(property_name(f.name) for f in dataclasses.fields(Status))
 
 
-def suggested_reservation(required: int) -> int:
-    """A crashkernel= size (bytes) that holds two such images: 2 x required, whole 64 MiB."""
-    step = 64 * MIB
-    return -(-(2 * required) // step) * step
-
-
 def build(
     *,
     state: str,
@@ -178,6 +175,8 @@ def build(
     xen_version: str,
     daemon_version: str,
     config_digest: str = "",
+    config_files: tuple[str, ...] = (),
+    advice: Advice | None = None,
     last_error: str = "",
     last_reason: str = "",
     last_self_test: tuple[tuple[str, Any], ...] = (),
@@ -218,4 +217,8 @@ def build(
         unloaded_first=record.unloaded_first if record else False,
         last_self_test=last_self_test,
         current_self_test=current_self_test,
+        config_files=config_files,
+        crash_area_verdict=str(advice.verdict) if advice else "",
+        crash_area_advice="; ".join((advice.summary, *advice.details)) if advice else "",
+        crash_area_fix=advice.grub_line if advice else "",
     )

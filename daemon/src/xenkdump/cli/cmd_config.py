@@ -1,4 +1,4 @@
-"""``xenkdumpctl check-config``: check configuration files offline (no daemon, no Xen)."""
+"""Commands for fleets: ``check-config`` (offline, no daemon, no Xen) and ``advise``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.set_defaults(handler=cmd_check_config)
 
+    a = subparsers.add_parser(
+        "advise",
+        help="is Xen's crash area (crashkernel=) right for the crash image? what to change",
+        description=(
+            "Judge the crash area Xen reserved (crashkernel= on Xen's own command line) "
+            "against the configured crash image's measured needs: two images, one per half "
+            "of the area, so that reloads never leave the host without a crash kernel.  "
+            "When it is missing or too small, print the exact GRUB_CMDLINE_XEN_DEFAULT line "
+            "for /etc/default/grub.d/xen.cfg; a crashkernel= on dom0's command line (which "
+            "a PV dom0 ignores) is reported.  Needs no daemon."
+        ),
+    )
+    a.add_argument(
+        "--config",
+        type=path_arg,
+        default=None,
+        metavar="FILE",
+        help=f"the configuration naming the crash image (default {CONFIG_FILE} and "
+        "its drop-ins, built-in defaults when absent)",
+    )
+    a.add_argument("--json", action="store_true", help="print the advice as JSON")
+    a.set_defaults(handler=cmd_advise)
+
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     import json
@@ -59,3 +82,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(problem, file=sys.stderr)
     return 0 if report.valid else ConfigError.exit_code
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    import json
+
+    from xenkdump.advice.gather import host_advice, measure
+    from xenkdump.hv.select import open_hypervisor
+    from xenkdump.settings.load import load_settings
+    from xenkdump.settings.model import DEFAULT_CONFIG_PATH, Settings
+
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    settings = load_settings(path) if path is not None else Settings()
+    with open_hypervisor(args.hypervisor) as hv:
+        advice = host_advice(hv, measure(hv, settings))
+    print(json.dumps(advice.as_json(), indent=2) if args.json else advice.text())
+    return 0

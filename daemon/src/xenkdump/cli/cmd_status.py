@@ -133,8 +133,9 @@ def _part(s: Status) -> str:
 
 def render(s: Status) -> str:
     """The human form of a status, one "Name: value" row each."""
+    from xenkdump.advice.crashkernel import GRUB_FILE, recommended_size
     from xenkdump.dbus.names import BUS_NAME
-    from xenkdump.status import self_test_note, suggested_reservation
+    from xenkdump.status import self_test_note
 
     region, used = s.crash_region, s.crash_region_used
     running = bool(s.daemon_version)
@@ -151,6 +152,8 @@ def render(s: Status) -> str:
         ("Command line", s.command_line),
         ("Image sha256", s.image_sha256 or "none"),
     ]
+    if s.config_files:
+        rows.append(("Config files", ", ".join(s.config_files)))
     if s.config_digest:
         rows.append(("Config sha256", s.config_digest))
     rows.append(("Crash region", area))
@@ -165,8 +168,13 @@ def render(s: Status) -> str:
         rows.append(("Last error", s.last_error))
     if s.unloaded_first:
         rows.append(("Note", "the last load unloaded the armed image first (no free half)"))
-    if s.whole_area:
-        suggest = suggested_reservation(s.required_bytes) // MIB
+    if s.crash_area_verdict not in ("", "ok", "unknown"):
+        rows.append(("Crash area", f"{s.crash_area_verdict}: {s.crash_area_advice}"))
+        if s.crash_area_fix:
+            rows.append(("Fix", f"in {GRUB_FILE}: {s.crash_area_fix}"))
+            rows.append(("", "then run update-grub and reboot"))
+    elif s.whole_area:
+        suggest = recommended_size(s.required_bytes) // MIB
         rows.append(
             (
                 "Warning",

@@ -148,6 +148,7 @@ class DaemonCore:
     async def start(self) -> Status:
         """The first reconcile: check our record against Xen, adopt or load; wait for it."""
         event = await asyncio.to_thread(self.executor.check_record)
+        await asyncio.to_thread(self.executor.refresh_advice)
         log.info(
             "start-up: record %s%s",
             event.record.value,
@@ -307,6 +308,7 @@ class DaemonCore:
                 result = ev.UnloadFailed(
                     str(error), armed_after=armed, unknown_after=self.executor.location_unknown
                 )
+        await asyncio.to_thread(self.executor.refresh_advice)
         self._feed(result)
         await asyncio.to_thread(release_free_memory)  # the image's bytes are gone now
         for ticket in action.tickets:
@@ -327,6 +329,8 @@ class DaemonCore:
             xen_version=self.executor.xen_version,
             daemon_version=__version__,
             config_digest=self.settings.digest,
+            config_files=tuple(str(p) for p in self.settings.sources),
+            advice=self.executor.advice,
             last_error=self.engine.last_error,
             last_reason=self.engine.last_reason,
             last_self_test=self.selftests.last_status(),

@@ -11,6 +11,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from xenkdump.advice.crashkernel import Advice
+from xenkdump.advice.gather import host_advice, measure
 from xenkdump.daemon import kernels
 from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, Scope, Start
 from xenkdump.errors import InputError, XenkdumpError
@@ -48,6 +50,7 @@ class Executor:
         self.crash_range = hv.crash_range()
         major, minor = hv.xen_version()
         self.xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
+        self.advice: Advice | None = None  # crashkernel= advice, after each action
         # time.monotonic() of the running action's last step (read, host, load): what the
         # daemon's watchdog keep-alive checks (progress, not just a live event loop).
         self.progress_at = 0.0
@@ -230,6 +233,20 @@ class Executor:
         the record on disk may lag behind when it could not be written.)"""
         self.record = None if self.ledger is None else self.ledger.knowledge.armed
         return self.record is not None
+
+    def refresh_advice(self) -> None:
+        """Judge Xen's crash area against the armed image (or the configured one)."""
+        rec = self.record
+        required = (
+            rec.required_bytes
+            if rec is not None
+            else measure(self.hv, self.settings, release=self.release)
+        )
+        try:
+            self.advice = host_advice(self.hv, required)
+        except XenkdumpError as exc:
+            log.warning("cannot judge the crash area: %s", exc)
+            self.advice = None
 
     def unload(self) -> None:
         ledger = self._ledger()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -44,6 +45,9 @@ E820_NVS = 4
 E820_UNUSABLE = 5
 E820_PMEM = 7
 E820_PRAM = 12
+
+# dom0's own command line on a real dom0.
+PROC_CMDLINE = Path("/proc/cmdline")
 
 # Xen versions this project can drive: segment load exists from 4.4 (§2.2).
 MIN_XEN_VERSION = (4, 4)
@@ -131,6 +135,13 @@ class Hypervisor(Protocol):
 
     def xen_command_line(self) -> str:
         """Xen's own boot command line (XENVER_commandline); "" if unavailable."""
+        ...
+
+    def dom0_command_line(self) -> str:
+        """dom0's own boot command line (/proc/cmdline on a real dom0); "" if unknown.
+
+        Not a hypervisor fact, but part of the host: a simulated host models it too.
+        """
         ...
 
     def crash_range(self) -> AddressRange:

@@ -403,6 +403,9 @@ class SimulatedHypervisor(ClosingContext):
     def xen_command_line(self) -> str:
         return self.host.xen_command_line
 
+    def dom0_command_line(self) -> str:
+        return self.host.dom0_command_line
+
     def get_range(self, range_id: int, nr: int = 0) -> AddressRange:
         """KEXEC_CMD_kexec_get_range with a raw range id (§2.5)."""
         host = self.host

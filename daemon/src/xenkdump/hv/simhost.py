@@ -21,6 +21,7 @@ CPUs, Xen 4.17.7).  The file format, with the defaults::
     crash_range: {start: 0xae6ff000, size: 0x10000000}  # null: no crash area
     dom0:
       vmcoreinfo: {start: 0x1f3dc000, size: 0x1024}   # /sys/kernel/vmcoreinfo; null: none
+      command_line: "root=/dev/xvda1 ro quiet"       # dom0's own /proc/cmdline
     cpus:
       online: 4                      # nr_cpus; max_cpus is the number of notes
       threads_per_core: 1
@@ -89,6 +90,7 @@ class SimHost:
     xen_version: tuple[int, int]
     xen_extraversion: str
     xen_command_line: str
+    dom0_command_line: str
     xen_range: AddressRange
     vmcoreinfo_range: AddressRange
     kexec_reloc_va: int
@@ -128,6 +130,7 @@ def default_host() -> SimHost:
         xen_version=(4, 17),
         xen_extraversion=".7",
         xen_command_line=("console=com1 com1=115200,8n1 dom0_mem=4G,max:4G crashkernel=256M"),
+        dom0_command_line="root=/dev/xvda1 ro quiet",
         # Xen relocates itself high below 4 GiB; its VMCOREINFO buffer is static (in .bss).
         xen_range=AddressRange(0xBE800000, 0x800000),
         vmcoreinfo_range=AddressRange(0xBE9C3000, 4096),
@@ -184,10 +187,12 @@ def render_host(host: SimHost) -> str:
     else:
         lines.append("crash_range: null")
     lines.append("# dom0's own VMCOREINFO note (/sys/kernel/vmcoreinfo); null: dom0 has none.")
-    if host.dom0_vmcoreinfo.size:
-        lines += ["dom0:", f"  vmcoreinfo: {rng(host.dom0_vmcoreinfo)}"]
-    else:
-        lines += ["dom0:", "  vmcoreinfo: null"]
+    note = rng(host.dom0_vmcoreinfo) if host.dom0_vmcoreinfo.size else "null"
+    lines += [
+        "dom0:",
+        f"  vmcoreinfo: {note}",
+        f"  command_line: {_yaml_str(host.dom0_command_line)}  # its /proc/cmdline",
+    ]
     lines += [
         "cpus:",
         f"  online: {host.nr_cpus}",
@@ -249,6 +254,8 @@ def _apply(host: SimHost, top: dict[str, Any]) -> SimHost:
             fields[name] = _range(xen[key])
     if "kexec_reloc_va" in xen:
         fields["kexec_reloc_va"] = xen["kexec_reloc_va"]
+    if "command_line" in top.get("dom0", {}):
+        fields["dom0_command_line"] = top["dom0"]["command_line"]
     if "crash_range" in top:
         crash = top["crash_range"]
         fields["crash_range"] = AddressRange(0, 0) if crash is None else _range(crash)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import xenkdump_xenctrl as xc
-from xenkdump.errors import HypervisorError, HypervisorUnavailable, PlanError
+from xenkdump.errors import HypervisorError, HypervisorUnavailable, InputError, PlanError
 from xenkdump.hv.port import (
     KEXEC_RANGE_MA_CPU,
     KEXEC_RANGE_MA_CRASH,
@@ -27,13 +27,14 @@ from xenkdump.hv.port import (
     KEXEC_RANGE_MA_XEN,
     MIN_XEN_VERSION,
     PAGE_SIZE,
+    PROC_CMDLINE,
     AddressRange,
     ClosingContext,
     E820Entry,
     PhysInfo,
     Segment,
 )
-from xenkdump.safefile import Limit, read_file_if_exists
+from xenkdump.safefile import Limit, read_file, read_file_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,13 @@ class XenHypervisor(ClosingContext):
                 return ""
             raise
         return bytes(ffi.string(buf, COMMANDLINE_LEN)).decode("utf-8", errors="replace")
+
+    def dom0_command_line(self) -> str:
+        try:
+            raw = read_file(PROC_CMDLINE, "dom0 command line", Limit.PROC)
+        except InputError:
+            return ""
+        return raw.decode("utf-8", errors="replace").strip()
 
     def crash_range(self) -> AddressRange:
         return self._range("xc_kexec_get_range(MA_CRASH)", KEXEC_RANGE_MA_CRASH, 0)

@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from xenkdump.advice.crashkernel import recommended_size
 from xenkdump.errors import HypervisorError, ImageError, InputError, PlanError, XenkdumpError
 from xenkdump.hv.port import (
     EM_X86_64,
     KEXEC_TYPE_CRASH,
     MIN_XEN_VERSION,
+    PROC_CMDLINE,
     AddressRange,
     Hypervisor,
 )
@@ -52,7 +54,6 @@ from xenkdump.state.record import (
     StateFile,
     resolve,
 )
-from xenkdump.status import suggested_reservation
 from xenkdump.units import MIB, mib_up
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 # (docs/xen-kexec-contract.md §2.2).
 PARITY_XEN_VERSION = (4, 9)
 
-PROC_CMDLINE = Path("/proc/cmdline")
 EFI_SYSTAB = Path("/sys/firmware/efi/systab")
 
 
@@ -137,8 +137,11 @@ def read_acpi_rsdp(path: Path = EFI_SYSTAB) -> int:
     return found.get("ACPI20") or found.get("ACPI") or 0
 
 
-def gather_host(hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB) -> HostFacts:
-    """Every fact of the host the crash image depends on.  PlanError when there is no crash area."""
+def gather_host(
+    hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB, require_crash_area: bool = True
+) -> HostFacts:
+    """Every fact of the host the crash image depends on.  PlanError when there is no crash
+    area, unless ``require_crash_area`` is False (to measure an image for advice)."""
     version = hv.xen_version()
     if version < MIN_XEN_VERSION:
         raise PlanError(
@@ -146,10 +149,10 @@ def gather_host(hv: Hypervisor, *, efi_systab: Path = EFI_SYSTAB) -> HostFacts:
             f"(segment kexec load), found {version[0]}.{version[1]}"
         )
     crash = hv.crash_range()
-    if crash.size == 0:
+    if crash.size == 0 and require_crash_area:
         raise PlanError(
             "crash area: expected a reservation, found none: Xen was booted without "
-            "crashkernel= (add e.g. crashkernel=512M to the Xen command line and reboot)"
+            "crashkernel= (`xenkdumpctl advise` prints the line for Xen's command line)"
         )
     notes: list[AddressRange] = []
     for cpu in range(hv.max_cpus()):
@@ -296,7 +299,7 @@ def load(
             "next reload must unload it first; crashkernel=%dM on the Xen command line avoids this",
             mib_up(needed),
             host.crash.size // MIB,
-            suggested_reservation(needed) // MIB,
+            recommended_size(needed) // MIB,
         )
     elif must_unload:
         why = (
@@ -311,7 +314,7 @@ def load(
             why,
             mib_up(needed),
             host.crash.size // MIB,
-            suggested_reservation(needed) // MIB,
+            recommended_size(needed) // MIB,
         )
         window_from = time.monotonic()
         _guarded(hv, ledger, "unload", None, lambda: hv.kexec_unload(KEXEC_TYPE_CRASH))

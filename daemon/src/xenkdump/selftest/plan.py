@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from xenkdump.advice.crashkernel import two_halves
 from xenkdump.errors import InputError, OperationError
 from xenkdump.hv.port import AddressRange
 from xenkdump.image.cmdline import arg_key, split_cmdline
 from xenkdump.image.elfcore import build_elfcorehdr
 from xenkdump.selftest.stages import ID_RE, Level, Stage
-from xenkdump.status import suggested_reservation
 from xenkdump.units import MIB
 
 # The synthetic old memory: header, one note, the token.  At 128 MiB: above the
@@ -196,5 +196,5 @@ def sizing(values: Mapping[str, str], vm_bytes: int) -> Sizing | None:
     except (KeyError, ValueError):
         return None
     peak = max(vm_bytes - low, 0)
-    want = suggested_reservation(peak + peak // 4)
+    want = two_halves(peak + peak // 4)
     return Sizing(peak, low, f"crashkernel={want // MIB}M")

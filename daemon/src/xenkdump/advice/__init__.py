@@ -1,0 +1,1 @@
+"""Advice for the administrator: is the crash area Xen reserved (crashkernel=) right?"""
