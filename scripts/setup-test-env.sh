@@ -7,7 +7,7 @@ cd "$here"
 
 # Debian packages: the product's runtime (as on a real dom0) and test tools.
 APT_RUNTIME="python3 python3-venv python3-cffi python3-yaml python3-jsonschema python3-dbus-fast python3-dbus python3-systemd dbus libxenmisc4.17 initramfs-tools makedumpfile"
-APT_TEST="libxen-dev gcc binutils make systemd cpio busybox-static dash python3-docutils bash-completion"
+APT_TEST="libxen-dev gcc binutils make systemd cpio busybox-static dash python3-docutils bash-completion python3-prometheus-client"
 missing=()
 for p in $APT_RUNTIME $APT_TEST; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +17,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# promtool (Prometheus' own linter of the metrics file) from Debian's prometheus
+# package, unpacked into the cache: installing the package would start a server.
+PROMTOOL=${XENKDUMP_CACHE:-/var/cache/xenkdump-tests}/promtool/promtool
+if [ ! -x "$PROMTOOL" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -D -m 755 "$tmp/root/usr/bin/promtool" "$PROMTOOL"
+  rm -rf "$tmp"
 fi
 
 # The test venv: Debian's /usr/bin/python3 with its system packages visible,

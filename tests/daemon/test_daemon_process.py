@@ -605,3 +605,40 @@ def test_status_names_every_config_file_and_judges_the_crash_area(host: Host) ->
     assert "crashkernel=256M is on dom0's command line" in status.crash_area_advice
     assert status.crash_area_fix.startswith('GRUB_CMDLINE_XEN_DEFAULT="console=com1 ')
     assert status.crash_area_fix.endswith(',below=4G"')
+
+
+def test_metrics_file_follows_every_change_of_state(host: Host) -> None:
+    prom = host.root / "node-exporter" / "xenkdump.prom"
+    prom.parent.mkdir()
+    host.extra = f"metrics:\n  textfile: {prom}\n"
+    host.write_config()
+    settings = load_settings(host.config)
+    assert settings.metrics_textfile == prom
+
+    def values() -> dict[str, float]:
+        text = prom.read_text()
+        return {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if not line.startswith("#")
+        }
+
+    async def scenario() -> None:
+        with host.sim() as sim:
+            core = DaemonCore(sim, settings, config_path=host.config)
+            await core.start()
+            await core.wait_idle()
+            v = values()
+            assert v["xenkdump_armed"] == 1 and v['xenkdump_state{state="loaded"}'] == 1
+            assert v["xenkdump_loads_total"] == 1 and v["xenkdump_load_failures_total"] == 0
+            assert v["xenkdump_crash_area_bytes"] == 256 << 20
+            assert 0 < v["xenkdump_crash_area_required_bytes"] < 128 << 20
+            assert v['xenkdump_crash_area_verdict{verdict="ok"}'] == 1
+            host.write_config(host.config.read_text() + "bogus: 1\n")
+            core.config_changed("test")
+            await core.wait_idle()
+            v = values()
+            assert v['xenkdump_state{state="degraded"}'] == 1
+            assert v["xenkdump_config_rejections_total"] == 1 and v["xenkdump_armed"] == 1
+
+    asyncio.run(scenario())

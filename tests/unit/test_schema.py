@@ -39,9 +39,12 @@ def test_schemas_are_valid_draft_2020_12(name: str) -> None:
 
 def test_config_schema_defaults_are_the_model_defaults() -> None:
     props = schema(CONFIG_SCHEMA)["properties"]
-    defaults = {k: v["default"] for k, v in props.items() if "default" in v}
-    for section in ("cmdline", "dump"):
-        defaults[section] = {k: v["default"] for k, v in props[section]["properties"].items()}
+    defaults = {
+        k: v["default"]
+        if "properties" not in v
+        else {name: sub["default"] for name, sub in v["properties"].items()}
+        for k, v in props.items()
+    }
     assert set(defaults) == set(props)
     assert settings_from(defaults, Settings()) == Settings()
 

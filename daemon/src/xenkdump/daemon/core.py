@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from xenkdump import __version__
@@ -28,6 +29,9 @@ from xenkdump.daemon.notify import (
 )
 from xenkdump.errors import BusyError, ConfigError, InputError, OperationError, XenkdumpError
 from xenkdump.hv.port import Hypervisor
+from xenkdump.metrics.textfile import Counters
+from xenkdump.metrics.textfile import render as metrics_text
+from xenkdump.metrics.textfile import write as metrics_write
 from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import Settings
@@ -76,6 +80,8 @@ class DaemonCore:
         from xenkdump.selftest.runner import SelfTests  # noqa: PLC0415
 
         self.selftests = SelfTests(on_change=self._publish)
+        self.counters = Counters()
+        self._metrics_written: tuple[Path, str] | None = None
         self._snapshot = self._make_snapshot()
 
     # ---- the API the D-Bus service uses ----
@@ -262,6 +268,7 @@ class DaemonCore:
         return True
 
     def _feed(self, event: ev.Event) -> None:
+        self._count(event)
         for action in self.engine.handle(event):
             if isinstance(action, ev.Log):
                 level, message_id = _LOG_LEVEL[action.kind]
@@ -337,9 +344,38 @@ class DaemonCore:
             current_self_test=self.selftests.current_status(),
         )
 
+    def _count(self, event: ev.Event) -> None:
+        c = self.counters
+        if isinstance(event, ev.LoadDone) and event.outcome is ev.Outcome.LOADED:
+            c = replace(c, loads=c.loads + 1)
+        elif isinstance(event, ev.LoadFailed):
+            c = replace(c, load_failures=c.load_failures + 1)
+        elif isinstance(event, ev.ConfigRejected):
+            c = replace(c, config_rejections=c.config_rejections + 1)
+        elif isinstance(event, ev.UnloadDone):
+            c = replace(c, unloads=c.unloads + 1)
+        self.counters = c
+
+    def _write_metrics(self, status: Status) -> None:
+        """Rewrite the metrics file (metrics.textfile) when what it says changed."""
+        path = self.settings.metrics_textfile
+        if path is None:
+            return
+        advice = self.executor.advice
+        text = metrics_text(status, self.counters, advice.recommended if advice else 0)
+        if (path, text) == self._metrics_written:
+            return
+        try:
+            metrics_write(path, text)
+        except XenkdumpError as exc:
+            log.warning("metrics file not written: %s", exc)
+            return
+        self._metrics_written = (path, text)
+
     def _publish(self) -> None:
         new = self._make_snapshot()
         old, self._snapshot = self._snapshot, new
+        self._write_metrics(new)
         if new == old:
             return
         for callback in list(self._subscribers):

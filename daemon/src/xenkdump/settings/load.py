@@ -86,6 +86,9 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
     for name in ("topology_check_interval", "reload_debounce"):
         if name in value:
             fields[name] = float(value[name])
+    if "metrics" in value:
+        textfile = (value["metrics"] or {}).get("textfile")
+        fields["metrics_textfile"] = Path(textfile) if textfile else None
     return replace(base, **fields)
 
 

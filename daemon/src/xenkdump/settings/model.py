@@ -105,6 +105,7 @@ class Settings:
     boot_dir: Path = DEFAULT_BOOT_DIR
     topology_check_interval: float = DEFAULT_TOPOLOGY_CHECK_INTERVAL
     reload_debounce: float = DEFAULT_RELOAD_DEBOUNCE
+    metrics_textfile: Path | None = None  # metrics.textfile; None: no metrics file
     # The main file, every file that contributed (the main file, then drop-ins) and the
     # SHA-256 of the merged configuration ("" and () for built-in defaults).
     source: Path | None = None
