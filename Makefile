@@ -5,7 +5,7 @@ SYSPY := /usr/bin/python3
 SIM_HOST ?= /var/tmp/xenkdump-demo/host.yaml
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test check lint e2e bench demo purgatory man clean
+.PHONY: setup test check lint e2e ansible bench demo purgatory man clean
 
 # The main job on a machine without Xen: a simulated host, run with Debian's python3.
 demo:
@@ -27,12 +27,17 @@ lint: setup
 e2e: setup
 	$(PY) -m pytest -q -rP -m e2e tests/e2e
 
+# config/examples/ansible run by Debian's ansible-playbook against localhost (~40 s).
+ansible: setup
+	$(PY) -m pytest -q -m ansible
+
 # Everything: what CI runs (.ci/run).
 check: setup
 	$(PY) -m ruff check daemon bindings tests bench
 	$(PY) -m ruff format --check daemon bindings tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m ansible
 	$(PY) -m pytest -q -rP -m e2e tests/e2e
 
 # Benchmarks print figures (and ratios against the peer where one runs here); they

@@ -7,7 +7,7 @@ cd "$here"
 
 # Debian packages: the product's runtime (as on a real dom0) and test tools.
 APT_RUNTIME="python3 python3-venv python3-cffi python3-yaml python3-jsonschema python3-dbus-fast python3-dbus python3-systemd dbus libxenmisc4.17 initramfs-tools makedumpfile"
-APT_TEST="libxen-dev gcc binutils make systemd cpio busybox-static dash python3-docutils bash-completion python3-prometheus-client"
+APT_TEST="libxen-dev gcc binutils make systemd cpio busybox-static dash python3-docutils bash-completion python3-prometheus-client ansible-core"
 missing=()
 for p in $APT_RUNTIME $APT_TEST; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

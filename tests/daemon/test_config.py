@@ -183,7 +183,7 @@ DAEMON_CONFIGS = sorted(
         REPO / "config" / "xenkdump.yaml",
         *(
             p
-            for p in (REPO / "config" / "examples").glob("*.yaml")
+            for p in (REPO / "config" / "examples").rglob("*.yaml")
             if not p.name.startswith("sim-")
         ),
     ]

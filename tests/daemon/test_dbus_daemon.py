@@ -106,13 +106,21 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, debian_kernel: Path, private_bus: str) -> Iterator[Running]:
-    boot = tmp_path / "boot"
+def make_boot(root: Path, debian_kernel: Path) -> Path:
+    """``root``/boot with Debian's kernel as vmlinuz-6.1.0-test and a small initrd;
+    returns the kernel's path."""
+    boot = root / "boot"
     boot.mkdir()
     kernel = boot / "vmlinuz-6.1.0-test"
     shutil.copyfile(debian_kernel, kernel)
     (boot / "initrd.img-6.1.0-test").write_bytes(initrd_bytes())
+    return kernel
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, debian_kernel: Path, private_bus: str) -> Iterator[Running]:
+    kernel = make_boot(tmp_path, debian_kernel)
+    boot = kernel.parent
     config = tmp_path / "xenkdump.yaml"
     config.write_text(
         f"kernel: {kernel}\ninitrd: {boot / 'initrd.img-6.1.0-test'}\n"
