@@ -15,19 +15,11 @@ from xenkdump.settings.model import Settings
 log = logging.getLogger(__name__)
 
 
-def measure(hv: Hypervisor, settings: Settings, *, release: str | None = None) -> int:
-    """Bytes one half of the crash area needs for the configured image; 0 if unmeasurable."""
+def measure(hv: Hypervisor, settings: Settings) -> int:
+    """Bytes one half of the crash area needs for the configured image (read as xenkdumpd
+    loads it, ``kernels.configured_inputs``); 0 if it cannot be measured."""
     try:
-        files = kernels.resolve(settings, release=release)
-        c = settings.cmdline
-        inputs = loader.read_inputs(
-            files.kernel,
-            files.initrd,
-            cmdline=c.base,
-            append=c.append,
-            remove=c.remove,
-            dom0_cmdline=hv.dom0_command_line(),
-        )
+        inputs = kernels.configured_inputs(settings, hv)
         return required_bytes(inputs, loader.gather_host(hv, require_crash_area=False))
     except (XenkdumpError, OSError) as exc:
         log.info("cannot measure the configured crash image: %s", exc)

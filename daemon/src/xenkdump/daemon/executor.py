@@ -237,11 +237,7 @@ class Executor:
     def refresh_advice(self) -> None:
         """Judge Xen's crash area against the armed image (or the configured one)."""
         rec = self.record
-        required = (
-            rec.required_bytes
-            if rec is not None
-            else measure(self.hv, self.settings, release=self.release)
-        )
+        required = rec.required_bytes if rec is not None else measure(self.hv, self.settings)
         try:
             self.advice = host_advice(self.hv, required)
         except XenkdumpError as exc:
