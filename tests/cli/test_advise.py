@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from xenkdump.cli.cmd_status import render
 from xenkdump.hv.simhost import default_host, render_host
+from xenkdump.status import Status
 
 
 def advise(tmp_path: Path, kernel: Path, host_text: str) -> dict[str, Any]:
@@ -78,3 +80,25 @@ def test_advice_on_simulated_hosts(
         'GRUB_CMDLINE_XEN_DEFAULT="console=com1 com1=115200,8n1 dom0_mem=4G,max:4G '
         f'crashkernel={size}M,below=4G"'
     )
+
+
+def test_status_shows_the_config_files_and_the_fix() -> None:
+    fix = 'GRUB_CMDLINE_XEN_DEFAULT="console=com1 crashkernel=256M,below=4G"'
+    text = render(
+        Status(
+            state="failed",
+            config_files=("/etc/xenkdump/xenkdump.yaml", "/etc/xenkdump/xenkdump.yaml.d/50.yaml"),
+            crash_area_verdict="missing",
+            crash_area_advice="no crash area: Xen was booted without crashkernel=",
+            crash_area_fix=fix,
+        )
+    )
+    rows = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    assert rows["Config files"].strip() == (
+        "/etc/xenkdump/xenkdump.yaml, /etc/xenkdump/xenkdump.yaml.d/50.yaml"
+    )
+    assert rows["Crash area"].strip().startswith("missing: no crash area")
+    assert f"in /etc/default/grub.d/xen.cfg: {fix}" in text
+    assert "then run update-grub and reboot" in text
+    ok = render(Status(state="loaded", crash_area_verdict="ok", crash_area_advice="fine"))
+    assert "Crash area:" not in ok and "Fix:" not in ok
