@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,23 @@ def test_every_value_reads_back() -> None:
     assert types["xenkdump_loads"] == "counter" and types["xenkdump_armed"] == "gauge"
 
 
+def test_self_test_results_appear_once_a_self_test_ran() -> None:
+    assert "xenkdump_selftest" not in render(LOADED, Counters())
+    ran = replace(
+        LOADED,
+        image_sha256="ab" * 32,
+        last_self_test=(("ImageSha256", "ab" * 32), ("Passed", True), ("Started", 2_000_000)),
+    )
+    got = samples(render(ran, Counters()))
+    assert got[("xenkdump_selftest_last_passed", ())] == 1
+    assert got[("xenkdump_selftest_last_timestamp_seconds", ())] == 2
+    assert got[("xenkdump_selftest_last_tested_armed_image", ())] == 1
+    failed = replace(ran, last_self_test=(("Passed", False), ("Started", 0)))
+    got = samples(render(failed, Counters()))
+    assert got[("xenkdump_selftest_last_passed", ())] == 0
+    assert got[("xenkdump_selftest_last_tested_armed_image", ())] == 0
+
+
 def test_nothing_armed_and_odd_label_values() -> None:
     text = render(Status(state="failed", xen_version='4.17"\\\n'), Counters())
     got = samples(text)
@@ -74,7 +92,8 @@ def test_nothing_armed_and_odd_label_values() -> None:
 def test_promtool_accepts_the_file(tmp_path: Path) -> None:
     assert PROMTOOL.exists(), f"{PROMTOOL}: installed by scripts/setup-test-env.sh"
     path = tmp_path / "xenkdump.prom"
-    write(path, render(LOADED, Counters(loads=1)))
+    tested = replace(LOADED, last_self_test=(("Passed", True), ("Started", 1_700_000_000)))
+    write(path, render(tested, Counters(loads=1)))
     proc = subprocess.run(
         [str(PROMTOOL), "check", "metrics"],
         stdin=path.open("rb"),

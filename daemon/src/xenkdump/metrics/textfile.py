@@ -132,6 +132,30 @@ def metrics(status: Status, counters: Counters, recommended: int = 0) -> list[_M
             counters.unloads,
         ),
     ]
+    test = dict(status.last_self_test)
+    if test:  # no series at all until a self-test ran (an absent value, not a false one)
+        plain += [
+            (
+                "selftest_last_passed",
+                "gauge",
+                "1 when the last self-test (xenkdumpctl selftest) passed, 0 when it failed.",
+                1 if test.get("Passed") else 0,
+            ),
+            (
+                "selftest_last_timestamp_seconds",
+                "gauge",
+                "When the last self-test started, seconds since the epoch.",
+                int(test.get("Started", 0)) / 1e6,
+            ),
+            (
+                "selftest_last_tested_armed_image",
+                "gauge",
+                "1 when the last self-test tested the image armed now.",
+                1
+                if test.get("ImageSha256") and test.get("ImageSha256") == status.image_sha256
+                else 0,
+            ),
+        ]
     return labelled + [_Metric(f"xenkdump_{n}", k, h, (("", v),)) for n, k, h, v in plain]
 
 
