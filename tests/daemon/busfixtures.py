@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,6 +160,7 @@ class FakeCore:
     def __init__(self) -> None:
         self.snapshot = loaded_status()
         self.subscribers: list[Callable[[Status, Status], None]] = []
+        self.dump_listeners: list[Callable[[Mapping[str, object]], None]] = []
         self.calls: list[tuple[str, str, dict[str, object]]] = []
         self.fail: BaseException | None = None
         self.gate: asyncio.Event | None = None  # set: reload/unload wait for it
@@ -189,6 +190,15 @@ class FakeCore:
 
     def subscribe(self, callback: Callable[[Status, Status], None]) -> None:
         self.subscribers.append(callback)
+
+    def on_dump_found(self, callback: Callable[[Mapping[str, object]], None]) -> None:
+        self.dump_listeners.append(callback)
+
+    def dump_found(self, dump: Mapping[str, object]) -> None:
+        """As DaemonCore.check_dumps when it finds a new dump: LastDump, then DumpFound."""
+        self.publish(last_dump=tuple(sorted(dump.items())))
+        for callback in self.dump_listeners:
+            callback(dump)
 
     def publish(self, **changes: object) -> None:
         old, self.snapshot = self.snapshot, dataclasses.replace(self.snapshot, **changes)  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "UnloadFinished": "a{sv}",
         "SelfTestProgress": "ssd",
         "SelfTestFinished": "sba{sv}",
+        "DumpFound": "a{sv}",
     }
     props = {p.name: p.signature for p in SPEC.properties.values()}
     assert props == {
@@ -70,6 +71,8 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "Generation": "t",
         "UnloadedFirst": "b",
         "CurrentSelfTest": "a{sv}",
+        "DumpTarget": "s",
+        "LastDump": "a{sv}",
         "LastSelfTest": "a{sv}",
         "ConfigFiles": "as",
         "CrashAreaVerdict": "s",

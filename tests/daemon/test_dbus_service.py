@@ -136,8 +136,9 @@ def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
     sigs = with_client(work)
     assert sigs["CrashRegion"] == "(tt)" and sigs["LoadedAt"] == "t"
     assert sigs["InterfaceRevision"] == "u" and sigs["UnloadedFirst"] == "b"
-    assert sigs["LastSelfTest"] == sigs["CurrentSelfTest"] == "a{sv}"
-    assert len(sigs) == 24
+    assert sigs["LastSelfTest"] == sigs["CurrentSelfTest"] == sigs["LastDump"] == "a{sv}"
+    assert sigs["DumpTarget"] == "s"
+    assert len(sigs) == 26
 
 
 def test_property_errors_are_named(serve_fake: Any) -> None:
@@ -184,6 +185,36 @@ def test_properties_changed_carries_the_new_values(serve_fake: Any) -> None:
         "State": "degraded",
         "LastError": "kernal: unknown key",
     }
+
+
+def test_dump_found_signal_and_last_dump_property(serve_fake: Any) -> None:
+    s = serve_fake()
+    dump = {
+        "Path": "/var/crash/xen1-20261202T101500Z",
+        "Time": 1_764_670_500,
+        "Bytes": 92_591_124,
+        "Result": "complete",
+    }
+
+    async def work(c: DaemonClient) -> tuple[list[Message], list[Message], dict[str, object]]:
+        found = await listen(c, "DumpFound")
+        changed = await listen(c, "PropertiesChanged")
+        await asyncio.to_thread(s.on_loop, lambda: s.core.dump_found(dump))
+        await settle(found)
+        (values,) = (await c.call_raw("GetStatus")).body
+        return found, changed, {k: v.value for k, v in values.items()}
+
+    found, changed, status = with_client(work)
+    (sig,) = found
+    assert sig.signature == "a{sv}"
+    assert {k: (v.signature, v.value) for k, v in sig.body[0].items()} == {
+        "Path": ("s", dump["Path"]),
+        "Time": ("t", dump["Time"]),
+        "Bytes": ("t", dump["Bytes"]),
+        "Result": ("s", "complete"),
+    }
+    assert "LastDump" in changed[0].body[1]
+    assert {k: v.value for k, v in status["LastDump"].items()} == dump  # type: ignore[attr-defined]
 
 
 # ---- Reload / Unload ----
@@ -457,6 +488,9 @@ class _Idle:
         raise AssertionError("not called")
 
     def subscribe(self, callback: Any) -> None:
+        pass
+
+    def on_dump_found(self, callback: Any) -> None:
         pass
 
     async def self_test(self, options: Any) -> str:

@@ -151,5 +151,6 @@ def test_message_ids_are_distinct() -> None:
         notify.MESSAGE_ID_LOAD_FAILED,
         notify.MESSAGE_ID_UNLOAD_FAILED,
         notify.MESSAGE_ID_UNLOADED,
+        notify.MESSAGE_ID_DUMP_FOUND,
     }
-    assert len(ids) == 4
+    assert len(ids) == 5

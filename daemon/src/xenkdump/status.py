@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 HALVES = ("lower", "upper", "whole")
 
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
-INTERFACE_REVISION = 3
+INTERFACE_REVISION = 4
 
 
 # The LastSelfTest dictionary: key -> D-Bus type (xenkdump.selftest.job.Result.to_status).
@@ -52,6 +52,15 @@ SELF_TEST_KEYS: dict[str, str] = {
     # CurrentSelfTest only (Id and Level as above):
     "Stage": "s",  # the last stage reached, "" before vm-start
     "Fraction": "d",  # of the level's stages reached, 0 to 1
+}
+
+
+# The LastDump dictionary and the DumpFound signal: key -> D-Bus type (capture/dumps.py).
+DUMP_KEYS: dict[str, str] = {
+    "Path": "s",  # the dump directory
+    "Time": "t",  # the crash, seconds since the epoch (UTC)
+    "Bytes": "t",  # all its files
+    "Result": "s",  # complete | failed | incomplete | unknown
 }
 
 
@@ -95,6 +104,11 @@ class Status:
     crash_area_verdict: str = ""  # ok, tight, too-small, missing, unknown ("" not judged)
     crash_area_advice: str = ""  # why, in one line
     crash_area_fix: str = ""  # the GRUB_CMDLINE_XEN_DEFAULT=... line to use, "" if none
+    # The dump target's last check: "ok: ..." or "failing: ..."; "" when the crash side
+    # is not xenkdump's (initrd other than xenkdump) or it was not checked yet.
+    dump_target: str = ""
+    # The newest dump at the target (DUMP_KEYS) as sorted pairs; () if none found.
+    last_dump: tuple[tuple[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Property name -> plain value (pairs as lists), in field order."""
@@ -128,7 +142,7 @@ class Status:
 
 
 def _plain(name: str, value: object) -> object:
-    if name in ("last_self_test", "current_self_test"):
+    if name in ("last_self_test", "current_self_test", "last_dump"):
         return dict(value)  # type: ignore[call-overload]
     return list(value) if isinstance(value, tuple) else value
 
@@ -181,6 +195,8 @@ def build(
     last_reason: str = "",
     last_self_test: tuple[tuple[str, Any], ...] = (),
     current_self_test: tuple[tuple[str, Any], ...] = (),
+    dump_target: str = "",
+    last_dump: tuple[tuple[str, Any], ...] = (),
 ) -> Status:
     """The status from the record of what is armed and the caller's own facts.
 
@@ -221,4 +237,6 @@ def build(
         crash_area_verdict=str(advice.verdict) if advice else "",
         crash_area_advice="; ".join((advice.summary, *advice.details)) if advice else "",
         crash_area_fix=advice.grub_line if advice else "",
+        dump_target=dump_target,
+        last_dump=last_dump,
     )

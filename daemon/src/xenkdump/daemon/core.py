@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from xenkdump.daemon import engine as ev
 from xenkdump.daemon.executor import Executor
 from xenkdump.daemon.memory import release_free_memory
 from xenkdump.daemon.notify import (
+    MESSAGE_ID_DUMP_FOUND,
     MESSAGE_ID_LOAD_FAILED,
     MESSAGE_ID_LOADED,
     MESSAGE_ID_UNLOAD_FAILED,
@@ -76,6 +77,8 @@ class DaemonCore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._host_seen = ""
+        self._last_dump: tuple[tuple[str, object], ...] = ()
+        self._dump_listeners: list[Callable[[Mapping[str, object]], None]] = []
         # Imported here: the self-test's modules are not needed until a daemon runs.
         from xenkdump.selftest.runner import SelfTests  # noqa: PLC0415
 
@@ -216,6 +219,27 @@ class DaemonCore:
         problem = await asyncio.to_thread(self.executor.check_target)
         self._feed(ev.TargetChecked(problem))
 
+    async def check_dumps(self) -> None:
+        """Look for a new dump at the target: log it (its own MESSAGE_ID), tell the
+        DumpFound listeners and expose it as LastDump."""
+        newest, new = await asyncio.to_thread(self.executor.find_new_dump)
+        self._last_dump = tuple(sorted(newest.items())) if newest else ()
+        if newest is not None and new:
+            log.warning(
+                "crash dump found: %s (%s, %d bytes)",
+                newest["Path"],
+                newest["Result"],
+                newest["Bytes"],
+                extra={"MESSAGE_ID": MESSAGE_ID_DUMP_FOUND},
+            )
+            for callback in list(self._dump_listeners):
+                callback(newest)
+        self._publish()
+
+    def on_dump_found(self, callback: Callable[[Mapping[str, object]], None]) -> None:
+        """``callback(dump)`` (the LastDump dictionary) when a new dump is found."""
+        self._dump_listeners.append(callback)
+
     def on_settings(self, callback: Callable[[Settings], None]) -> None:
         """``callback(settings)`` whenever a new configuration is accepted."""
         self._settings_listeners.append(callback)
@@ -342,6 +366,8 @@ class DaemonCore:
             last_reason=self.engine.last_reason,
             last_self_test=self.selftests.last_status(),
             current_self_test=self.selftests.current_status(),
+            dump_target=self.executor.dump_target,
+            last_dump=self._last_dump,
         )
 
     def _count(self, event: ev.Event) -> None:

@@ -51,6 +51,7 @@ class Executor:
         major, minor = hv.xen_version()
         self.xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
         self.advice: Advice | None = None  # crashkernel= advice, after each action
+        self.dump_target = ""  # the dump target's last check, "ok: ..." or "failing: ..."
         # time.monotonic() of the running action's last step (read, host, load): what the
         # daemon's watchdog keep-alive checks (progress, not just a live event loop).
         self.progress_at = 0.0
@@ -127,9 +128,51 @@ class Executor:
         try:
             summary = target.preflight(dump, target.estimate_dump_bytes(ram, dump.level))
         except XenkdumpError as exc:
+            self.dump_target = f"failing: {exc}"
             return str(exc)
+        self.dump_target = f"ok: {summary}"
         log.debug("dump target: %s", summary)
         return None
+
+    def find_new_dump(self) -> tuple[dict[str, object] | None, bool]:
+        """(the newest dump at the target as a LastDump dictionary or None, whether it is
+        one xenkdumpd has not reported before: e.g. the dump of the crash before this boot).
+
+        What was reported is kept in the crash initramfs's directory (``last-dump``), so
+        it survives reboots; targets not reachable from dom0 give (None, False).
+        """
+        if self.settings.initrd is not InitrdPolicy.XENKDUMP:
+            return None, False
+        from xenkdump.capture import dumps, initramfs  # noqa: PLC0415
+
+        try:
+            found = dumps.list_dumps(dumps.dump_directory(self.settings.dump))
+        except (XenkdumpError, OSError):
+            return None, False
+        if not found:
+            return None, False
+        newest = found[-1]
+        doc: dict[str, object] = {
+            "Path": str(newest.path),
+            "Time": newest.crash_time,
+            "Bytes": newest.bytes,
+            "Result": newest.result,
+        }
+        seen = initramfs.DEFAULT_DIR / "last-dump"
+        try:
+            known = seen.read_text(encoding="utf-8").strip()
+        except OSError:
+            known = ""
+        if known == str(newest.path):
+            return doc, False
+        try:
+            seen.parent.mkdir(parents=True, exist_ok=True)
+            tmp = seen.with_name(".last-dump.tmp")
+            tmp.write_text(str(newest.path) + "\n", encoding="utf-8")
+            tmp.replace(seen)
+        except OSError as exc:
+            log.warning("%s: cannot record the dump reported: %s", seen, exc.strerror or exc)
+        return doc, True
 
     def crash_initramfs(self, kernel: Path) -> Path:
         """xenkdump's own crash initramfs for ``kernel``, rebuilt when its content changed.

@@ -127,6 +127,7 @@ class Daemon:
         """Every topology_check_interval: Xen's CPUs and memory map, then the dump target."""
         await core.check_host()
         await core.check_target()
+        await core.check_dumps()
 
     def _on_status(self, _old: Status, new: Status) -> None:
         self.notifier.status(new.status_line())
@@ -201,6 +202,8 @@ class Daemon:
                     f"D-Bus service unavailable: cannot import xenkdump.dbus.service ({exc})"
                 ) from None
             handle = await serve(core, os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
+        # The dump of the crash before this boot, if any: once the bus can tell of it.
+        await core.check_dumps()
 
         self._topology = PeriodicTimer(
             loop, settings.topology_check_interval, lambda: self._spawn(self._periodic(core))

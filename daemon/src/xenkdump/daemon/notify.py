@@ -30,6 +30,7 @@ MESSAGE_ID_LOADED = uuid.UUID("5b3f0c6e-7a2d-4c1e-9f41-8d2a6e0b7c11")
 MESSAGE_ID_LOAD_FAILED = uuid.UUID("c2a94e17-3b5f-4d86-a0e2-61f7b9d4e822")
 MESSAGE_ID_UNLOAD_FAILED = uuid.UUID("4f6b2d81-9a3e-4c57-8e10-b2d7c5a9f044")
 MESSAGE_ID_UNLOADED = uuid.UUID("9e7d1a03-5c48-4f2b-b6d9-0a3c8e5f1d33")
+MESSAGE_ID_DUMP_FOUND = uuid.UUID("7d0c5e92-1f3a-4b68-a5c7-3e9b2f8d6a15")
 
 
 def under_systemd(environ: Mapping[str, str] | None = None) -> bool:

@@ -26,7 +26,7 @@ from xenkdump.dbus.contract import InterfaceSpec
 from xenkdump.dbus.transport import new_bus, system_bus_address
 from xenkdump.errors import OperationError
 from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
-from xenkdump.status import SELF_TEST_KEYS, Status
+from xenkdump.status import DUMP_KEYS, SELF_TEST_KEYS, Status
 
 log = logging.getLogger("xenkdump.dbus")
 
@@ -42,6 +42,7 @@ class Core(Protocol):
     async def reload(self, options: ReloadOptions) -> Status: ...
     async def unload(self, options: UnloadOptions) -> Status: ...
     def subscribe(self, callback: Callable[[Status, Status], None]) -> None: ...
+    def on_dump_found(self, callback: Callable[[Mapping[str, object]], None]) -> None: ...
     async def self_test(self, options: SelfTestOptions) -> str: ...
     def cancel_self_test(self, test_id: str) -> None: ...
     @property
@@ -59,15 +60,21 @@ def _variants(values: Mapping[str, tuple[str, object]]) -> dict[str, Variant]:
 
 
 def _variant(signature: str, value: object) -> Variant:
-    if signature == "a{sv}":  # LastSelfTest: typed by its key table
+    if signature == "a{sv}":  # LastSelfTest, LastDump: typed by their key tables
         assert isinstance(value, Mapping)
-        return Variant(signature, self_test_variants(value))
+        return Variant(signature, dict_variants(value))
     return Variant(signature, value)
 
 
 def self_test_variants(values: Mapping[str, object]) -> dict[str, Variant]:
     """A self-test result (status.SELF_TEST_KEYS) as an a{sv}."""
     return {key: Variant(SELF_TEST_KEYS[key], value) for key, value in values.items()}
+
+
+def dict_variants(values: Mapping[str, object]) -> dict[str, Variant]:
+    """A status dictionary (self-test or dump keys, which do not overlap) as an a{sv}."""
+    types = {**SELF_TEST_KEYS, **DUMP_KEYS}
+    return {key: Variant(types[key], value) for key, value in values.items()}
 
 
 class _Service:
@@ -95,6 +102,16 @@ class _Service:
             self._cached = _variants(contract.property_values(self.spec, snap))
             self._cached_for = snap
         return self._cached
+
+    def on_dump_found(self, dump: Mapping[str, object]) -> None:
+        """Core listener: a new dump at the target (DUMP_KEYS) -> DumpFound."""
+        if self.closed:
+            return
+        self.bus.send(
+            Message.new_signal(
+                names.OBJECT_PATH, names.INTERFACE, "DumpFound", "a{sv}", [dict_variants(dump)]
+            )
+        )
 
     def on_change(self, old: Status, new: Status) -> None:
         """Core subscriber: PropertiesChanged with the new values of what changed."""
@@ -395,6 +412,7 @@ async def serve(
     service = _Service(bus, core, spec, allowed_uids)
     bus.add_message_handler(service.handle)
     core.subscribe(service.on_change)
+    core.on_dump_found(service.on_dump_found)
     core.selftests.subscribe(service.on_self_test)
     try:
         reply = await asyncio.wait_for(
