@@ -3,7 +3,7 @@
     .venv/bin/python bench/capture.py [--rounds 3]
 
 The initramfs is built by ``xenkdumpctl initrd --force`` with the real mkinitramfs for
-Debian's test kernel, "installed" in a private mount namespace (tests/capture/kernelns.py;
+Debian's test kernel, "installed" in a private mount namespace (tests/testkernel.py;
 needs root).  The crash-to-dump time and the dump's size against the host's RAM on
 real Xen are printed by the e2e scenario tests/e2e/test_capture.py.  Nothing is
 asserted.
