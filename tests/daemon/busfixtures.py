@@ -179,7 +179,8 @@ class FakeCore:
         image = Image(snap.crash_kernel, snap.initrd, snap.command_line, snap.crash_region[1])
         image = dataclasses.replace(image, image_sha256=snap.image_sha256)
         return await self.selftests.start(
-            image, Options(level=Level(options.level), timeout=float(options.timeout))
+            image,
+            Options(level=Level(options.level or "boot"), timeout=float(options.timeout or 900)),
         )
 
     def cancel_self_test(self, test_id: str) -> None:

@@ -12,6 +12,7 @@ from xenkdump.errors import ConfigError
 from xenkdump.schema import CONFIG_SCHEMA, keys, load, schema
 from xenkdump.settings import CmdlineSettings, InitrdPolicy, KernelPolicy, Settings
 from xenkdump.settings.load import ConfigProblems, load_settings, parse_settings
+from xenkdump.settings.model import SelfTestSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -233,6 +234,7 @@ def test_shipped_file_spells_out_the_defaults() -> None:
         "boot_dir",
         "topology_check_interval",
         "reload_debounce",
+        "selftest",
     ):
         assert getattr(shipped, name) == getattr(default, name), name
 
@@ -375,3 +377,20 @@ def test_unlistable_dropin_dir_and_unreadable_dropin(tmp_path: Path) -> None:
         ConfigError, match=r"10-dir.yaml: configuration file: expected a regular file"
     ):
         load_settings(config)
+
+
+def test_selftest_section() -> None:
+    s = parse_settings(
+        "selftest:\n  after_reload: true\n  level: boot\n  timeout: 300\n  memory_limit: 512\n",
+        "f.yaml",
+    )
+    assert s.selftest == SelfTestSettings(
+        after_reload=True, level="boot", timeout=300, memory_limit_mib=512
+    )
+    assert parse_settings("selftest:\n", "f.yaml").selftest == SelfTestSettings()
+    assert problems("selftest:\n  after_reload: yes please\n  timeout: 5\n  level: full\n") == [
+        (2, "selftest.after_reload", "expected true or false, found string 'yes please'"),
+        (3, "selftest.timeout", "expected whole seconds from 10 to 86400, found integer '5'"),
+        (4, "selftest.level", "expected 'boot', found string 'full'"),
+    ]
+    assert problems("selftest:\n  schedule: daily\n")[0][:2] == (2, "selftest.schedule")

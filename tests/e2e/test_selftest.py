@@ -181,13 +181,21 @@ def test_kill_9_of_the_cli_leaves_no_qemu(
 
 @pytest.fixture
 def daemon(
-    assets: Assets, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    assets: Assets,
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """xenkdumpd on a private bus, with the good crash image armed on a simulated host."""
+    """xenkdumpd on a private bus, with the good crash image armed on a simulated host
+    (indirect parameter: more configuration YAML)."""
     bus_dir = Path(tempfile.mkdtemp(prefix="xenkdump-bus-"))
     initrd = si.good_initrd(assets, tmp_path / "good.cpio.gz")
     config = tmp_path / "xenkdump.yaml"
-    config.write_text(sc.daemon_config(assets.kernel, initrd, str(tmp_path / "state")) + "\n")
+    extra = str(getattr(request, "param", ""))
+    config.write_text(
+        sc.daemon_config(assets.kernel, initrd, str(tmp_path / "state")) + "\n" + extra
+    )
     with privatebus.running(bus_dir) as address:
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
         env["DBUS_SYSTEM_BUS_ADDRESS"] = address
@@ -232,6 +240,21 @@ def test_the_daemon_self_tests_its_armed_image_over_dbus(
     ).stdout  # fmt: skip
     assert re.search(r"Self-test: +passed \d+ s ago for this image \(boot level\)", human), human
     print(f"\n[selftest] boot level through xenkdumpd: {time.monotonic() - t0:.1f}s")
+
+
+@pytest.mark.parametrize("daemon", ["selftest:\n  after_reload: true\n"], indirect=True)
+def test_after_reload_self_tests_each_new_image(daemon: subprocess.Popen[bytes]) -> None:
+    last: dict[str, object] = {}
+    status: dict[str, object] | None = None
+    for _ in range(240):  # nobody calls SelfTest: the load that armed the image started it
+        status = cmd_daemon.optional(lambda c: c.get_status())
+        assert status is not None
+        last = dict(status["LastSelfTest"])  # type: ignore[call-overload]
+        if last:
+            break
+        time.sleep(0.5)
+    assert last.get("Passed") is True, last
+    assert status is not None and last["ImageSha256"] == status["ImageSha256"]
 
 
 def test_kill_9_of_the_daemon_leaves_no_qemu(

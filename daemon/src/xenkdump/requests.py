@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 # Field type (as written in the dataclasses below) -> D-Bus signature.
-_SIGNATURES = {"bool": "b", "str | None": "s", "str": "s", "int": "u"}
+_SIGNATURES = {"bool": "b", "str | None": "s", "int | None": "u"}
 
 
 @dataclass(frozen=True)
@@ -31,17 +31,17 @@ class UnloadOptions:
 
 @dataclass(frozen=True)
 class SelfTestOptions:
-    level: str = "boot"  # boot (handoff: not in this version)
-    timeout: int = 900  # seconds for the whole run
+    level: str | None = None  # boot (handoff: not in this version); None: selftest.level
+    timeout: int | None = None  # seconds for the whole run; None: selftest.timeout
 
     def __post_init__(self) -> None:
         from xenkdump.errors import InputError  # noqa: PLC0415
 
-        if self.level not in ("boot", "handoff"):
+        if self.level is not None and self.level not in ("boot", "handoff"):
             raise InputError(
                 f"SelfTest option 'level': expected 'boot' or 'handoff', got {self.level!r}"
             )
-        if not 10 <= self.timeout <= 86400:
+        if self.timeout is not None and not 10 <= self.timeout <= 86400:
             raise InputError(
                 f"SelfTest option 'timeout': expected 10 to 86400 seconds, got {self.timeout}"
             )

@@ -37,6 +37,7 @@ from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
 from xenkdump.settings.load import load_settings
 from xenkdump.settings.model import Settings
 from xenkdump.status import State, Status, build
+from xenkdump.units import MIB
 
 log = logging.getLogger("xenkdump.daemon")
 
@@ -133,7 +134,12 @@ class DaemonCore:
         from xenkdump.selftest.plan import Image  # noqa: PLC0415
         from xenkdump.selftest.stages import Level  # noqa: PLC0415
 
-        run = Options(level=Level(options.level), timeout=float(options.timeout))
+        conf = self.settings.selftest
+        run = Options(
+            level=Level(options.level or conf.level),
+            timeout=float(options.timeout or conf.timeout),
+            memory_limit=conf.memory_limit_mib * MIB,
+        )
         snap = self._snapshot
         if not snap.crash_kernel or not snap.crash_region[1]:
             raise InputError(
@@ -148,6 +154,21 @@ class DaemonCore:
             image_sha256=snap.image_sha256,
         )
         return await self.selftests.start(image, run)
+
+    def _self_test_after_load(self) -> None:
+        """selftest.after_reload: a run of the image just armed (a refusal is logged)."""
+
+        async def run() -> None:
+            try:
+                test_id = await self.self_test(SelfTestOptions())
+            except XenkdumpError as exc:
+                log.warning("self-test after the load not started: %s", exc)
+                return
+            log.info("self-test %s of the new image started (selftest.after_reload)", test_id)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def cancel_self_test(self, test_id: str) -> None:
         self.selftests.cancel(test_id)
@@ -341,6 +362,8 @@ class DaemonCore:
                 )
         await asyncio.to_thread(self.executor.refresh_advice)
         self._feed(result)
+        if isinstance(action, ev.Load) and error is None and self.settings.selftest.after_reload:
+            self._self_test_after_load()
         await asyncio.to_thread(release_free_memory)  # the image's bytes are gone now
         for ticket in action.tickets:
             future = self._waiters.pop(ticket, None)

@@ -39,6 +39,7 @@ from xenkdump.settings.model import (
     DumpTarget,
     InitrdPolicy,
     KernelPolicy,
+    SelfTestSettings,
     Settings,
 )
 
@@ -80,6 +81,14 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
         )
     if "dump" in value:
         fields["dump"] = dump_settings(value["dump"] or {})
+    if "selftest" in value:
+        st = value["selftest"] or {}
+        fields["selftest"] = SelfTestSettings(
+            after_reload=bool(st.get("after_reload", False)),
+            level=str(st.get("level", "boot")),
+            timeout=int(st.get("timeout", 900)),
+            memory_limit_mib=int(st.get("memory_limit", 0)),
+        )
     for name in ("state_dir", "boot_dir"):
         if name in value:
             fields[name] = Path(value[name])

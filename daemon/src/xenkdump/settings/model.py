@@ -94,6 +94,16 @@ class DumpSettings:
 
 
 @dataclass(frozen=True)
+class SelfTestSettings:
+    """The ``selftest:`` section (docs/selftest.md)."""
+
+    after_reload: bool = False  # self-test the armed image after every successful load
+    level: str = "boot"
+    timeout: int = 900  # seconds
+    memory_limit_mib: int = 0  # 0: only dom0's free memory limits a staging VM
+
+
+@dataclass(frozen=True)
 class Settings:
     kernel: KernelPolicy = KernelPolicy.RUNNING
     kernel_path: Path | None = None  # set iff kernel is PATH
@@ -101,6 +111,7 @@ class Settings:
     initrd_path: Path | None = None  # set iff initrd is PATH
     cmdline: CmdlineSettings = field(default_factory=CmdlineSettings)
     dump: DumpSettings = field(default_factory=DumpSettings)
+    selftest: SelfTestSettings = field(default_factory=SelfTestSettings)
     state_dir: Path = DEFAULT_STATE_DIR
     boot_dir: Path = DEFAULT_BOOT_DIR
     topology_check_interval: float = DEFAULT_TOPOLOGY_CHECK_INTERVAL
