@@ -36,10 +36,15 @@ CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Enough of a system to boot with systemd as init later; the rest comes from the
 # package's own dependencies.
 INSTALL_ROOT_PACKAGES = ("systemd-sysv",)
-# Installed after the package's checks: what a dom0 has besides the package (its
-# Xen with the toolstack, which the package recommends, and a kernel), so that the
-# package is also proven to sit beside them.
-DOM0_PACKAGES = ("xen-system-amd64", "linux-image-amd64")
+# Installed after the package's checks, so that the root boots as a real dom0: that
+# release's Xen with its toolstack (xen.service mounts xenfs) and kernel.
+# The contract suite runs there too, with that release's pytest and hypothesis.
+DOM0_PACKAGES = (
+    "xen-system-amd64",
+    "linux-image-amd64",
+    "python3-pytest",
+    "python3-hypothesis",
+)
 
 
 class PackageLabError(RuntimeError):

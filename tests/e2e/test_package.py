@@ -10,7 +10,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import dom0_root
 import pytest
+import scenarios as sc
+from e2e_harness import Assets, Job
 from package_lab import (
     RELEASES,
     WORK_PARENT,
@@ -57,7 +60,7 @@ def built(workdir: Path) -> dict[str, Built]:
 
 @pytest.fixture(scope="session")
 def installed(built: dict[str, Built], workdir: Path, debian_kernel: Path) -> dict[str, Installed]:
-    """A fresh root of each release with the package installed by apt, checked and purged."""
+    """A fresh root of each release with the package installed by apt (kept for boots)."""
     return {
         r: install_root(r, b.deb, debian_kernel, workdir / f"root-{r}", workdir / f"root-{r}.log")
         for r, b in built.items()
@@ -96,4 +99,69 @@ def test_apt_install_then_purge_leaves_nothing(
     assert "plan ok" in report
     assert re.search(r"purge clean \(\d+ paths compared\)", report)
     assert "done" in inst.report
-    assert (inst.root / "usr/sbin/xenkdumpd").exists()  # installed again at the end
+    assert (inst.root / "usr/sbin/xenkdumpd").exists()  # installed again for the boot
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
+    installed: dict[str, Installed], assets: Assets, job: Job, release: str
+) -> None:
+    """That release's Xen and kernel boot the installed root with systemd as init."""
+    root = installed[release].root
+    token = os.urandom(32)
+    dom0_root.prepare(root, assets, marker=release, token=token)
+    boot, xen_version = dom0_root.boot(root, job, assets.qemu)
+    run = sc.Run(boot, job)
+    print(f"\n[package] {release}: Xen {xen_version} dom0 boot and crash in {boot.elapsed:.0f} s")
+    print("\n".join(f"  {line}" for line in run.scen))
+    want_xen = {"bookworm": "4.17", "trixie": "4.20"}[release]
+    run.expect(xen_version.startswith(want_xen), f"{release} root has Xen {xen_version}")
+    run.expect(run.has(f"Xen version {want_xen}"), f"Xen {want_xen} did not boot", None)
+    unit = run.values("unit")
+    run.expect(unit, "the scenario never ran (systemd did not reach multi-user?)", None)
+    run.expect(
+        unit[0].get("ActiveState") == "active" and unit[0].get("SubState") == "running",
+        f"xenkdumpd.service did not start by itself: {unit}",
+        "XK-SCEN:",
+    )
+    text = "\n".join(run.scen)
+    run.expect("status-text loaded" in text, "systemd's StatusText is not 'loaded'", "XK-SCEN:")
+    run.expect('busctl State s "loaded"' in text, "busctl does not show loaded", "XK-SCEN:")
+    run.expect("ctl-status rc=0" in text, "xenkdumpctl status failed", "XK-SCEN:")
+    user = run.values("user-status")
+    run.expect(
+        user and user[0].get("rc") == "0" and '"State":"loaded"' in text,
+        f"an unprivileged user cannot read the status: {user}",
+        "XK-SCEN:",
+    )
+    denied = run.values("user-reload")
+    run.expect(
+        denied and denied[0].get("rc") != "0" and "Access denied" in text,
+        f"an unprivileged user's Reload was not refused by the bus policy: {denied}",
+        "XK-SCEN:",
+    )
+    ctl_denied = run.values("user-ctl-reload")
+    run.expect(
+        ctl_denied and ctl_denied[0].get("rc") != "0" and "only root may do this" in text,
+        f"xenkdumpctl reload as a user was not refused in one line: {ctl_denied}",
+        "XK-SCEN:",
+    )
+    # The hypervisor-port contract suite ran before xenkdumpd, against this release's
+    # Xen through the installed package (its binding, libxenctrl and Python).
+    contract = [line for line in run.scen if line.startswith("contract rc=")]
+    run.expect(contract, "the contract suite did not run in dom0", "XK-SCEN:")
+    run.expect(
+        contract[0].startswith("contract rc=0 ") and " passed" in contract[0],
+        f"contract suite failed on Xen {xen_version}: {contract[0]}",
+        "XK-SCEN: contract",
+    )
+    skipped = [line for line in run.scen if line.startswith("contract| SKIPPED")]
+    run.expect(
+        not [s for s in skipped if "PV dom0" in s or "privcmd" in s],
+        f"real-adapter contract tests were skipped in dom0: {skipped}",
+        "XK-SCEN: contract",
+    )
+    # dom0 panicked and the image xenkdumpd armed booted (the crash initramfs of this
+    # release's configuration, marker = release).
+    result = run.expect_crash_dump(release)
+    print(f"  crash: {result}")

@@ -1,0 +1,197 @@
+"""A real Debian dom0 from the package's install root: that release's Xen and kernel,
+the root on a virtio disk, systemd as init.
+
+The root comes from package_lab.install_root (a fresh mmdebstrap root where apt
+installed the package, plus ``xen-system-amd64`` and ``linux-image-amd64`` of the same
+release).  This module adds what the test needs and an administrator would do: a
+configuration for xenkdumpd, an unprivileged user, and a oneshot unit,
+``xk-e2e.service``, that waits for xenkdumpd.service, reports what systemd, busctl
+and xenkdumpctl show, and panics dom0.  The crash image xenkdumpd armed then boots
+the lab's crash initramfs (crash-init.sh), which prints ``XK-CRASH:`` lines.
+
+The root becomes an ext4 image (``mke2fs -d``, no loop device, no mount); QEMU
+boots Xen's ELF (decompressed from the root's /boot/xen-*.gz) with the root's
+vmlinuz and initrd.img as multiboot modules, and the disk in snapshot mode.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from e2e_harness import (
+    CRASH_CMDLINE,
+    CRASH_END,
+    CRASHKERNEL,
+    DOM0_MEM,
+    HERE,
+    MEMORY_MIB,
+    REPO,
+    Assets,
+    Boot,
+    HarnessError,
+    Job,
+    _one_qemu_at_a_time,
+    _run_qemu,
+    build_crash_initramfs,
+)
+from scenarios import TOKEN_FILE, kmsg_token
+
+XK_USER = "xkuser"
+XK_UID = 1500
+LAB_DIR = "/var/lib/xk-e2e"  # in the root: the crash initramfs and the scenario
+
+UNIT = f"""[Unit]
+Description=xenkdump e2e scenario (tests/e2e/dom0_root.py)
+After=xenkdumpd.service dbus.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh {LAB_DIR}/scenario.sh
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+CONTRACT_UNIT = f"""[Unit]
+Description=xenkdump hypervisor-port contract suite (tests/e2e/dom0_root.py)
+Before=xenkdumpd.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh {LAB_DIR}/contract.sh
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=1200
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def xenkdump_config(initrd: str) -> str:
+    """What the test's administrator writes: the running kernel, the lab's crash initrd."""
+    return (
+        "# tests/e2e/dom0_root.py: the running dom0 kernel with the lab's crash initramfs\n"
+        "kernel: running\n"
+        f"initrd: {initrd}\n"
+        "cmdline:\n"
+        f'  base: "{CRASH_CMDLINE}"\n'
+    )
+
+
+def prepare(root: Path, assets: Assets, marker: str, token: bytes) -> None:
+    """Add the test's configuration, user, crash initramfs and scenario unit to ``root``."""
+    lab = root / LAB_DIR.lstrip("/")
+    lab.mkdir(parents=True, exist_ok=True)
+    build_crash_initramfs(assets, lab / "crash.cpio.gz", marker=marker, token=token)
+    (root / "etc/xenkdump/xenkdump.yaml").write_text(xenkdump_config(f"{LAB_DIR}/crash.cpio.gz"))
+    shutil.copy(HERE / "dom0-systemd-scenario.sh", lab / "scenario.sh")
+    (lab / "scenario.env").write_text(
+        f"XK_USER={XK_USER}\nXK_TOKEN_FILE={TOKEN_FILE}\nXK_TOKEN_HEX={token.hex()}\n"
+        f"XK_KMSG={kmsg_token(token)}\n"
+    )
+    shutil.copy(HERE / "dom0-contract.sh", lab / "contract.sh")
+    # The contract suite with the helpers its conftest files import (it tests the
+    # installed package: no checkout code on sys.path but tests/).
+    shutil.rmtree(lab / "tests", ignore_errors=True)
+    shutil.copytree(
+        REPO / "tests", lab / "tests", ignore=shutil.ignore_patterns("__pycache__", "work")
+    )
+    shutil.copy(REPO / "pyproject.toml", lab / "pyproject.toml")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    for name, text in (("xk-e2e.service", UNIT), ("xk-e2e-contract.service", CONTRACT_UNIT)):
+        (root / "etc/systemd/system" / name).write_text(text)
+        link = wants / name
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{name}")
+    # An unprivileged user (no passwd tools in a minimal root: the files directly).
+    passwd = root / "etc/passwd"
+    if f"\n{XK_USER}:" not in "\n" + passwd.read_text():
+        with passwd.open("a") as f:
+            f.write(f"{XK_USER}:x:{XK_UID}:{XK_UID}::/nonexistent:/bin/sh\n")
+        with (root / "etc/group").open("a") as f:
+            f.write(f"{XK_USER}:x:{XK_UID}:\n")
+        shadow = root / "etc/shadow"
+        if shadow.exists():
+            with shadow.open("a") as f:
+                f.write(f"{XK_USER}:!:19000::::::\n")
+    # The console is the only way out: no login prompt to wait for on it.
+    for unit in ("serial-getty@hvc0.service", "getty@tty1.service"):
+        mask = root / "etc/systemd/system" / unit
+        if not mask.is_symlink():
+            mask.symlink_to("/dev/null")
+
+
+def _one(root: Path, pattern: str) -> Path:
+    found = sorted((root / "boot").glob(pattern))
+    if len(found) != 1:
+        raise HarnessError(f"{root}/boot: expected one {pattern}, found {found}")
+    return found[0]
+
+
+def disk_image(root: Path, dest: Path) -> Path:
+    """The root as an ext4 image (mke2fs -d copies the tree; owners and modes kept)."""
+    used = int(
+        subprocess.run(
+            ["du", "-sxm", str(root)], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
+    size = f"{used + 1024}M"
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-L", "xkroot", "-d", str(root), str(dest), size],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+def xen_elf(root: Path, dest: Path) -> tuple[Path, str]:
+    """The root's own Xen (QEMU's multiboot loader takes the ELF, not the gzip)."""
+    gz = _one(root, "xen-4.*-amd64.gz")
+    with gzip.open(gz, "rb") as src, dest.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return dest, gz.name.removeprefix("xen-").removesuffix("-amd64.gz")
+
+
+def boot(root: Path, job: Job, qemu: Path, *, timeout: float = 900.0) -> tuple[Boot, str]:
+    """Boot the root as dom0 under its own Xen; stop at the crash kernel's end marker."""
+    kernel = _one(root, "vmlinuz-*")
+    initrd = _one(root, "initrd.img-*")
+    elf, xen_version = xen_elf(root, job.dir / "xen.elf")
+    disk = disk_image(root, job.dir / "root.ext4")
+    xen_cmdline = (
+        f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM},max:{DOM0_MEM} loglvl=all "
+        f"guest_loglvl=all crashkernel={CRASHKERNEL}"
+    )
+    dom0_cmdline = "root=/dev/vda rw console=hvc0 earlyprintk=xen systemd.log_color=0"
+    serial = job.dir / "serial.log"
+    serial.touch()
+    cmd = [
+        str(qemu),
+        "-accel", "tcg",
+        "-cpu", "qemu64",
+        "-m", str(MEMORY_MIB),
+        "-smp", "1",
+        "-nographic", "-no-reboot",
+        "-monitor", "none", "-display", "none",
+        "-serial", f"file:{serial}",
+        "-kernel", str(elf),
+        "-append", xen_cmdline,
+        "-initrd", f"{kernel} {dom0_cmdline},{initrd}",
+        "-drive", f"file={disk},if=virtio,format=raw,snapshot=on",
+        "-nic", "none",
+    ]  # fmt: skip
+    (job.dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
+    with _one_qemu_at_a_time():
+        result = _run_qemu(
+            cmd, job, serial, timeout=timeout, end_markers=(CRASH_END,), grace=2.0, stall=120.0
+        )
+    return result, xen_version
