@@ -13,7 +13,7 @@ demo:
 
 # Installs what the tests need (apt, venv, kernel, purgatory) and runs the fast tiers.
 setup:
-	bash scripts/setup-test-env.sh
+	bash scripts/tier.sh setup bash scripts/setup-test-env.sh
 
 test: setup
 	$(PY) -m pytest -q
@@ -33,12 +33,10 @@ ansible: setup
 
 # Everything: what CI runs (.ci/run).
 check: setup
-	$(PY) -m ruff check daemon bindings tests bench
-	$(PY) -m ruff format --check daemon bindings tests bench
-	$(PY) -m mypy
-	$(PY) -m pytest -q
-	$(PY) -m pytest -q -m ansible
-	$(PY) -m pytest -q -rP -m e2e tests/e2e
+	bash scripts/tier.sh lint sh -c '$(PY) -m ruff check daemon bindings tests bench && $(PY) -m ruff format --check daemon bindings tests bench && $(PY) -m mypy'
+	bash scripts/tier.sh fast $(PY) -m pytest -q
+	bash scripts/tier.sh ansible $(PY) -m pytest -q -m ansible
+	bash scripts/tier.sh e2e $(PY) -m pytest -q -rP -m e2e tests/e2e
 
 # Benchmarks print figures (and ratios against the peer where one runs here); they
 # assert nothing.  The kexec-tools ratio on real Xen comes from the e2e peer scenario.
