@@ -81,6 +81,25 @@ def test_self_test_results_appear_once_a_self_test_ran() -> None:
     assert got[("xenkdump_selftest_last_tested_armed_image", ())] == 0
 
 
+def test_dump_results_appear_once_a_dump_was_found() -> None:
+    assert "xenkdump_dump_last" not in render(LOADED, Counters())
+    found = replace(
+        LOADED,
+        last_dump=(
+            ("Path", "/var/crash/host-20261202T030000Z"),
+            ("Time", 1_796_180_400),
+            ("Bytes", 92 << 20),
+            ("Result", "complete"),
+        ),
+    )
+    got = samples(render(found, Counters()))
+    assert got[("xenkdump_dump_last_complete", ())] == 1
+    assert got[("xenkdump_dump_last_timestamp_seconds", ())] == 1_796_180_400
+    assert got[("xenkdump_dump_last_bytes", ())] == 92 << 20
+    failed = replace(found, last_dump=(("Result", "failed"), ("Time", 0), ("Bytes", 0)))
+    assert samples(render(failed, Counters()))[("xenkdump_dump_last_complete", ())] == 0
+
+
 def test_nothing_armed_and_odd_label_values() -> None:
     text = render(Status(state="failed", xen_version='4.17"\\\n'), Counters())
     got = samples(text)
@@ -92,7 +111,11 @@ def test_nothing_armed_and_odd_label_values() -> None:
 def test_promtool_accepts_the_file(tmp_path: Path) -> None:
     assert PROMTOOL.exists(), f"{PROMTOOL}: installed by scripts/setup-test-env.sh"
     path = tmp_path / "xenkdump.prom"
-    tested = replace(LOADED, last_self_test=(("Passed", True), ("Started", 1_700_000_000)))
+    tested = replace(
+        LOADED,
+        last_self_test=(("Passed", True), ("Started", 1_700_000_000)),
+        last_dump=(("Result", "complete"), ("Time", 1_700_000_000), ("Bytes", 1 << 20)),
+    )
     write(path, render(tested, Counters(loads=1)))
     proc = subprocess.run(
         [str(PROMTOOL), "check", "metrics"],

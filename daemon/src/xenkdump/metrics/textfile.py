@@ -156,6 +156,28 @@ def metrics(status: Status, counters: Counters, recommended: int = 0) -> list[_M
                 else 0,
             ),
         ]
+    dump = dict(status.last_dump)
+    if dump:  # likewise absent until xenkdumpd has found a saved dump
+        plain += [
+            (
+                "dump_last_complete",
+                "gauge",
+                "1 when the last dump found at the target is complete, 0 when it is not.",
+                1 if dump.get("Result") == "complete" else 0,
+            ),
+            (
+                "dump_last_timestamp_seconds",
+                "gauge",
+                "When the host crashed for the last dump found, seconds since the epoch.",
+                int(dump.get("Time", 0)),
+            ),
+            (
+                "dump_last_bytes",
+                "gauge",
+                "Size of the last dump found at the target (all its files).",
+                int(dump.get("Bytes", 0)),
+            ),
+        ]
     return labelled + [_Metric(f"xenkdump_{n}", k, h, (("", v),)) for n, k, h, v in plain]
 
 
