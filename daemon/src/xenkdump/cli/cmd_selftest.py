@@ -22,13 +22,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from xenkdump.errors import HypervisorError, InputError, OperationError, XenkdumpError
-from xenkdump.selftest import plan
-from xenkdump.selftest.job import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, Job, Options, Result
+from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR
 from xenkdump.selftest.stages import Level, Stage
 from xenkdump.units import MIB
+
+if TYPE_CHECKING:  # the run's modules are imported when a run starts (fast --help)
+    from xenkdump.selftest import plan
+    from xenkdump.selftest.job import Result
 
 DEFAULT_CRASH_MIB = 256
 
@@ -86,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _image(args: argparse.Namespace) -> plan.Image:
     """The image under test, planned as ``load`` would plan it when a hypervisor answers."""
     from xenkdump.image import loader
+    from xenkdump.selftest import plan
 
     if args.config is not None:
         from xenkdump.daemon.kernels import configured_inputs
@@ -147,6 +151,8 @@ class Progress:
 
 
 def run_standalone(args: argparse.Namespace) -> Result:
+    from xenkdump.selftest.job import Job, Options
+
     options = Options(
         level=Level(args.level),
         timeout=args.timeout,
@@ -236,6 +242,8 @@ def cmd_selftest(args: argparse.Namespace) -> int:
             json.dump(reply, sys.stdout, indent=1)
             print()
         else:
+            from xenkdump.selftest.job import Result
+
             print(Result.from_status(reply).summary())
         return 0 if reply.get("Passed") else 1
     result = run_standalone(args)

@@ -9,7 +9,12 @@ cancellation.  docs/selftest.md explains the levels.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 # The crash-side hook (docs/selftest.md §3), shipped as package data; xenkdump's own
 # crash initramfs carries it (xenkdump/capture/initramfs-tools/hook).
 HOOK = Path(__file__).parent / "crashcheck.sh"
+
+# Defaults of a run (job.Options), here so that xenkdumpctl's help needs no more.
+DEFAULT_WORK_DIR: Final = Path("/var/tmp")
+DEFAULT_TIMEOUT: Final = 900.0

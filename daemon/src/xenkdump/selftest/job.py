@@ -25,14 +25,12 @@ from typing import Any, Final
 
 from xenkdump.errors import InputError, OperationError, XenkdumpError
 from xenkdump.safefile import Limit, check_readable
-from xenkdump.selftest import plan, vm
+from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, plan, vm
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
 
 log = logging.getLogger("xenkdump.selftest")
 
-DEFAULT_WORK_DIR: Final = Path("/var/tmp")
-DEFAULT_TIMEOUT: Final = 900.0
 _POLL: Final = 0.25
 SCRATCH_BYTES: Final = 64 * MIB
 
