@@ -81,9 +81,12 @@ class DaemonCore:
         self._last_dump: tuple[tuple[str, object], ...] = ()
         self._dump_listeners: list[Callable[[Mapping[str, object]], None]] = []
         # Imported here: the self-test's modules are not needed until a daemon runs.
+        from xenkdump.selftest import launch  # noqa: PLC0415
         from xenkdump.selftest.runner import SelfTests  # noqa: PLC0415
 
         self.selftests = SelfTests(on_change=self._publish)
+        # Under systemd a staging VM is a transient unit of its own (selftest/launch.py).
+        self.selftest_launch = launch.detect()
         self.counters = Counters()
         self._metrics_written: tuple[Path, str] | None = None
         self._snapshot = self._make_snapshot()
@@ -131,6 +134,7 @@ class DaemonCore:
         """Start a self-test of the armed image; its id.  InputError when nothing is armed
         or an option is wrong, BusyError while one runs, OperationError when refused."""
         from xenkdump.selftest.job import Options  # noqa: PLC0415
+        from xenkdump.selftest.launch import work_dir  # noqa: PLC0415
         from xenkdump.selftest.plan import Image  # noqa: PLC0415
         from xenkdump.selftest.stages import Level  # noqa: PLC0415
 
@@ -139,6 +143,8 @@ class DaemonCore:
             level=Level(options.level or conf.level),
             timeout=float(options.timeout or conf.timeout),
             memory_limit=conf.memory_limit_mib * MIB,
+            launch=self.selftest_launch,
+            work_dir=work_dir(self.selftest_launch),
         )
         snap = self._snapshot
         if not snap.crash_kernel or not snap.crash_region[1]:
@@ -177,6 +183,12 @@ class DaemonCore:
 
     async def start(self) -> Status:
         """The first reconcile: check our record against Xen, adopt or load; wait for it."""
+        from xenkdump.selftest.launch import describe, work_dir  # noqa: PLC0415
+        from xenkdump.selftest.vm import stop_leftovers  # noqa: PLC0415
+
+        launch = self.selftest_launch
+        log.info("self-test VMs run %s", describe(launch))
+        await asyncio.to_thread(stop_leftovers, launch, work_dir(launch))
         event = await asyncio.to_thread(self.executor.check_record)
         await asyncio.to_thread(self.executor.refresh_advice)
         log.info(

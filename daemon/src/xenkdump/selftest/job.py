@@ -26,6 +26,7 @@ from typing import Any, Final
 from xenkdump.errors import InputError, OperationError, XenkdumpError
 from xenkdump.safefile import Limit, check_readable
 from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, plan, vm
+from xenkdump.selftest import launch as ln
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
 
@@ -44,6 +45,9 @@ class Options:
     dom0_floor: int = plan.DEFAULT_DOM0_FLOOR
     work_dir: Path = DEFAULT_WORK_DIR
     keep: bool = False  # keep the work directory (debugging)
+    # How QEMU starts (launch.py): a child of this process, or a transient systemd
+    # service (xenkdumpd under systemd; work_dir must then be visible to systemd).
+    launch: ln.Launch = ln.CHILD
 
     def __post_init__(self) -> None:
         if not 10 <= self.timeout <= 24 * 3600:
@@ -171,7 +175,7 @@ class Job:
                 f"self-test level {self.options.level}: not available in this version "
                 "(use --level boot)"
             )
-        qemu = vm.find_qemu()
+        qemu = vm.find_qemu(direct=isinstance(self.options.launch, ln.Direct))
         _readable(self.image.kernel, "crash kernel")
         if self.image.initrd:
             _readable(self.image.initrd, "crash initrd")
@@ -216,7 +220,8 @@ class Job:
     def _boot_level(self, qemu: str, result: Result, t0: float) -> None:
         assert self.workdir is not None
         work = self.workdir
-        accel = vm.choose_accel(qemu, self.image.kernel, work)
+        unit = self.unit(work)
+        accel = vm.choose_accel(qemu, self.image.kernel, work, unit)
         result.accel = accel
         memory = work / "synthetic.bin"
         memory.write_bytes(plan.synthetic_memory(self.id))
@@ -244,7 +249,7 @@ class Job:
             kvm=accel == "kvm",
             hints=plan.boot_hints(cmdline),
         )
-        machine = vm.Vm(argv, work / "serial.log", work / "qemu.stderr")
+        machine = vm.Vm(argv, work / "serial.log", work / "qemu.stderr", unit)
         self.qemu_pid = machine.pid
         try:
             self._report(tracker.reach(Stage.VM_START, time.monotonic()), t0, result)
@@ -255,6 +260,15 @@ class Job:
         if tracker.awaiting(Stage.DONE):
             self._check_scratch(scratch, tracker, result, t0)
         self._finish(tracker, result, mem_mib * MIB)
+
+    def unit(self, work: Path) -> vm.Unit | None:
+        """The VM's transient service when the launch is one (its memory: the figure
+        ``preflight`` checked, guest and QEMU)."""
+        launch = self.options.launch
+        if not isinstance(launch, ln.Transient):
+            return None
+        guest = plan.vm_memory(self.options.level, self.image.crash_size)
+        return vm.Unit(launch, ln.unit_name(self.id), guest + plan.QEMU_OVERHEAD, work)
 
     def _follow(self, machine: vm.Vm, tracker: Tracker, t0: float, result: Result) -> None:
         while True:

@@ -8,6 +8,10 @@
 * ``ionice -c 3`` and ``nice -n 19`` put it at idle I/O and lowest CPU priority:
   the host's own work always goes first.
 
+Under systemd (xenkdumpd's service) QEMU runs in a transient service of its own
+instead (launch.py): systemd applies the priorities and limits, and stops the VM
+with xenkdumpd's unit; the owner follows it through ``systemd-run --wait``.
+
 KVM is used when ``/dev/kvm`` opens and a short probe boot prints the kernel's
 first line; otherwise TCG (emulation), which is slower but works everywhere
 (docs/selftest.md §4).  The environment variable XENKDUMP_SELFTEST_ACCEL=tcg|kvm
@@ -17,6 +21,7 @@ skips the probe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -25,9 +30,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from xenkdump.errors import OperationError
+from xenkdump.selftest import launch as ln
 
 log = logging.getLogger("xenkdump.selftest")
 
@@ -50,13 +57,14 @@ _probe_lock = threading.Lock()
 _probe_cache: dict[tuple[str, str], str] = {}
 
 
-def find_qemu(path: str | None = None) -> str:
+def find_qemu(path: str | None = None, *, direct: bool = True) -> str:
+    """QEMU's path; ``direct``: the wrapper's tools must be there too."""
     found = path or shutil.which(QEMU, path=os.environ.get("PATH", "") + ":/usr/bin")
     if not found or not os.access(found, os.X_OK):
         raise OperationError(
             f"no QEMU: {path or QEMU} not found (install the Debian package qemu-system-x86)"
         )
-    for tool in ("setpriv", "ionice", "nice"):
+    for tool in ("setpriv", "ionice", "nice") if direct else ():
         if shutil.which(tool) is None:
             raise OperationError(f"{tool} not found (util-linux/coreutils are required)")
     return found
@@ -67,16 +75,46 @@ def wrapped(argv: Sequence[str]) -> list[str]:
     return [*_WRAPPER, *argv]
 
 
-class Vm:
-    """One running QEMU; ``stop()`` is idempotent and always reaps it."""
+@dataclass(frozen=True)
+class Unit:
+    """The transient service one VM runs in (launch.py)."""
 
-    def __init__(self, argv: Sequence[str], serial: Path, stderr: Path) -> None:
+    launch: ln.Transient
+    name: str  # xenkdump-selftest-<id>.service
+    memory_max: int  # bytes: the VM's guest memory and QEMU's own
+    writable: Path  # the run's work directory
+
+
+class Vm:
+    """One running QEMU; ``stop()`` is idempotent and always reaps it.
+
+    With ``unit`` QEMU runs as that transient systemd service and ``proc`` is the
+    ``systemd-run --wait`` that lasts as long as it; without, ``proc`` is QEMU under
+    the death-signal wrapper.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], serial: Path, stderr: Path, unit: Unit | None = None
+    ) -> None:
         serial.touch()
         self.serial = serial
         self.stderr_path = stderr
-        with stderr.open("wb") as err:
+        self.unit = unit
+        if unit is None:
+            command = wrapped(argv)
+        else:
+            command = ln.transient_argv(
+                unit.launch,
+                argv,
+                unit=unit.name,
+                memory_max=unit.memory_max,
+                writable=unit.writable,
+                output=stderr,
+            )
+        stderr.write_bytes(b"")
+        with stderr.open("ab") as err:  # QEMU's unit appends its output here too
             self.proc = subprocess.Popen(
-                wrapped(argv),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
@@ -85,7 +123,8 @@ class Vm:
             )
         self.pid = self.proc.pid
         self._offset = 0
-        self._wait_exec(argv[0])
+        if unit is None:
+            self._wait_exec(argv[0])
 
     def _wait_exec(self, program: str, limit: float = 5.0) -> None:
         """Return once the wrapper has become ``program``.
@@ -124,7 +163,25 @@ class Vm:
         return text.splitlines()[-1] if text else ""
 
     def stop(self) -> None:
-        """SIGTERM the group, then SIGKILL; returns once QEMU is reaped."""
+        """SIGTERM the group, then SIGKILL; returns once QEMU is reaped.
+
+        A VM in a unit is stopped by systemd (SIGTERM, SIGKILL after
+        launch.STOP_TIMEOUT); its systemd-run then ends.
+        """
+        if self.unit is not None and self.proc.poll() is None:
+            stop = ln.stop_argv(self.unit.launch, [self.unit.name])
+            try:
+                subprocess.run(
+                    stop,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=ln.STOP_TIMEOUT + 20,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                log.warning("self-test: %s did not stop the VM in time", " ".join(stop))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5.0)
         for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
             if self.proc.poll() is not None:
                 break
@@ -138,7 +195,37 @@ class Vm:
         self.proc.wait()
 
 
-def kvm_usable() -> bool:
+def stop_leftovers(launch: ln.Launch, work: Path) -> list[str]:
+    """At xenkdumpd's start: stop self-test units an earlier xenkdumpd left running
+    and remove their work directories from ``work``; the names of the units stopped."""
+    if not isinstance(launch, ln.Transient):
+        return []  # children died with their owner (the death signal)
+    try:
+        listed = subprocess.run(
+            ln.list_argv(launch), capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("self-test: cannot list leftover units: %s", exc)
+        return []
+    units = ln.leftovers(listed.stdout)
+    if units:
+        log.warning("self-test: stopping units left from before: %s", " ".join(units))
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(
+                ln.stop_argv(launch, units),
+                capture_output=True,
+                timeout=ln.STOP_TIMEOUT + 20,
+                check=False,
+            )
+    for leftover in work.glob("xenkdump-selftest.*") if work.is_dir() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
+    return units
+
+
+def kvm_usable(unit: Unit | None = None) -> bool:
+    """/dev/kvm opens (in a unit: exists; the unit's own device policy allows it)."""
+    if unit is not None:
+        return os.path.exists("/dev/kvm")
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError:
@@ -147,22 +234,32 @@ def kvm_usable() -> bool:
     return True
 
 
-def choose_accel(qemu: str, kernel: str, workdir: Path) -> str:
-    """'kvm' or 'tcg' for this QEMU and kernel (probed once per process)."""
+def choose_accel(qemu: str, kernel: str, workdir: Path, unit: Unit | None = None) -> str:
+    """'kvm' or 'tcg' for this QEMU and kernel (probed once per process).
+
+    ``unit``: the run's VM unit; the probe runs in a unit of its own next to it.
+    """
     forced = os.environ.get("XENKDUMP_SELFTEST_ACCEL", "")
     if forced in ("kvm", "tcg"):
         return forced
-    if not kvm_usable():
+    if not kvm_usable(unit):
         return "tcg"
     key = (qemu, kernel)
     with _probe_lock:
         if key not in _probe_cache:
-            _probe_cache[key] = "kvm" if _probe_kvm(qemu, kernel, workdir) else "tcg"
+            probe = (
+                None
+                if unit is None
+                else dataclasses.replace(unit, name=unit.name.replace(".service", "-kvm.service"))
+            )
+            _probe_cache[key] = "kvm" if _probe_kvm(qemu, kernel, workdir, probe) else "tcg"
             log.info("self-test accelerator: %s", _probe_cache[key])
         return _probe_cache[key]
 
 
-def _probe_kvm(qemu: str, kernel: str, workdir: Path, limit: float = 15.0) -> bool:
+def _probe_kvm(
+    qemu: str, kernel: str, workdir: Path, unit: Unit | None, limit: float = 15.0
+) -> bool:
     """Boot ``kernel`` under KVM until it prints its version line (seconds under KVM).
 
     Some nested setups open /dev/kvm but hang or abort the guest: then TCG.
@@ -174,7 +271,7 @@ def _probe_kvm(qemu: str, kernel: str, workdir: Path, limit: float = 15.0) -> bo
         "-serial", f"file:{serial}", "-kernel", kernel,
         "-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
     ]  # fmt: skip
-    vm = Vm(argv, serial, workdir / "kvm-probe.stderr")
+    vm = Vm(argv, serial, workdir / "kvm-probe.stderr", unit)
     try:
         end = time.monotonic() + limit
         text = ""
