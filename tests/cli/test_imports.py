@@ -1,14 +1,26 @@
 """xenkdumpctl imports only what a command needs (its start-up time: bench/cli.py).
 
-Building the parser (all that ``--help`` does) must not import the D-Bus stacks, the
-YAML/JSON Schema stack, the image builder or a hypervisor adapter; each command's
-handler imports those when it runs.
+Building the parser must not import the D-Bus stacks, the YAML/JSON Schema stack, the
+image builder or a hypervisor adapter; each command's handler imports those when it
+runs.  A run builds only the command it names: ``--help`` needs no command module.
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+
+import pytest
+
+from xenkdump.cli.ctl import (
+    COMMANDS,
+    GLOBAL_EXITS,
+    GLOBAL_FLAGS,
+    GLOBAL_VALUE_OPTIONS,
+    build_parser,
+    named_command,
+)
 
 HEAVY = (
     "asyncio",
@@ -28,14 +40,72 @@ HEAVY = (
 )
 
 
-def test_building_the_parser_imports_nothing_heavy() -> None:
-    code = (
-        "import sys; from xenkdump.cli.ctl import build_parser; build_parser(); "
-        "print('\\n'.join(sorted(sys.modules)))"
-    )
-    out = subprocess.run(
+def imported_by(code: str) -> list[str]:
+    """The modules a fresh interpreter has imported after ``code``."""
+    code += "\nimport sys; print('\\n'.join(sorted(sys.modules)))"
+    return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "xenkdump.cli.cmd_status" in out  # every command registered
-    loaded = [m for m in out if any(m == h or m.startswith(h + ".") for h in HEAVY)]
-    assert loaded == []
+
+
+def heavy(modules: list[str], names: tuple[str, ...] = HEAVY) -> list[str]:
+    return [m for m in modules if any(m == h or m.startswith(h + ".") for h in names)]
+
+
+def test_building_the_parser_imports_nothing_heavy() -> None:
+    out = imported_by("from xenkdump.cli.ctl import build_parser; build_parser()")
+    assert "xenkdump.cli.cmd_status" in out  # every command configured
+    assert heavy(out) == []
+
+
+def test_help_imports_no_command_module() -> None:
+    out = imported_by(
+        "import contextlib\nfrom xenkdump.cli.ctl import main\n"
+        "with contextlib.suppress(SystemExit):\n    main(['--help'])"
+    )
+    assert "xenkdump.cli.ctl" in out
+    assert heavy(out, (*HEAVY, "xenkdump.cli.cmd_", "dataclasses", "typing", "logging")) == []
+
+
+def test_a_run_configures_only_its_command() -> None:
+    out = imported_by("from xenkdump.cli.ctl import build_parser; build_parser(['status'])")
+    assert "xenkdump.cli.cmd_status" in out
+    assert [m for m in out if m.startswith("xenkdump.cli.cmd_")] == ["xenkdump.cli.cmd_status"]
+
+
+def test_the_named_command_is_found_past_the_global_options() -> None:
+    assert named_command(["status", "--json"]) == "status"
+    assert named_command(["-v", "--hypervisor", "status", "hv", "info"]) == "hv"
+    assert named_command(["--hypervisor=sim:/x", "load"]) == "load"
+    for exits in GLOBAL_EXITS:
+        assert named_command(["-v", exits, "status"]) == ""  # help or version only
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["-v"], ["bogus"], ["--hyp", "sim", "status"], ["-vh"], ["--", "status"]],
+)
+def test_in_doubt_every_command_is_built(argv: list[str]) -> None:
+    assert named_command(argv) is None
+
+
+def test_the_scan_knows_every_global_option() -> None:
+    """A new global option must be taught to ``named_command`` (else runs build all)."""
+    parser = build_parser([])
+    options = {o for a in parser._actions for o in a.option_strings}
+    assert options == {*GLOBAL_FLAGS, *GLOBAL_VALUE_OPTIONS, *GLOBAL_EXITS}
+
+
+def command_help(parser: argparse.ArgumentParser, name: str) -> str:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return str(action.choices[name].format_help())
+    raise AssertionError("no commands")
+
+
+def test_a_lazy_parser_is_the_whole_one_where_it_is_used() -> None:
+    whole = build_parser()
+    for name in COMMANDS:
+        lazy = build_parser(["--hypervisor", "sim", "-v", name, "--help"])
+        assert command_help(lazy, name) == command_help(whole, name)
+    assert build_parser(["--help"]).format_help() == whole.format_help()

@@ -41,10 +41,11 @@ if TYPE_CHECKING:
     from xenkdump.settings import Settings
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "initrd", help="build xenkdump's crash initramfs (capture agent, makedumpfile)"
-    )
+def configure(command: str, p: argparse.ArgumentParser) -> None:
+    {"initrd": _initrd_arguments, "dumps": _dumps_arguments}[command](p)
+
+
+def _initrd_arguments(p: argparse.ArgumentParser) -> None:
     config_option(p)
     p.add_argument(
         "--output",
@@ -60,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_initrd)
 
-    p = subparsers.add_parser("dumps", help="list the dumps saved at the configured target")
+
+def _dumps_arguments(p: argparse.ArgumentParser) -> None:
     config_option(p)
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(handler=cmd_dumps)

@@ -14,21 +14,21 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "check-config",
-        help="check configuration files without a daemon or Xen (exit 0 valid, 2 not)",
-        description=(
-            "Read configuration files exactly as xenkdumpd would and report every problem, "
-            "one per line, as FILE:LINE: KEY: expected ..., found ...  Each FILE is laid "
-            "over the previous ones, followed by its own drop-ins (FILE.d/*.yaml in lexical "
-            "order); a directory stands for its *.yaml files.  Without FILE: "
-            f"{CONFIG_FILE} and its drop-ins.  Then the kernel and initrd the "
-            "configuration names must be readable files (--schema-only skips this, e.g. "
-            "to check a file before it is pushed to a host).  Needs no daemon, no Xen."
-        ),
-        epilog="Exit status: 0 valid, 2 a problem was found (every one is printed).",
+def configure(command: str, p: argparse.ArgumentParser) -> None:
+    {"check-config": _check_config_arguments, "advise": _advise_arguments}[command](p)
+
+
+def _check_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Read configuration files exactly as xenkdumpd would and report every problem, "
+        "one per line, as FILE:LINE: KEY: expected ..., found ...  Each FILE is laid "
+        "over the previous ones, followed by its own drop-ins (FILE.d/*.yaml in lexical "
+        "order); a directory stands for its *.yaml files.  Without FILE: "
+        f"{CONFIG_FILE} and its drop-ins.  Then the kernel and initrd the "
+        "configuration names must be readable files (--schema-only skips this, e.g. "
+        "to check a file before it is pushed to a host).  Needs no daemon, no Xen."
     )
+    p.epilog = "Exit status: 0 valid, 2 a problem was found (every one is printed)."
     p.add_argument("files", nargs="*", type=path_arg, metavar="FILE", help="configuration files")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
@@ -38,17 +38,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.set_defaults(handler=cmd_check_config)
 
-    a = subparsers.add_parser(
-        "advise",
-        help="is Xen's crash area (crashkernel=) right for the crash image? what to change",
-        description=(
-            "Judge the crash area Xen reserved (crashkernel= on Xen's own command line) "
-            "against the configured crash image's measured needs: two images, one per half "
-            "of the area, so that reloads never leave the host without a crash kernel.  "
-            "When it is missing or too small, print the exact GRUB_CMDLINE_XEN_DEFAULT line "
-            "for /etc/default/grub.d/xen.cfg; a crashkernel= on dom0's command line (which "
-            "a PV dom0 ignores) is reported.  Needs no daemon."
-        ),
+
+def _advise_arguments(a: argparse.ArgumentParser) -> None:
+    a.description = (
+        "Judge the crash area Xen reserved (crashkernel= on Xen's own command line) "
+        "against the configured crash image's measured needs: two images, one per half "
+        "of the area, so that reloads never leave the host without a crash kernel.  "
+        "When it is missing or too small, print the exact GRUB_CMDLINE_XEN_DEFAULT line "
+        "for /etc/default/grub.d/xen.cfg; a crashkernel= on dom0's command line (which "
+        "a PV dom0 ignores) is reported.  Needs no daemon."
     )
     a.add_argument(
         "--config",

@@ -1,6 +1,6 @@
 """xenkdumpctl over D-Bus: the ``reload`` command, and the helpers of status and unload.
 
-``status`` and ``unload`` are registered by the modules that also handle the case
+``status`` and ``unload`` are configured by the modules that also handle the case
 without a daemon; they ask the daemon first (``optional``, ``daemon_unload``) and fall
 back when nobody owns org.xenkdump.Kdump1.  ``reload`` needs the daemon.
 """
@@ -20,14 +20,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "reload",
-        help="ask xenkdumpd to re-read its configuration and reload the crash kernel",
-        description=(
-            "Ask the running xenkdumpd (over D-Bus, org.xenkdump.Kdump1.Reload) to re-read "
-            "its configuration and load the crash image if anything changed.  Root only."
-        ),
+def configure(command: str, p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Ask the running xenkdumpd (over D-Bus, org.xenkdump.Kdump1.Reload) to re-read "
+        "its configuration and load the crash image if anything changed.  Root only."
     )
     p.add_argument("--force", action="store_true", help="load even if nothing changed")
     p.add_argument("--kernel", metavar="FILE", help="use this crash kernel for this load only")

@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 STATUS_NOTE = "parity of load/unload calls, not whether an image is loaded"
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    hv = subparsers.add_parser("hv", help="inspect the hypervisor's kexec facilities")
+def configure(command: str, hv: argparse.ArgumentParser) -> None:
     sub = hv.add_subparsers(dest="hv_command", metavar="SUBCOMMAND", parser_class=type(hv))
     sub.required = True
     info = sub.add_parser(

@@ -49,8 +49,11 @@ if TYPE_CHECKING:
     from xenkdump.image.planner import ImageInputs, Plan
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("load", help="build the crash image and load it into Xen")
+def configure(command: str, p: argparse.ArgumentParser) -> None:
+    {"load": _load_arguments, "unload": _unload_arguments, "plan": _plan_arguments}[command](p)
+
+
+def _load_arguments(p: argparse.ArgumentParser) -> None:
     _image_options(p, kernel_required=False)
     p.add_argument(
         "--config",
@@ -66,14 +69,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     no_daemon_option(p, "load even though xenkdumpd runs (it will not know of this image)")
     p.set_defaults(handler=cmd_load)
 
-    p = subparsers.add_parser(
-        "unload", help="unload the crash image (through xenkdumpd when it runs)"
-    )
+
+def _unload_arguments(p: argparse.ArgumentParser) -> None:
     state_option(p)
     no_daemon_option(p, "unload directly even when xenkdumpd runs")
     p.set_defaults(handler=cmd_unload)
 
-    p = subparsers.add_parser("plan", help="print the segment plan without loading")
+
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
     _image_options(p)
     state_option(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -36,17 +36,13 @@ if TYPE_CHECKING:  # the run's modules are imported when a run starts (fast --he
 DEFAULT_CRASH_MIB = 256
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "selftest",
-        help="prove the crash kernel boots and captures, in a staging VM (no crash)",
-        description=(
-            "Boot the crash image in a staging VM (QEMU) and follow it through its stages: "
-            "the crash kernel comes up in the crash area's memory, finds a token in "
-            "/proc/vmcore and writes a dump to a scratch disk. The host is never crashed."
-        ),
-        epilog="Exit status: 0 passed, 1 failed (stage and reason), 2 usage or input error.",
+def configure(command: str, p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Boot the crash image in a staging VM (QEMU) and follow it through its stages: "
+        "the crash kernel comes up in the crash area's memory, finds a token in "
+        "/proc/vmcore and writes a dump to a scratch disk. The host is never crashed."
     )
+    p.epilog = "Exit status: 0 passed, 1 failed (stage and reason), 2 usage or input error."
     p.add_argument(
         "--level",
         choices=[lv.value for lv in Level],

@@ -20,16 +20,12 @@ if TYPE_CHECKING:
     from xenkdump.status import Status
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "status",
-        help="show the armed crash image (from xenkdumpd when it runs, else from the record)",
-        description=(
-            "Show the armed crash image: state, kernel, initrd, command line, digests, the "
-            "part of Xen's crash area it uses, and the last reload.  Asks xenkdumpd when it "
-            "runs, else reads xenkdump's record.  --json prints the D-Bus GetStatus "
-            "dictionary, with the same keys either way."
-        ),
+def configure(command: str, p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Show the armed crash image: state, kernel, initrd, command line, digests, the "
+        "part of Xen's crash area it uses, and the last reload.  Asks xenkdumpd when it "
+        "runs, else reads xenkdump's record.  --json prints the D-Bus GetStatus "
+        "dictionary, with the same keys either way."
     )
     state_option(p)
     no_daemon_option(p, "read xenkdump's record directly even when xenkdumpd runs")

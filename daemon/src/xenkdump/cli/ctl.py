@@ -1,9 +1,14 @@
 """xenkdumpctl: inspect the hypervisor, build, load and unload crash images, talk to xenkdumpd.
 
 Exit codes: 0 success, 1 the operation failed, 2 usage or input error.
-Each command group lives in its own module exposing ``register(subparsers)``;
-a command's handler takes the parsed arguments and returns an exit code.
-Every error reaches the user as one line on stderr, never a traceback.
+Each command lives in a module exposing ``configure(command, parser)``, which gives
+the command's parser its description, arguments and handler; a handler takes the
+parsed arguments and returns an exit code.  Every error reaches the user as one line
+on stderr, never a traceback.
+
+Start-up time (bench/cli.py): the command list below is all that ``--help`` needs, and
+a run builds the arguments of the one command it names; only when the command line
+leaves any doubt (an abbreviated option, an unknown word) is every command built.
 """
 
 from __future__ import annotations
@@ -17,22 +22,70 @@ from xenkdump import __version__
 from xenkdump.errors import XenkdumpError
 from xenkdump.exits import EXIT_USAGE, OneLineParser
 
-# Command-group modules, in help order.  Each imports only argparse and light modules
-# at import time; its handlers import what they need when they run (bench/cli.py).
-COMMAND_MODULES = (
-    "xenkdump.cli.cmd_hv",
-    "xenkdump.cli.cmd_image",
-    "xenkdump.cli.cmd_status",
-    "xenkdump.cli.cmd_daemon",
-    "xenkdump.cli.cmd_config",
-    "xenkdump.cli.cmd_selftest",
-    "xenkdump.cli.cmd_capture",
-)
+# Every command, in help order: name -> (the module that configures it, its help line).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "hv": ("xenkdump.cli.cmd_hv", "inspect the hypervisor's kexec facilities"),
+    "load": ("xenkdump.cli.cmd_image", "build the crash image and load it into Xen"),
+    "unload": (
+        "xenkdump.cli.cmd_image",
+        "unload the crash image (through xenkdumpd when it runs)",
+    ),
+    "plan": ("xenkdump.cli.cmd_image", "print the segment plan without loading"),
+    "status": (
+        "xenkdump.cli.cmd_status",
+        "show the armed crash image (from xenkdumpd when it runs, else from the record)",
+    ),
+    "reload": (
+        "xenkdump.cli.cmd_daemon",
+        "ask xenkdumpd to re-read its configuration and reload the crash kernel",
+    ),
+    "check-config": (
+        "xenkdump.cli.cmd_config",
+        "check configuration files without a daemon or Xen (exit 0 valid, 2 not)",
+    ),
+    "advise": (
+        "xenkdump.cli.cmd_config",
+        "is Xen's crash area (crashkernel=) right for the crash image? what to change",
+    ),
+    "selftest": (
+        "xenkdump.cli.cmd_selftest",
+        "prove the crash kernel boots and captures, in a staging VM (no crash)",
+    ),
+    "initrd": (
+        "xenkdump.cli.cmd_capture",
+        "build xenkdump's crash initramfs (capture agent, makedumpfile)",
+    ),
+    "dumps": ("xenkdump.cli.cmd_capture", "list the dumps saved at the configured target"),
+}
+
+# The global options (before the command): flags, and those taking a value.
+GLOBAL_FLAGS = ("-v", "--verbose")
+GLOBAL_VALUE_OPTIONS = ("--hypervisor",)
+# Options that end the run before any command's arguments matter.
+GLOBAL_EXITS = ("-h", "--help", "--version")
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs, "" when it runs none (help, version), None when unsure."""
+    words = iter(argv)
+    for word in words:
+        if word in GLOBAL_EXITS:
+            return ""
+        if word in GLOBAL_VALUE_OPTIONS:
+            next(words, None)
+        elif word in COMMANDS:
+            return word
+        elif word not in GLOBAL_FLAGS and not word.startswith(
+            tuple(f"{o}=" for o in GLOBAL_VALUE_OPTIONS)
+        ):
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """xenkdumpctl's parser: every command built, or with ``argv`` only what it needs."""
     parser = OneLineParser(
         prog="xenkdumpctl",
         description=(
@@ -43,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xenkdumpctl {__version__}")
     parser.add_argument(
-        "--hypervisor",
+        *GLOBAL_VALUE_OPTIONS,
         metavar="xen|sim[:FILE]",
         default=None,
         help=(
@@ -52,17 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
             "Default: xen when /proc/xen or /dev/xen/privcmd exists."
         ),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(*GLOBAL_FLAGS, action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    only = None if argv is None else named_command(argv)
+    for name, (module, help_line) in COMMANDS.items():
+        if only in (None, "", name):
+            p = sub.add_parser(name, help=help_line)
+            if only != "":
+                importlib.import_module(module).configure(name, p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     import logging
 
     logging.basicConfig(
