@@ -1,12 +1,15 @@
 """Start-up cost of xenkdumpctl: a few commands against the bare interpreter, in one run.
 
-Each command runs as Debian installs it (/usr/bin/python3 running
-``xenkdump.cli.ctl.main``, the checkout's sources on PYTHONPATH); the floor is
-``/usr/bin/python3 -c pass`` measured in the same run.  Printed: the best and the
-median wall time of ``--rounds`` runs each, and the ratio of the best times.
-Goal: ``--help``, ``status`` (through a running xenkdumpd) and ``hv info`` within 3x
-the floor.  ``hv info`` here uses the simulated host, whose YAML description is parsed
-and checked against its JSON Schema; on a dom0 it is libxenctrl through cffi instead.
+What runs is what Debian installs: ``/usr/bin/python3`` running
+``xenkdump.cli.ctl.main`` (pybuild's console-script wrapper), with the checkout's
+sources, byte-compiled first as Debian's package is, on PYTHONPATH (no venv, no
+editable-install finder).  The floor is ``/usr/bin/python3 -c pass``.  The runs are
+interleaved (each round runs the floor and every command once), so that a busy
+machine slows all of them alike.  Printed: the best and the median wall time of
+``--rounds`` rounds, and the ratio of the best times.  Goal: ``--help``, ``status``
+(through a running xenkdumpd) and ``hv info`` within 3x the floor.  ``hv info`` here
+uses the simulated host, whose YAML description is parsed and checked against its
+JSON Schema; on a dom0 it is libxenctrl through cffi instead.
 
     .venv/bin/python bench/cli.py [--rounds 20]
 """
@@ -14,6 +17,7 @@ and checked against its JSON Schema; on a dom0 it is libxenctrl through cffi ins
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import statistics
 import subprocess
@@ -26,51 +30,64 @@ PYTHON = "/usr/bin/python3"
 # What Debian's /usr/bin/xenkdumpctl does (pybuild's console-script wrapper).
 CTL = "import sys; from xenkdump.cli.ctl import main; sys.exit(main())"
 GOAL = 3.0
+SOURCES = (REPO / "daemon" / "src", REPO / "bindings")
 
 
-def timed(argv: list[str], env: dict[str, str], rounds: int) -> tuple[float, float]:
-    """(best, median) wall seconds of ``argv``; it must succeed."""
-    times = []
+def run_once(argv: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of ``argv``; it must succeed."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"bench/cli.py: {argv[3:]} exited {done.returncode}: {done.stderr.strip()}")
+    return took
+
+
+def measure(runs: dict[str, list[str]], env: dict[str, str], rounds: int) -> dict[str, list[float]]:
+    """Name -> wall seconds of each round, the commands interleaved round by round."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        start = time.perf_counter()
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        times.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            sys.exit(f"bench/cli.py: {argv[3:]} exited {done.returncode}: {done.stderr.strip()}")
-    return min(times), statistics.median(times)
+        for name, argv in runs.items():
+            times[name].append(run_once(argv, env))
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    for tree in SOURCES:  # as the package's postinst does (py3compile)
+        compileall.compile_dir(tree, quiet=1)
     env = dict(
         os.environ,
-        PYTHONPATH=f"{REPO / 'daemon' / 'src'}:{REPO / 'bindings'}",
+        PYTHONPATH=":".join(str(s) for s in SOURCES),
         PYTHONDONTWRITEBYTECODE="1",
     )
     with running_daemon() as daemon:
         assert daemon.address is not None
         env["DBUS_SYSTEM_BUS_ADDRESS"] = daemon.address
         host = f"sim:{daemon.root / 'host.yaml'}"
-        commands = {
-            "--help": ["--help"],
-            "status (through xenkdumpd)": ["status"],
-            "hv info (simulated host)": ["--hypervisor", host, "hv", "info"],
+        floor = f"{PYTHON} -c pass"
+        runs = {
+            floor: [PYTHON, "-c", "pass"],
+            "--help": [PYTHON, "-c", CTL, "--help"],
+            "status (through xenkdumpd)": [PYTHON, "-c", CTL, "status"],
+            "hv info (simulated host)": [PYTHON, "-c", CTL, "--hypervisor", host, "hv", "info"],
         }
-        floor, floor_median = timed([PYTHON, "-c", "pass"], env, args.rounds)
+        times = measure(runs, env, args.rounds)
+    best = {name: min(t) for name, t in times.items()}
+    print(
+        f"floor: {floor}: best {best[floor] * 1e3:.1f} ms, "
+        f"median {statistics.median(times[floor]) * 1e3:.1f} ms ({args.rounds} rounds)"
+    )
+    for name in list(runs)[1:]:
+        ratio = best[name] / best[floor]
+        verdict = "within" if ratio <= GOAL else "OVER"
         print(
-            f"floor: {PYTHON} -c pass: best {floor * 1e3:.1f} ms, "
-            f"median {floor_median * 1e3:.1f} ms ({args.rounds} runs)"
+            f"xenkdumpctl {name}: best {best[name] * 1e3:.1f} ms, "
+            f"median {statistics.median(times[name]) * 1e3:.1f} ms; "
+            f"ratio {ratio:.1f}x the floor ({verdict} the goal of {GOAL:.0f}x)"
         )
-        for name, argv in commands.items():
-            best, median = timed([PYTHON, "-c", CTL, *argv], env, args.rounds)
-            ratio = best / floor
-            verdict = "within" if ratio <= GOAL else "OVER"
-            print(
-                f"xenkdumpctl {name}: best {best * 1e3:.1f} ms, median {median * 1e3:.1f} ms; "
-                f"ratio {ratio:.1f}x the floor ({verdict} the goal of {GOAL:.0f}x)"
-            )
 
 
 if __name__ == "__main__":
