@@ -45,6 +45,11 @@ if [ $dmesg -eq 1 ]; then
   exit 0
 fi
 [ -n "$workdir" ] && [ -d "$workdir" ] || { echo "no --work-dir" >&2; exit 3; }
+if [ -n "${FAKE_MEMINFO:-}" ]; then  # the dump's buffers: MemAvailable dips, then recovers
+  printf 'MemTotal: 100000 kB\nMemAvailable: 30000 kB\n' > "$FAKE_MEMINFO"
+  sleep 0.5
+  printf 'MemTotal: 100000 kB\nMemAvailable: 70000 kB\n' > "$FAKE_MEMINFO"
+fi
 ls "$workdir" >> "$FAKE_LOG" 2>/dev/null
 for f in ${FAKE_MDF_FAIL:-}; do
   [ "$f" = "$level" ] && { echo "makedumpfile: fails at -d $level" >&2; exit 1; }

@@ -166,6 +166,24 @@ def test_saves_dmesg_xen_console_vmcore_and_metadata(agent: Agent) -> None:
     assert agent.actions() == ["reboot"]
 
 
+def test_records_the_lowest_memavailable_and_the_uptime(agent: Agent) -> None:
+    meminfo = agent.tmp / "meminfo"
+    meminfo.write_text("MemTotal: 100000 kB\nMemFree: 1 kB\nMemAvailable: 80000 kB\n")
+    agent.env.update(XK_MEMINFO=str(meminfo), FAKE_MEMINFO=str(meminfo), XK_MEM_INTERVAL="0.05")
+    proc = agent.run(**base_conf(agent))
+    assert proc.returncode == 0, proc.stderr
+    _d, meta = one_dump(agent)
+    # the dip while makedumpfile ran was seen by the sampler, not only the value after it
+    assert meta["memory"] == {
+        "total_kib": 100000,
+        "available_at_start_kib": 80000,
+        "min_available_kib": 30000,
+        "peak_used_kib": 70000,
+    }
+    assert meta["uptime"] == {"agent_start": 12.34, "metadata": 12.34}
+    assert not (agent.tmp / "scratch" / "mem.watch").exists()  # the sampler was stopped
+
+
 @pytest.mark.parametrize(
     ("fail", "used", "expected_steps"),
     [

@@ -13,6 +13,11 @@ dom0_xen.py timed-load KERNEL INITRD CMDLINE STATE_DIR ROUNDS
     reloads (read files, ask Xen, plan, hypercall, record), and prints
     ``timed-load round=I ns=N`` for each: the loader's own cost, without the
     interpreter start-up and imports a ``xenkdumpctl load`` pays every time.
+dom0_xen.py debug-keys KEYS
+    sends KEYS to Xen's debug-key handler as ``xl debug-keys`` does
+    (libxenctrl's xc_send_debug_keys; the lab dom0 has no xl).  ``C`` makes Xen
+    itself crash: a hypervisor crash, with dom0 still running.  A test helper
+    only: the product never offers to crash the host.
 """
 
 from __future__ import annotations
@@ -75,6 +80,36 @@ def timed_load(kernel: str, initrd: str, cmdline: str, state_dir: str, rounds: s
     return 0
 
 
+# xc_send_debug_keys is not in the product's binding (xenkdump_xenctrl): nothing in the
+# product sends debug keys.  A tiny declaration of its own, same library.
+_DEBUG_KEYS_CDEF = """
+typedef struct xc_interface_core xc_interface;
+xc_interface *xc_interface_open(void *logger, void *dombuild_logger, unsigned open_flags);
+int xc_interface_close(xc_interface *xch);
+int xc_send_debug_keys(xc_interface *xch, const char *keys);
+"""
+
+
+def debug_keys(keys: str) -> int:
+    import cffi  # noqa: PLC0415
+
+    from xenkdump_xenctrl import open_library  # noqa: PLC0415
+
+    ffi = cffi.FFI()
+    ffi.cdef(_DEBUG_KEYS_CDEF)
+    lib = ffi.dlopen(open_library().path)
+    xch = lib.xc_interface_open(ffi.NULL, ffi.NULL, 0)
+    if xch == ffi.NULL:
+        print("debug-keys open failed", flush=True)
+        return 1
+    print(f"debug-keys sending {keys}", flush=True)
+    rc = lib.xc_send_debug_keys(xch, keys.encode())
+    # Only reached when Xen returns (e.g. 'C' with no crash image armed).
+    print(f"debug-keys returned rc={rc} errno={ffi.errno}", flush=True)
+    lib.xc_interface_close(xch)
+    return 0 if rc == 0 else 1
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["status"] and len(argv) == 1:
         return status()
@@ -82,6 +117,8 @@ def main(argv: list[str]) -> int:
         return bogus_load(*argv[1:])
     if argv[:1] == ["timed-load"] and len(argv) == 6:
         return timed_load(*argv[1:])
+    if argv[:1] == ["debug-keys"] and len(argv) == 2:
+        return debug_keys(argv[1])
     print(__doc__, file=sys.stderr)
     return 2
 

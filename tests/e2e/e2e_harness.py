@@ -84,6 +84,8 @@ DOM0_MEM = "512M"
 DOM0_END = "XK-DOM0: end"
 CRASH_END = "XK-CRASH: end"
 CRASH_START = "Executing kexec image"  # Xen, on the dom0 panic (docs/lab.md §6)
+# QEMU's user-mode network: the guest's address for this machine's loopback.
+USER_NET_HOST = "10.0.2.2"
 
 
 class HarnessError(RuntimeError):
@@ -375,6 +377,7 @@ def qemu_command(
     *,
     xen_extra: str = "",
     disks: tuple[Path, ...] = (),
+    user_net: bool = False,
 ) -> list[str]:
     xen_cmdline = (
         f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM},max:{DOM0_MEM} loglvl=all "
@@ -401,6 +404,9 @@ def qemu_command(
         f"local,path={job.out},mount_tag=xkout,security_model=none,multidevs=remap",
         # raw virtio disks (a dump target): /dev/vda, /dev/vdb, ...
         *(a for d in disks for a in ("-drive", f"file={d},if=virtio,format=raw")),
+        # a virtio NIC on QEMU's user-mode network (DHCP; USER_NET_HOST is our loopback)
+        *(("-netdev", "user,id=xknet", "-device", "virtio-net-pci,netdev=xknet")
+          if user_net else ()),
     ]  # fmt: skip
 
 
@@ -430,15 +436,19 @@ def boot(
     stall: float = 90.0,
     xen_extra: str = "",
     disks: tuple[Path, ...] = (),
+    user_net: bool = False,
 ) -> Boot:
     """Boot Xen + dom0 once, run ``job``'s scenario, stop QEMU at an end marker or timeout.
 
-    ``disks``: raw images attached as virtio disks (dom0 and the crash kernel see them).
+    ``disks``: raw images attached as virtio disks (dom0 and the crash kernel see them);
+    ``user_net``: a virtio NIC on QEMU's user-mode network (qemu_command).
     """
     dom0_initrd = build_dom0_initramfs(assets, job.dir / "dom0.cpio.gz")
     serial = job.dir / "serial.log"
     serial.touch()
-    cmd = qemu_command(assets, dom0_initrd, job, serial, xen_extra=xen_extra, disks=disks)
+    cmd = qemu_command(
+        assets, dom0_initrd, job, serial, xen_extra=xen_extra, disks=disks, user_net=user_net
+    )
     (job.dir / "qemu.cmd").write_text(" ".join(cmd) + "\n")
     with _one_qemu_at_a_time():
         return _run_qemu(

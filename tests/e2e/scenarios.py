@@ -114,6 +114,15 @@ def crash() -> str:
     return "\n".join(['say "crashing"', "sync", "echo c > /proc/sysrq-trigger", "sleep 60"])
 
 
+XEN_CRASH_KEY = "'C' pressed -> triggering crashdump"  # Xen's line for debug key C
+
+
+def xen_crash() -> str:
+    """Crash Xen itself (debug key C, as ``xl debug-keys C``), dom0 still running: Xen
+    then runs the armed crash image (docs/xen-kexec-contract.md §5.1)."""
+    return "\n".join(['say "crashing xen"', "sync", xen_query("debug-keys C", "crash"), "sleep 60"])
+
+
 def scen_values(lines: list[str], key: str) -> list[dict[str, str]]:
     """``key a=1 b=2`` lines -> [{'a': '1', 'b': '2'}, ...] (words without '=' as '_N')."""
     out = []

@@ -1,4 +1,5 @@
-"""The capture side on real Xen: xenkdump's own crash initramfs saves a dump to a disk.
+"""The capture side on real Xen: xenkdump's own crash initramfs saves a dump to a disk,
+and, after a crash of Xen itself, over SSH.
 
 ``xenkdumpctl initrd`` (the product, with initramfs-tools' mkinitramfs and Debian's
 kernel package "installed" in a mount namespace, tests/testkernel.py) builds
@@ -9,6 +10,10 @@ runs the capture agent, which must leave ``<host>-<time>/`` on the disk with the
 vmcore, dom0's log (with the token line) and metadata.json, then power the machine
 off.  The harness reads the disk with debugfs (e2fsprogs), without mounting it, and
 opens the vmcore with ``makedumpfile --dump-dmesg``.
+
+The second boot crashes Xen itself (debug key ``C`` through libxenctrl, dom0 alive)
+with an SSH target: an sshd on this machine's loopback (sshd_lab.py), reached by the
+crash kernel through QEMU's user-mode network only, with the host key pinned.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import scenarios as sc
+import sshd_lab
 from e2e_harness import DOM0_END, MEMORY_MIB, Assets, Job, boot
 
 from testkernel import with_kernel
@@ -71,18 +78,8 @@ def reopen_dmesg(vmcore: Path, work: Path) -> Path:
     return out
 
 
-@pytest.mark.e2e
-def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
-    assets: Assets, job: Job
-) -> None:
-    token = f"xenkdump-kmsg-{os.urandom(8).hex()}"
-    disk = make_disk(job.dir / "dump.img")
-    config = job.dir / "xenkdump.yaml"
-    config.write_text(
-        f"kernel: {assets.kernel}\ninitrd: xenkdump\n"
-        f"dump:\n  device: LABEL={LABEL}\n  fstype: ext4\n  path: /\n"
-        "  modules: [virtio_pci, virtio_blk]\n  final_action: halt\n  failure_action: halt\n"
-    )
+def build_initrd(job: Job, assets: Assets, config: Path) -> tuple[Path, dict[str, Any]]:
+    """``xenkdumpctl initrd --config`` (the product) with Debian's kernel "installed"."""
     image = job.dir / "crash-xenkdump.img"
     built = subprocess.run(
         [
@@ -105,14 +102,22 @@ def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
         check=False,
     )
     assert built.returncode == 0, built.stderr
-    info = json.loads(built.stdout)
+    info: dict[str, Any] = json.loads(built.stdout)
+    return image, info
+
+
+def arm_and_crash(
+    assets: Assets, job: Job, image: Path, token: str, crash: str, **boot_options: Any
+) -> sc.Run:
+    """dom0 loads ``image`` with xenkdumpctl, writes ``token`` to /dev/kmsg and runs the
+    ``crash`` snippet; the boot ends when the capture agent does its final action."""
     job.write_scenario(
         "\n".join(
             [
                 sc.prelude(),
                 sc.xenkdump_load(assets, image, "xenkdump-initrd", "/run/xk-state"),
                 f'echo "{token}" > /dev/kmsg',
-                sc.crash(),
+                crash,
             ]
         )
     )
@@ -122,7 +127,7 @@ def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
         timeout=900,
         end_markers=(f"{AGENT} final_action", f"{AGENT} failure_action", DOM0_END),
         grace=60,
-        disks=(disk,),
+        **boot_options,
     )
     run = sc.Run(result, job)
     run.expect_dom0_ready()
@@ -130,6 +135,23 @@ def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
     run.expect(load and load[0]["rc"] == "0", f"xenkdumpctl load failed: {load}", "XK-SCEN:")
     run.expect(run.has("Executing kexec image"), "Xen did not run the crash image", "crashing")
     run.expect(run.has(f"{AGENT} final_action: halt"), "the agent saved no dump", AGENT)
+    return run
+
+
+@pytest.mark.e2e
+def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
+    assets: Assets, job: Job
+) -> None:
+    token = f"xenkdump-kmsg-{os.urandom(8).hex()}"
+    disk = make_disk(job.dir / "dump.img")
+    config = job.dir / "xenkdump.yaml"
+    config.write_text(
+        f"kernel: {assets.kernel}\ninitrd: xenkdump\n"
+        f"dump:\n  device: LABEL={LABEL}\n  fstype: ext4\n  path: /\n"
+        "  modules: [virtio_pci, virtio_blk]\n  final_action: halt\n  failure_action: halt\n"
+    )
+    image, info = build_initrd(job, assets, config)
+    arm_and_crash(assets, job, image, token, sc.crash(), disks=(disk,))
 
     names = re.findall(r"\s(\S+-\d{8}T\d{6}Z)\s*$", debugfs(disk, "ls -l /"), re.M)
     assert len(names) == 1, debugfs(disk, "ls -l /")
@@ -139,19 +161,80 @@ def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
         assert name in files, files
     assert "incomplete" not in files
     meta = json.loads(fetch(disk, f"/{dump}/metadata.json", job.dir / "metadata.json").read_text())
-    assert meta["result"] == "complete" and meta["vmcore"]["saved"] is True
-    assert [s["exit_code"] for s in meta["steps"]][:1] == [0]  # dmesg
-    dmesg = fetch(disk, f"/{dump}/dmesg.txt", job.dir / "dmesg.txt").read_text(errors="replace")
-    assert token in dmesg
+    fetch(disk, f"/{dump}/dmesg.txt", job.dir / "dmesg.txt")
     vmcore = fetch(disk, f"/{dump}/vmcore", job.dir / "vmcore")
+    check_dump(meta, job.dir / "dmesg.txt", vmcore, token, job.dir)
+    print(summary("local disk", info, meta, vmcore))
+
+
+def check_dump(meta: dict[str, Any], dmesg: Path, vmcore: Path, token: str, work: Path) -> None:
+    """A complete dump: dom0's log with its last line, a vmcore that opens again."""
+    assert meta["result"] == "complete" and meta["vmcore"]["saved"] is True, meta
+    assert [s["exit_code"] for s in meta["steps"]][:1] == [0]  # dmesg
+    assert token in dmesg.read_text(errors="replace")
     assert meta["files"]["vmcore"]["bytes"] == vmcore.stat().st_size
-    opened = reopen_dmesg(vmcore, job.dir)
+    opened = reopen_dmesg(vmcore, work)
     assert token in opened.read_text(errors="replace")
+
+
+def summary(target: str, info: dict[str, Any], meta: dict[str, Any], vmcore: Path) -> str:
+    """The figures of one capture: image, dump size against RAM, time, peak memory."""
     ram = MEMORY_MIB << 20
+    size = vmcore.stat().st_size
     steps = ", ".join(f"{s['name']} rc={s['exit_code']} {s['seconds']}s" for s in meta["steps"])
-    print(
-        f"\n[e2e capture] initramfs {info['bytes'] / 2**20:.1f} MiB built in "
-        f"{info['build_seconds']} s; vmcore {vmcore.stat().st_size / 2**20:.1f} MiB vs host RAM "
-        f"{ram / 2**20:.0f} MiB (ratio {vmcore.stat().st_size / ram:.3f}); {steps}; "
+    mem = meta.get("memory", {})
+    peak = mem.get("peak_used_kib")
+    peak_text = (
+        f"crash kernel peak {peak / 1024:.0f} MiB used of {mem['total_kib'] / 1024:.0f} MiB "
+        f"(lowest MemAvailable {mem['min_available_kib'] / 1024:.0f} MiB)"
+        if isinstance(peak, int)
+        else "crash kernel memory not recorded"
+    )
+    return (
+        f"\n[e2e capture, {target}] initramfs {info['bytes'] / 2**20:.1f} MiB built in "
+        f"{info['build_seconds']} s; vmcore {size / 2**20:.1f} MiB vs host RAM "
+        f"{ram / 2**20:.0f} MiB (ratio {size / ram:.3f}); crash kernel uptime at metadata "
+        f"{meta.get('uptime', {}).get('metadata', '?')} s; {peak_text}; {steps}; "
         f"xen console: {meta['xen_console']['how']}"
     )
+
+
+@pytest.mark.e2e
+def test_xen_crash_saves_a_dump_over_ssh(assets: Assets, job: Job) -> None:
+    """Xen itself crashes (debug key C, dom0 alive): the crash kernel, on QEMU's user-mode
+    network only, streams the dump to an sshd on this machine's loopback."""
+    token = f"xenkdump-kmsg-{os.urandom(8).hex()}"
+    with sshd_lab.sshd(job.dir / "sshd") as server:
+        dumps = job.dir / "ssh-dumps"
+        config = job.dir / "xenkdump.yaml"
+        config.write_text(
+            f"kernel: {assets.kernel}\ninitrd: xenkdump\n"
+            f"dump:\n  target: ssh\n  ssh: {server.destination}\n  ssh_port: {server.port}\n"
+            f"  ssh_key: {server.client_key}\n  ssh_known_hosts: {server.known_hosts}\n"
+            f"  path: {dumps}\n  modules: [virtio_pci, virtio_net]\n"
+            "  final_action: halt\n  failure_action: halt\n"
+        )
+        image, info = build_initrd(job, assets, config)
+        assert any(str(p).endswith("/ssh") for p in info["programs"]), info
+        run = arm_and_crash(assets, job, image, token, sc.xen_crash(), user_net=True)
+        sshd_log = server.log.read_text(errors="replace")
+    # Xen crashed, not dom0: Xen's own line for the key, and no dom0 panic before it.
+    run.expect(run.has(sc.XEN_CRASH_KEY), "Xen did not take debug key C", "crashing xen")
+    before = run.boot.serial.split(sc.XEN_CRASH_KEY, 1)[0]
+    run.expect(
+        "Kernel panic" not in before and "Trigger a crash" not in before, "dom0 panicked", None
+    )
+    # The crash kernel came in through QEMU's user-mode network: from our loopback.
+    assert "Accepted publickey for root from 127.0.0.1" in sshd_log, sshd_log[-2000:]
+
+    found = sorted(p for p in dumps.iterdir() if re.fullmatch(r"\S+-\d{8}T\d{6}Z", p.name))
+    assert len(found) == 1, list(dumps.iterdir())
+    dump = found[0]
+    names = sorted(p.name for p in dump.iterdir())
+    # the flattened stream was turned back into a vmcore by the server's makedumpfile -R
+    assert names == ["dmesg.txt", "metadata.json", "vmcore", "xen-console.txt"], names
+    meta = json.loads((dump / "metadata.json").read_text())
+    assert meta["vmcore"]["format"] == "elf", meta["vmcore"]
+    assert "-F" in " ".join(s["command"] for s in meta["steps"])
+    check_dump(meta, dump / "dmesg.txt", dump / "vmcore", token, job.dir)
+    print(summary("ssh, Xen crash", info, meta, dump / "vmcore"))

@@ -10,13 +10,15 @@
 #   5. the vmcore: makedumpfile -X -d LEVEL (ELF, or compressed; work dir on the target,
 #      no threads: makedumpfile refuses them on Xen), then -X -d 1, then -X -d 0, then
 #      a raw copy only when the target has room for all of /proc/vmcore;
-#   6. metadata.json (every step's exit code, duration and size, each file's sha256);
+#   6. metadata.json (every step's exit code, duration and size, each file's sha256,
+#      the crash kernel's lowest MemAvailable while it worked and its uptime);
 #   7. rename to <target>/<host>-<time>/ (atomic), drop the marker, apply retention;
 #   8. final_action (or failure_action when no vmcore was saved): reboot, halt, shell.
 #
 # Configuration: XK_CONF (default /etc/xenkdump/capture.conf), KEY='value' lines that
 # xenkdump writes (xenkdump/capture/agentconf.py).  Tests override the XK_* hooks
-# documented there (paths of /proc files, the makedumpfile, ssh and df commands, actions).
+# documented there (paths of /proc files, the makedumpfile, ssh and df commands, actions,
+# the memory sampling interval).
 
 set -u
 
@@ -26,6 +28,8 @@ XK_CONF=${XK_CONF:-/etc/xenkdump/capture.conf}
 
 : "${XK_VMCORE:=/proc/vmcore}"
 : "${XK_UPTIME:=/proc/uptime}"
+: "${XK_MEMINFO:=/proc/meminfo}"
+: "${XK_MEM_INTERVAL:=0.5}"
 : "${XK_MAKEDUMPFILE:=makedumpfile}"
 : "${XK_SSH:=ssh}"
 : "${XK_DF:=df}"
@@ -63,6 +67,10 @@ now_cs() {  # centiseconds since boot
 	awk '{ split($1, a, "."); printf "%d\n", a[1] * 100 + substr(a[2] "00", 1, 2) }' "$XK_UPTIME" 2>/dev/null || echo 0
 }
 
+seconds() {  # centiseconds $1 as seconds with two decimals
+	printf '%d.%02d' $(($1 / 100)) $(($1 % 100))
+}
+
 json_str() {  # a JSON string literal of $1 (control characters dropped)
 	printf '%s' "$1" | tr -d '\000-\010\013\014\016-\037' | awk '
 		BEGIN { ORS = ""; printf "\"" }
@@ -88,7 +96,7 @@ t_root() {  # the directory dumps go to
 }
 
 t_sh() {  # run a shell snippet in the target's place (remotely for SSH)
-	if [ "$XK_TARGET_KIND" = ssh ]; then ssh_run "sh -c $(q "$1")"; else sh -c "$1"; fi
+	if [ "$XK_TARGET_KIND" = ssh ]; then ssh_run "sh -c $(q "$1")" </dev/null; else sh -c "$1"; fi
 }
 
 t_put() {  # stdin -> file $1
@@ -150,6 +158,41 @@ mount_target() {
 	[ -d "$TARGET_DIR" ] && [ -w "$TARGET_DIR" ] || { say "target $TARGET_DIR is not writable"; return 1; }
 }
 
+# --- the crash kernel's memory: the lowest MemAvailable while the agent works ----------
+
+meminfo() {  # the KiB value of /proc/meminfo's field $1 (empty when absent)
+	awk -v f="$1:" '$1 == f { print $2; exit }' "$XK_MEMINFO" 2>/dev/null
+}
+
+mem_sample() {  # keep the lowest MemAvailable seen so far in $XK_SCRATCH/mem.min
+	a=$(meminfo MemAvailable)
+	[ -n "$a" ] || return 0
+	m=$(cat "$XK_SCRATCH/mem.min" 2>/dev/null)
+	if [ -z "$m" ] || [ "$a" -lt "$m" ]; then echo "$a" > "$XK_SCRATCH/mem.min"; fi
+}
+
+mem_watch_start() {  # sample every $XK_MEM_INTERVAL seconds until mem_watch_stop
+	: > "$XK_SCRATCH/mem.watch"
+	mem_sample
+	( while [ -e "$XK_SCRATCH/mem.watch" ]; do mem_sample; sleep "$XK_MEM_INTERVAL"; done ) &
+	MEM_WATCH=$!
+}
+
+mem_watch_stop() {
+	rm -f "$XK_SCRATCH/mem.watch"
+	[ -n "${MEM_WATCH:-}" ] && wait "$MEM_WATCH" 2>/dev/null
+	MEM_WATCH=""
+	mem_sample
+}
+
+memory_json() {  # {"total_kib", "available_at_start_kib", "min_available_kib", "peak_used_kib"}
+	total=$(meminfo MemTotal)
+	low=$(cat "$XK_SCRATCH/mem.min" 2>/dev/null)
+	printf '{"total_kib": %s, "available_at_start_kib": %s, "min_available_kib": %s, "peak_used_kib": %s}' \
+		"${total:-null}" "${MEM_START:-null}" "${low:-null}" \
+		"$( [ -n "$total" ] && [ -n "$low" ] && echo $((total - low)) || echo null)"
+}
+
 # --- steps ---------------------------------------------------------------------------
 
 STEPS=""  # JSON objects, comma separated
@@ -158,8 +201,8 @@ record_step() {  # name rc start_cs bytes command
 	dur=$(( $(now_cs) - $3 ))
 	[ -n "$STEPS" ] && STEPS="$STEPS,"
 	STEPS="$STEPS
-    {\"name\": $(json_str "$1"), \"exit_code\": $2, \"seconds\": $((dur / 100)).$(printf '%02d' $((dur % 100))), \"bytes\": $4, \"command\": $(json_str "$5")}"
-	say "step $1: exit $2, $4 bytes, $((dur / 100)).$(printf '%02d' $((dur % 100))) s"
+    {\"name\": $(json_str "$1"), \"exit_code\": $2, \"seconds\": $(seconds $dur), \"bytes\": $4, \"command\": $(json_str "$5")}"
+	say "step $1: exit $2, $4 bytes, $(seconds $dur) s"
 }
 
 step_dmesg() {
@@ -328,6 +371,8 @@ write_metadata() {
 		printf '  "images": {"kernel_sha256": %s, "initrd_sha256": %s},\n' "$(json_str "$XK_KERNEL_SHA256")" "$(json_str "$XK_INITRD_SHA256")"
 		printf '  "vmcore": {"saved": %s, "how": %s, "format": %s},\n' "$VMCORE_OK" "$(json_str "$VMCORE_HOW")" "$(json_str "$VMCORE_FORMAT")"
 		printf '  "xen_console": {"found": %s, "how": %s},\n' "$XEN_CONSOLE_FOUND" "$(json_str "$XEN_CONSOLE_HOW")"
+		printf '  "memory": %s,\n' "$(memory_json)"
+		printf '  "uptime": {"agent_start": %s, "metadata": %s},\n' "$(seconds "$START_CS")" "$(seconds "$(now_cs)")"
 		printf '  "steps": [%s\n  ],\n' "$STEPS"
 		printf '  "files": {\n%s\n  }\n}\n' "$(file_json)"
 	} > "$XK_SCRATCH/metadata.json"
@@ -376,6 +421,8 @@ act() {  # reboot | halt | shell
 
 main() {
 	mkdir -p "$XK_SCRATCH"
+	START_CS=$(now_cs)
+	MEM_START=$(meminfo MemAvailable)
 	CRASH_TIME=$(date -u +%Y%m%dT%H%M%SZ)
 	NAME="$XK_HOST-$CRASH_TIME"
 	XEN_CONSOLE_FOUND=false
@@ -399,9 +446,11 @@ main() {
 		return 1
 	fi
 	say "saving to $FINAL"
+	mem_watch_start
 	step_dmesg
 	step_xen_console
 	step_vmcore
+	mem_watch_stop
 	if [ "$VMCORE_OK" = true ]; then result=complete; else result=failed; fi
 	write_metadata "$result"
 	# The rename is the commit: a dump directory without `incomplete` is whole.
