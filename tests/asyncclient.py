@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio.message_bus import MessageBus
 
+from xenkdump import requests
 from xenkdump.dbus import errors, names
 from xenkdump.dbus.client import DaemonNotRunningError
 from xenkdump.dbus.transport import new_bus, system_bus_address
@@ -154,7 +155,7 @@ class DaemonClient:
         return status_dict(values)
 
     async def reload(self, options: Mapping[str, object] | None = None) -> dict[str, object]:
-        body = variants(options or {}, names.RELOAD_OPTIONS)
+        body = variants(options or {}, requests.RELOAD_OPTIONS)
         (status,) = await self.call("Reload", "a{sv}", [body])
         return status_dict(status)
 
@@ -186,7 +187,7 @@ class DaemonClient:
 
         self.bus.add_message_handler(handler)
         try:
-            body = variants(options or {}, names.SELFTEST_OPTIONS)
+            body = variants(options or {}, requests.SELFTEST_OPTIONS)
             (test_id,) = await self.call("SelfTest", "a{sv}", [body])
             done = 0
             while True:
@@ -207,7 +208,7 @@ class DaemonClient:
         await self.call("CancelSelfTest", "s", [test_id])
 
     async def unload(self, options: Mapping[str, object] | None = None) -> dict[str, object]:
-        body = variants(options or {}, names.UNLOAD_OPTIONS)
+        body = variants(options or {}, requests.UNLOAD_OPTIONS)
         (status,) = await self.call("Unload", "a{sv}", [body])
         return status_dict(status)
 

@@ -109,3 +109,23 @@ def test_a_lazy_parser_is_the_whole_one_where_it_is_used() -> None:
         lazy = build_parser(["--hypervisor", "sim", "-v", name, "--help"])
         assert command_help(lazy, name) == command_help(whole, name)
     assert build_parser(["--help"]).format_help() == whole.format_help()
+
+
+@pytest.mark.parametrize(("verbose", "expected"), [(True, "DEBUG: found 1\n"), (False, "")])
+def test_logging_is_configured_when_something_first_imports_it(
+    verbose: bool, expected: str
+) -> None:
+    code = (
+        "import sys\nfrom xenkdump.cli.ctl import LoggingSetup\n"
+        f"setup = LoggingSetup({verbose})\n"
+        "assert 'logging' not in sys.modules\n"
+        "import logging\n"
+        "logging.getLogger('xenkdump.x').debug('found %d', 1)\n"
+        "logging.getLogger('xenkdump.x').warning('kept %s', 'armed')\n"
+        "setup.close()\n"
+        "assert setup not in sys.meta_path\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    shown = expected.replace("DEBUG", "xenkdumpctl: DEBUG") if expected else ""
+    assert proc.stderr == shown + "xenkdumpctl: WARNING: kept armed\n"

@@ -202,7 +202,7 @@ class FakeCore:
             callback(dump)
 
     def publish(self, **changes: object) -> None:
-        old, self.snapshot = self.snapshot, dataclasses.replace(self.snapshot, **changes)  # type: ignore[arg-type]
+        old, self.snapshot = self.snapshot, self.snapshot._replace(**changes)  # type: ignore[arg-type]
         for callback in self.subscribers:
             callback(old, self.snapshot)
 

@@ -6,13 +6,13 @@ the rest of the code assumes about it.
 
 from __future__ import annotations
 
-import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from xenkdump import requests
 from xenkdump.dbus import contract, errors, names
 from xenkdump.errors import (
     BusyError,
@@ -88,7 +88,7 @@ def test_every_error_name_and_option_is_documented_in_the_xml() -> None:
     text = names.interface_xml()
     for name in names.ERRORS:
         assert name in text, name
-    for option in [*names.RELOAD_OPTIONS, *names.UNLOAD_OPTIONS, *names.SELFTEST_OPTIONS]:
+    for option in [*requests.RELOAD_OPTIONS, *requests.UNLOAD_OPTIONS, *requests.SELFTEST_OPTIONS]:
         assert f"{option} (" in text, option
 
 
@@ -137,19 +137,19 @@ def test_property_values_follow_the_snapshot(snapshot: Any) -> None:
     assert values["InterfaceRevision"] == ("u", INTERFACE_REVISION)
     assert values["CrashRegion"] == ("(tt)", [0x1_0000_0000, 0x1000_0000])
     assert values["LoadedAt"] == ("t", snap.loaded_at)
-    new = dataclasses.replace(snap, generation=2, last_error="boom", daemon_version="9")
+    new = snap._replace(generation=2, last_error="boom", daemon_version="9")
     changed = contract.changed_properties(SPEC, snap, new)
     # DaemonVersion is const: never in PropertiesChanged.
     assert changed == {"Generation": ("t", 2), "LastError": ("s", "boom")}
 
 
 def test_check_options_names_the_option_and_types() -> None:
-    ok = contract.check_options("Reload", {"force": ("b", True)}, names.RELOAD_OPTIONS)
+    ok = contract.check_options("Reload", {"force": ("b", True)}, requests.RELOAD_OPTIONS)
     assert ok == {"force": True}
     with pytest.raises(InputError, match=r"Reload option 'forse': unknown \(expected one of"):
-        contract.check_options("Reload", {"forse": ("b", True)}, names.RELOAD_OPTIONS)
+        contract.check_options("Reload", {"forse": ("b", True)}, requests.RELOAD_OPTIONS)
     with pytest.raises(InputError, match="Reload option 'force': expected D-Bus type 'b', got 's'"):
-        contract.check_options("Reload", {"force": ("s", "yes")}, names.RELOAD_OPTIONS)
+        contract.check_options("Reload", {"force": ("s", "yes")}, requests.RELOAD_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,7 @@ def test_access_denied_from_the_bus_policy_reads_as_permission_denied() -> None:
 
 
 def test_option_tables_come_from_the_typed_options() -> None:
-    assert names.RELOAD_OPTIONS == {
+    assert requests.RELOAD_OPTIONS == {
         "force": "b", "wait": "b", "kernel": "s", "initrd": "s", "cmdline": "s", "reason": "s",
     }  # fmt: skip
-    assert names.UNLOAD_OPTIONS == {"wait": "b"}
+    assert requests.UNLOAD_OPTIONS == {"wait": "b"}

@@ -23,8 +23,9 @@ from figures import FIGURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xenkdump import requests
 from xenkdump.daemon.core import DaemonCore
-from xenkdump.dbus import contract, names
+from xenkdump.dbus import contract
 from xenkdump.errors import XenkdumpError
 from xenkdump.hv.port import KEXEC_TYPE_CRASH
 from xenkdump.hv.sim import SimulatedHypervisor
@@ -261,12 +262,12 @@ def test_dbus_reload_arguments_never_hurt_the_daemon_or_the_armed_image(  # noqa
 # ---- D-Bus option dictionaries as they arrive on the wire --------------------------------
 
 _signatures = st.sampled_from(["b", "s", "i", "u", "as", "a{sv}", "v", "o", "g", "x", "d"])
-_option_names = st.one_of(st.sampled_from(sorted(names.RELOAD_OPTIONS)), st.text(max_size=12))
+_option_names = st.one_of(st.sampled_from(sorted(requests.RELOAD_OPTIONS)), st.text(max_size=12))
 
 
 @FAST
 @given(st.dictionaries(_option_names, st.tuples(_signatures, _values), max_size=6))
 def test_dbus_option_dictionaries(raw: dict[str, tuple[str, object]]) -> None:
-    values = named(lambda: contract.check_options("Reload", raw, names.RELOAD_OPTIONS))
+    values = named(lambda: contract.check_options("Reload", raw, requests.RELOAD_OPTIONS))
     if values is not None:
         ReloadOptions(**values)  # type: ignore[arg-type]  # names and types were checked

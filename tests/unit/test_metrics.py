@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +65,7 @@ def test_every_value_reads_back() -> None:
 
 def test_self_test_results_appear_once_a_self_test_ran() -> None:
     assert "xenkdump_selftest" not in render(LOADED, Counters())
-    ran = replace(
-        LOADED,
+    ran = LOADED._replace(
         image_sha256="ab" * 32,
         last_self_test=(("ImageSha256", "ab" * 32), ("Passed", True), ("Started", 2_000_000)),
     )
@@ -75,7 +73,7 @@ def test_self_test_results_appear_once_a_self_test_ran() -> None:
     assert got[("xenkdump_selftest_last_passed", ())] == 1
     assert got[("xenkdump_selftest_last_timestamp_seconds", ())] == 2
     assert got[("xenkdump_selftest_last_tested_armed_image", ())] == 1
-    failed = replace(ran, last_self_test=(("Passed", False), ("Started", 0)))
+    failed = ran._replace(last_self_test=(("Passed", False), ("Started", 0)))
     got = samples(render(failed, Counters()))
     assert got[("xenkdump_selftest_last_passed", ())] == 0
     assert got[("xenkdump_selftest_last_tested_armed_image", ())] == 0
@@ -83,8 +81,7 @@ def test_self_test_results_appear_once_a_self_test_ran() -> None:
 
 def test_dump_results_appear_once_a_dump_was_found() -> None:
     assert "xenkdump_dump_last" not in render(LOADED, Counters())
-    found = replace(
-        LOADED,
+    found = LOADED._replace(
         last_dump=(
             ("Path", "/var/crash/host-20261202T030000Z"),
             ("Time", 1_796_180_400),
@@ -96,7 +93,7 @@ def test_dump_results_appear_once_a_dump_was_found() -> None:
     assert got[("xenkdump_dump_last_complete", ())] == 1
     assert got[("xenkdump_dump_last_timestamp_seconds", ())] == 1_796_180_400
     assert got[("xenkdump_dump_last_bytes", ())] == 92 << 20
-    failed = replace(found, last_dump=(("Result", "failed"), ("Time", 0), ("Bytes", 0)))
+    failed = found._replace(last_dump=(("Result", "failed"), ("Time", 0), ("Bytes", 0)))
     assert samples(render(failed, Counters()))[("xenkdump_dump_last_complete", ())] == 0
 
 
@@ -111,8 +108,7 @@ def test_nothing_armed_and_odd_label_values() -> None:
 def test_promtool_accepts_the_file(tmp_path: Path) -> None:
     assert PROMTOOL.exists(), f"{PROMTOOL}: installed by scripts/setup-test-env.sh"
     path = tmp_path / "xenkdump.prom"
-    tested = replace(
-        LOADED,
+    tested = LOADED._replace(
         last_self_test=(("Passed", True), ("Started", 1_700_000_000)),
         last_dump=(("Result", "complete"), ("Time", 1_700_000_000), ("Bytes", 1 << 20)),
     )

@@ -52,3 +52,9 @@ def signatures(
 ) -> dict[str, str]:
     """Option name -> D-Bus signature."""
     return {f.name: _SIGNATURES[str(f.type)] for f in dataclasses.fields(options)}
+
+
+# The options Reload, Unload and SelfTest accept, with their D-Bus types (see the XML docs).
+RELOAD_OPTIONS = signatures(ReloadOptions)
+UNLOAD_OPTIONS = signatures(UnloadOptions)
+SELFTEST_OPTIONS = signatures(SelfTestOptions)

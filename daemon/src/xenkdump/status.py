@@ -11,16 +11,15 @@ Adding a property takes three edits: its ``<property>`` in
 dbus/org.xenkdump.Kdump1.xml, a field here (with its value in ``build``), and the
 golden introspection file of the tests (tests/daemon/data).
 
-This module stays light (no dbus_fast, no image builder at import): the CLI's status
-command imports it.
+This module stays light (no dbus_fast, no image builder, not even dataclasses at
+import): the CLI's status command imports it (bench/cli.py).  ``Status`` is a
+NamedTuple: immutable, compared by value, ``_replace`` for a changed copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from xenkdump.advice.crashkernel import Advice
@@ -74,8 +73,7 @@ class State(enum.StrEnum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(NamedTuple):
     """One consistent view of what is armed; the defaults describe "nothing known"."""
 
     interface_revision: int = INTERFACE_REVISION
@@ -112,23 +110,20 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         """Property name -> plain value (pairs as lists), in field order."""
-        return {
-            property_name(f.name): _plain(f.name, getattr(self, f.name))
-            for f in dataclasses.fields(self)
-        }
+        return {property_name(name): _plain(name, value) for name, value in self._asdict().items()}
 
     @classmethod
     def from_json(cls, values: dict[str, object]) -> Status:
         """From a GetStatus reply or ``to_json``; unknown names are ignored (a newer
         daemon), missing ones keep their defaults (an older daemon)."""
         fields: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = property_name(f.name)
+        for field in cls._fields:
+            name = property_name(field)
             if name in values:
                 value = values[name]
                 if isinstance(value, dict):
                     value = tuple(sorted(value.items()))
-                fields[f.name] = tuple(value) if isinstance(value, list) else value
+                fields[field] = tuple(value) if isinstance(value, list) else value
         return cls(**fields)
 
     def status_line(self) -> str:
@@ -177,7 +172,7 @@ def property_name(field: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in field.split("_"))
 
 
-PROPERTY_NAMES = tuple(property_name(f.name) for f in dataclasses.fields(Status))
+PROPERTY_NAMES = tuple(property_name(field) for field in Status._fields)
 
 
 def build(

@@ -129,7 +129,6 @@ def _part(s: Status) -> str:
 
 def render(s: Status) -> str:
     """The human form of a status, one "Name: value" row each."""
-    from xenkdump.advice.crashkernel import GRUB_FILE, recommended_size
     from xenkdump.dbus.names import BUS_NAME
     from xenkdump.status import self_test_note
 
@@ -167,9 +166,13 @@ def render(s: Status) -> str:
     if s.crash_area_verdict not in ("", "ok", "unknown"):
         rows.append(("Crash area", f"{s.crash_area_verdict}: {s.crash_area_advice}"))
         if s.crash_area_fix:
+            from xenkdump.advice.crashkernel import GRUB_FILE
+
             rows.append(("Fix", f"in {GRUB_FILE}: {s.crash_area_fix}"))
             rows.append(("", "then run update-grub and reboot"))
     elif s.whole_area:
+        from xenkdump.advice.crashkernel import recommended_size
+
         suggest = recommended_size(s.required_bytes) // MIB
         rows.append(
             (

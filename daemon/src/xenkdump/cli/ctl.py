@@ -22,6 +22,12 @@ from xenkdump import __version__
 from xenkdump.errors import XenkdumpError
 from xenkdump.exits import EXIT_USAGE, OneLineParser
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
 # Every command, in help order: name -> (the module that configures it, its help line).
 COMMANDS: dict[str, tuple[str, str]] = {
     "hv": ("xenkdump.cli.cmd_hv", "inspect the hypervisor's kexec facilities"),
@@ -117,15 +123,62 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class LoggingSetup:
+    """Configures logging for xenkdumpctl ("xenkdumpctl: LEVEL: message" on stderr).
+
+    Many runs never import logging (a status read over D-Bus, ``hv info`` on Xen),
+    and importing it costs about half the interpreter's own start-up (bench/cli.py).
+    So unless it is imported already, this waits on ``sys.meta_path`` for the first
+    import of logging and configures the module as soon as it is loaded, before
+    anything can log.
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        if "logging" in sys.modules:
+            self.configure(sys.modules["logging"])
+        else:
+            sys.meta_path.insert(0, self)
+
+    def configure(self, logging: ModuleType) -> None:
+        logging.basicConfig(
+            level=logging.DEBUG if self.verbose else logging.WARNING,
+            format="xenkdumpctl: %(levelname)s: %(message)s",
+        )
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name != "logging":
+            return None
+        self.close()
+        for finder in sys.meta_path:  # the usual finders, as the import would have
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                self.wrap(spec.loader)
+                return spec
+        return None
+
+    def wrap(self, loader: Loader) -> None:
+        """Make ``loader`` configure the module it has loaded."""
+        load = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            loader.exec_module = load  # type: ignore[method-assign]
+            load(module)
+            self.configure(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+
+    def close(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    import logging
-
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="xenkdumpctl: %(levelname)s: %(message)s",
-    )
+    logging_setup = LoggingSetup(args.verbose)
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -139,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"xenkdumpctl: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        logging_setup.close()
 
 
 if __name__ == "__main__":

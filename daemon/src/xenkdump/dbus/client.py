@@ -1,10 +1,15 @@
 """xenkdumpctl's client of org.xenkdump.Kdump1: synchronous, and quick to start.
 
 A command makes one or two calls and exits, so this client uses libdbus through
-python3-dbus (a C extension that imports in milliseconds) rather than the daemon's
-asyncio stack; see bench/cli.py.  It honours $DBUS_SYSTEM_BUS_ADDRESS.  D-Bus error
-replies become ``xenkdump.dbus.errors.RemoteError`` (converted in dbus/errors.py); no
-bus, or nobody owning org.xenkdump.Kdump1, becomes ``DaemonNotRunningError``.
+python3-dbus's C extension, ``_dbus_bindings`` (it imports in a millisecond), rather
+than the daemon's asyncio stack or python3-dbus's Python layer, which imports
+logging, threading and an XML parser for proxies this client does not use; see
+bench/cli.py.  The extension's API used here (a bus connection, method-call messages,
+a blocking call) is the one python3-dbus's own ``dbus.connection`` is built on;
+tests/daemon/test_dbus_client.py fails if it changes.  It honours
+$DBUS_SYSTEM_BUS_ADDRESS.  D-Bus error replies become
+``xenkdump.dbus.errors.RemoteError`` (converted in dbus/errors.py); no bus, or nobody
+owning org.xenkdump.Kdump1, becomes ``DaemonNotRunningError``.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import dbus
+import _dbus_bindings as libdbus
 
 from xenkdump.dbus import names
 from xenkdump.errors import InputError, OperationError
 
 # Reload may wait for a running load (seconds on real hardware, more under emulation).
 CALL_TIMEOUT = 600.0
+# The bus's own calls (NameHasOwner) are answered by dbus-daemon at once.
+BUS_TIMEOUT = 25.0
 
 
 class DaemonNotRunningError(OperationError):
@@ -26,8 +33,8 @@ class DaemonNotRunningError(OperationError):
 
 
 def plain(value: Any) -> Any:
-    """Plain Python values from dbus-python's types (structs become lists)."""
-    if isinstance(value, dbus.Boolean):
+    """Plain Python values from libdbus's types (structs become lists)."""
+    if isinstance(value, libdbus.Boolean):
         return bool(value)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
@@ -37,18 +44,33 @@ def plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, int):
         return int(value)
+    if isinstance(value, float):
+        return float(value)
     return value
 
 
-def _options(options: Mapping[str, object], allowed: Mapping[str, str]) -> dbus.Dictionary:
-    """An a{sv} from plain values, typed by the option table in names.py."""
-    types = {"b": dbus.Boolean, "s": dbus.String, "u": dbus.UInt32}
+def _options(options: Mapping[str, object], allowed: Mapping[str, str]) -> Any:
+    """An a{sv} from plain values, typed by the option table in xenkdump.requests."""
+    types = {"b": libdbus.Boolean, "s": libdbus.String, "u": libdbus.UInt32}
     out = {}
     for key, value in options.items():
         if key not in allowed:
             raise InputError(f"option {key!r}: unknown (expected one of {sorted(allowed)})")
         out[key] = types[allowed[key]](value, variant_level=1)
-    return dbus.Dictionary(out, signature="sv")
+    return libdbus.Dictionary(out, signature="sv")
+
+
+def _dbus_error(exc: Exception) -> tuple[str, str] | None:
+    """(error name, message) of a libdbus error; None for anything else.
+
+    libdbus raises python3-dbus's DBusException, whose module is imported here, on
+    failure only (it loads python3-dbus's whole Python layer).
+    """
+    from dbus.exceptions import DBusException  # noqa: PLC0415
+
+    if not isinstance(exc, DBusException):
+        return None
+    return str(exc.get_dbus_name() or ""), str(exc.get_dbus_message() or "")
 
 
 class DaemonClient:
@@ -57,11 +79,16 @@ class DaemonClient:
     def __init__(self, bus_address: str | None = None) -> None:
         self.address = names.system_bus_address(bus_address)
         try:
-            self.bus = dbus.bus.BusConnection(self.address)
-        except dbus.exceptions.DBusException as exc:
+            self.bus = libdbus.Connection._new_for_bus(self.address)
+        except Exception as exc:
+            error = _dbus_error(exc)
+            if error is None:
+                raise
+            from xenkdump.dbus.errors import one_line  # noqa: PLC0415 (on failure only)
+
             raise DaemonNotRunningError(
                 f"xenkdumpd is not running (cannot connect to the system bus at "
-                f"{self.address}: {' '.join(str(exc.get_dbus_message()).split())})"
+                f"{self.address}: {one_line(error[1])})"
             ) from None
 
     def close(self) -> None:
@@ -73,8 +100,26 @@ class DaemonClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _call(
+        self,
+        member: str,
+        signature: str,
+        args: tuple[Any, ...],
+        *,
+        to: tuple[str, str, str] = (names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE),
+        timeout: float = CALL_TIMEOUT,
+    ) -> list[Any]:
+        """The reply's arguments; ``to`` is (destination, object path, interface)."""
+        message = libdbus.MethodCallMessage(*to, member)
+        if signature:
+            message.append(*args, signature=signature)
+        reply = self.bus.send_message_with_reply_and_block(message, timeout)
+        return list(reply.get_args_list())
+
     def has_owner(self) -> bool:
-        return bool(self.bus.name_has_owner(names.BUS_NAME))
+        bus = (names.DBUS_SERVICE, names.DBUS_PATH, names.DBUS_SERVICE)
+        (owned,) = self._call("NameHasOwner", "s", (names.BUS_NAME,), to=bus, timeout=BUS_TIMEOUT)
+        return bool(owned)
 
     def require_owner(self) -> None:
         if not self.has_owner():
@@ -85,44 +130,43 @@ class DaemonClient:
     def call(self, member: str, signature: str = "", args: tuple[Any, ...] = ()) -> Any:
         """Call and return the plain reply; an error reply raises RemoteError."""
         try:
-            reply = self.bus.call_blocking(
-                names.BUS_NAME,
-                names.OBJECT_PATH,
-                names.INTERFACE,
-                member,
-                signature,
-                args,
-                timeout=CALL_TIMEOUT,
-            )
-        except dbus.exceptions.DBusException as exc:
+            reply = self._call(member, signature, args)
+        except Exception as exc:
+            error = _dbus_error(exc)
+            if error is None:
+                raise
             from xenkdump.dbus import errors  # noqa: PLC0415 (only when something failed)
 
-            raise errors.from_dbus(
-                str(exc.get_dbus_name() or ""), str(exc.get_dbus_message() or "")
-            ) from None
-        return plain(reply)
+            raise errors.from_dbus(*error) from None
+        if not reply:
+            return None
+        return plain(reply[0] if len(reply) == 1 else reply)
 
     def get_status(self) -> dict[str, object]:
         status: dict[str, object] = self.call("GetStatus")
         return status
 
     def reload(self, options: Mapping[str, object] | None = None) -> dict[str, object]:
+        from xenkdump.requests import RELOAD_OPTIONS  # noqa: PLC0415 (a status read needs none)
+
         status: dict[str, object] = self.call(
-            "Reload", "a{sv}", (_options(options or {}, names.RELOAD_OPTIONS),)
+            "Reload", "a{sv}", (_options(options or {}, RELOAD_OPTIONS),)
         )
         return status
 
     def unload(self, options: Mapping[str, object] | None = None) -> dict[str, object]:
+        from xenkdump.requests import UNLOAD_OPTIONS  # noqa: PLC0415
+
         status: dict[str, object] = self.call(
-            "Unload", "a{sv}", (_options(options or {}, names.UNLOAD_OPTIONS),)
+            "Unload", "a{sv}", (_options(options or {}, UNLOAD_OPTIONS),)
         )
         return status
 
     def self_test(self, options: Mapping[str, object] | None = None) -> str:
         """Start a self-test of the armed image; its id (follow CurrentSelfTest)."""
-        test_id: str = self.call(
-            "SelfTest", "a{sv}", (_options(options or {}, names.SELFTEST_OPTIONS),)
-        )
+        from xenkdump.requests import SELFTEST_OPTIONS  # noqa: PLC0415
+
+        test_id: str = self.call("SelfTest", "a{sv}", (_options(options or {}, SELFTEST_OPTIONS),))
         return test_id
 
     def cancel_self_test(self, test_id: str) -> None:

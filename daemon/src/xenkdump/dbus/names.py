@@ -1,14 +1,13 @@
-"""Names of the D-Bus API: bus name, object path, interface, errors, options.
+"""Names of the D-Bus API: bus name, object path, interface, errors.
 
 The contract itself is ``org.xenkdump.Kdump1.xml`` (package data); these constants
-must agree with it, which tests/daemon/test_dbus_contract.py checks.
+must agree with it, which tests/daemon/test_dbus_contract.py checks.  The options
+of Reload, Unload and SelfTest are declared in xenkdump.requests.
 """
 
 from __future__ import annotations
 
 import os
-
-from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions, signatures
 
 BUS_NAME = "org.xenkdump.Kdump1"
 INTERFACE = "org.xenkdump.Kdump1"
@@ -52,11 +51,6 @@ ERROR_UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 ERROR_UNKNOWN_INTERFACE = "org.freedesktop.DBus.Error.UnknownInterface"
 ERROR_UNKNOWN_PROPERTY = "org.freedesktop.DBus.Error.UnknownProperty"
 ERROR_PROPERTY_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
-
-# The options Reload and Unload accept, with their D-Bus types (see the XML docs).
-RELOAD_OPTIONS = signatures(ReloadOptions)
-UNLOAD_OPTIONS = signatures(UnloadOptions)
-SELFTEST_OPTIONS = signatures(SelfTestOptions)
 
 
 def system_bus_address(bus_address: str | None = None) -> str:

@@ -25,7 +25,14 @@ from xenkdump.dbus import contract, errors, names
 from xenkdump.dbus.contract import InterfaceSpec
 from xenkdump.dbus.transport import new_bus, system_bus_address
 from xenkdump.errors import OperationError
-from xenkdump.requests import ReloadOptions, SelfTestOptions, UnloadOptions
+from xenkdump.requests import (
+    RELOAD_OPTIONS,
+    SELFTEST_OPTIONS,
+    UNLOAD_OPTIONS,
+    ReloadOptions,
+    SelfTestOptions,
+    UnloadOptions,
+)
 from xenkdump.status import DUMP_KEYS, SELF_TEST_KEYS, Status
 
 log = logging.getLogger("xenkdump.dbus")
@@ -247,7 +254,7 @@ class _Service:
 
     async def _self_test(self, msg: Message) -> tuple[str, list[object]]:
         await self._authorize(msg)
-        options = SelfTestOptions(**self._options(msg, names.SELFTEST_OPTIONS))  # type: ignore[arg-type]
+        options = SelfTestOptions(**self._options(msg, SELFTEST_OPTIONS))  # type: ignore[arg-type]
         return "s", [await self.core.self_test(options)]
 
     async def _cancel(self, msg: Message) -> tuple[str, list[object]]:
@@ -342,14 +349,14 @@ class _Service:
     async def _reload(self, msg: Message) -> tuple[Status, str]:
         uid = await self._authorize(msg)
         # check_options has checked every name and D-Bus type: the values fit the fields.
-        options = ReloadOptions(**self._options(msg, names.RELOAD_OPTIONS))  # type: ignore[arg-type]
+        options = ReloadOptions(**self._options(msg, RELOAD_OPTIONS))  # type: ignore[arg-type]
         if not options.reason:
             options = replace(options, reason=f"Reload requested over D-Bus by uid {uid}")
         return await self.core.reload(options), str(options.reason)
 
     async def _unload(self, msg: Message) -> tuple[Status, str]:
         await self._authorize(msg)
-        options = UnloadOptions(**self._options(msg, names.UNLOAD_OPTIONS))  # type: ignore[arg-type]
+        options = UnloadOptions(**self._options(msg, UNLOAD_OPTIONS))  # type: ignore[arg-type]
         return await self.core.unload(options), "Unload requested over D-Bus"
 
 
