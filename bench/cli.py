@@ -9,7 +9,10 @@ machine slows all of them alike.  Printed: the best and the median wall time of
 ``--rounds`` rounds, and the ratio of the best times.  Goal: ``--help``, ``status``
 (through a running xenkdumpd) and ``hv info`` within 3x the floor.  ``hv info`` here
 uses the simulated host, whose YAML description is parsed and checked against its
-JSON Schema; on a dom0 it is libxenctrl through cffi instead.
+JSON Schema; on a dom0 it is libxenctrl through cffi instead.  The same commands on
+real Xen (Xen 4.17 under QEMU, ``hv info`` through libxenctrl) are timed by
+tests/e2e/test_daemon_crash.py in its dom0 boot; this prints its last figures, from
+bench/out/e2e_cli.json.
 
     .venv/bin/python bench/cli.py [--rounds 20]
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import json
 import os
 import statistics
 import subprocess
@@ -31,6 +35,7 @@ PYTHON = "/usr/bin/python3"
 CTL = "import sys; from xenkdump.cli.ctl import main; sys.exit(main())"
 GOAL = 3.0
 SOURCES = (REPO / "daemon" / "src", REPO / "bindings")
+LAB = REPO / "bench" / "out" / "e2e_cli.json"
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> float:
@@ -87,6 +92,27 @@ def main() -> None:
             f"xenkdumpctl {name}: best {best[name] * 1e3:.1f} ms, "
             f"median {statistics.median(times[name]) * 1e3:.1f} ms; "
             f"ratio {ratio:.1f}x the floor ({verdict} the goal of {GOAL:.0f}x)"
+        )
+    print_lab()
+
+
+def print_lab() -> None:
+    """The real-Xen figures tests/e2e/test_daemon_crash.py left, if any."""
+    if not LAB.exists():
+        print(f"real Xen: no figures yet ({LAB.relative_to(REPO)} is written by")
+        print("  .venv/bin/python -m pytest -m e2e tests/e2e/test_daemon_crash.py)")
+        return
+    lab = json.loads(LAB.read_text())
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(LAB.stat().st_mtime))
+    floor = lab["floor_ns"] / 1e9
+    print(f"real Xen ({LAB.relative_to(REPO)}, {when}, best of {lab['rounds']} rounds):")
+    print(f"  floor: /usr/bin/python3 -c pass in dom0 under QEMU TCG: {floor:.2f} s")
+    for name, ns in lab["commands_ns"].items():
+        ratio = lab["ratios"][name]
+        verdict = "within" if ratio <= GOAL else "OVER"
+        print(
+            f"  xenkdumpctl {name}: {ns / 1e9:.2f} s; ratio {ratio:.1f}x the floor "
+            f"({verdict} the goal of {GOAL:.0f}x)"
         )
 
 

@@ -19,6 +19,8 @@ import privatebus
 
 VENV_PY = REPO / ".venv" / "bin" / "python"
 XENKDUMPCTL = f"{VENV_PY} -m xenkdump.cli.ctl"
+# What Debian's /usr/bin/xenkdumpctl runs (the console-script wrapper).
+CTL_MAIN = "import sys; from xenkdump.cli.ctl import main; sys.exit(main())"
 DOM0_XEN = Path(__file__).resolve().parent / "dom0_xen.py"
 TOKEN_FILE = "/run/xk-token"  # /run is a tmpfs in dom0 (dom0-init.sh): memory it keeps
 
@@ -342,3 +344,38 @@ def daemon_reload(label: str = "reload") -> str:
 
 def daemon_log_tail(lines: int = 12) -> str:
     return f"sed 's/^/XK-SCEN: daemon| /' $OUT/daemon.log | tail -n {lines}"
+
+
+# xenkdumpctl's start-up (bench/cli.py), as an administrator runs it: Debian's
+# /usr/bin/python3 with the package (here the checkout, byte-compiled) on its path.
+CLI_STARTUP = {  # name in the log -> (what bench/cli.py calls it, python3's arguments)
+    "floor": ("/usr/bin/python3 -c pass", "-c pass"),
+    "help": ("--help", f"-c {shlex.quote(CTL_MAIN)} --help"),
+    "status": ("status (through xenkdumpd)", f"-c {shlex.quote(CTL_MAIN)} status"),
+    "hv-info": (
+        "hv info (libxenctrl)",
+        f"-c {shlex.quote(CTL_MAIN)} --hypervisor xen hv info",
+    ),
+}
+
+
+def cli_startup(rounds: int) -> str:
+    """Time ``/usr/bin/python3 -c pass`` and each CLI_STARTUP command, round by round.
+
+    Prints ``cli NAME round=N rc=... ns=...``; ``status`` asks the running xenkdumpd.
+    """
+    path = f"{REPO}/daemon/src:{REPO}/bindings"
+    lines = [
+        f"( export PYTHONPATH={path} PYTHONDONTWRITEBYTECODE=1",
+        f"for r in $(seq {rounds}); do",
+    ]
+    for name, (_, args) in CLI_STARTUP.items():
+        lines += [
+            "  t0=$(now_ns)",
+            f"  /usr/bin/python3 {args} > $OUT/cli-{name}.log 2>&1; rc=$?",
+            f'  say "cli {name} round=$r rc=$rc ns=$(($(now_ns) - t0))"',
+        ]
+    lines += ["done", ")"]
+    for name in CLI_STARTUP:
+        lines.append(f"sed 's/^/XK-SCEN: cli-{name}| /' $OUT/cli-{name}.log | tail -n 3")
+    return "\n".join(lines)

@@ -8,18 +8,27 @@ bus, for a second load, which must land in the other half of the crash area
 (the two-halves reload, docs/xen-kexec-contract.md §4.3).  dom0 keeps a token and
 panics; the crash kernel of the reload must boot and find the token in
 /proc/vmcore.
+
+Before the crash, with the daemon armed and idle, the same boot times xenkdumpctl's
+start-up on real Xen (``--help``, ``status`` through the daemon, ``hv info`` through
+libxenctrl) against ``/usr/bin/python3 -c pass``, as bench/cli.py does natively; the
+figures go to bench/out/e2e_cli.json (untracked), which bench/cli.py prints.
 """
 
 from __future__ import annotations
 
+import compileall
+import json
 import os
 
 import pytest
 import scenarios as sc
-from e2e_harness import Assets, Job, boot, build_crash_initramfs
+from e2e_harness import REPO, Assets, Job, boot, build_crash_initramfs
 
 STATE = f"{sc.DAEMON_DIR}/state"
 LOADED = '"State": "loaded"'
+CLI_ROUNDS = int(os.environ.get("XENKDUMP_E2E_CLI_ROUNDS", "3"))
+CLI_OUT = REPO / "bench" / "out" / "e2e_cli.json"
 
 
 def _pair(value: str) -> tuple[int, int]:
@@ -34,6 +43,8 @@ def test_daemon_arms_reloads_and_crash_boots(assets: Assets, job: Job) -> None:
         assets, job.dir / "crash-daemon.cpio.gz", marker="daemon", token=token
     )
     config = sc.daemon_config(assets.kernel, initrd, STATE)
+    for tree in ("daemon/src", "bindings"):  # byte-compiled, as the package is
+        compileall.compile_dir(REPO / tree, quiet=1)
     job.write_scenario(
         "\n".join(
             [
@@ -44,6 +55,7 @@ def test_daemon_arms_reloads_and_crash_boots(assets: Assets, job: Job) -> None:
                 sc.daemon_wait("first", (LOADED,), tries=60),
                 sc.daemon_reload(),
                 sc.daemon_wait("second", (LOADED, '"Generation": 2,?$'), tries=30),
+                sc.cli_startup(CLI_ROUNDS),
                 sc.daemon_log_tail(),
                 sc.write_token(token),
                 'if [ "$xk_ok" = 1 ]; then',
@@ -97,10 +109,37 @@ def test_daemon_arms_reloads_and_crash_boots(assets: Assets, job: Job) -> None:
         "XK-SCEN:",
     )
 
+    # xenkdumpctl's start-up on real Xen: every run worked; the times are figures.
+    cli = cli_figures(run)
+
     # Xen ran the image of the reload; it found dom0's token in /proc/vmcore.
     dump = run.expect_crash_dump("daemon")
     print(
         f"\n[e2e daemon] first load seen after {int(first[0]['ns']) / 1e9:.1f}s of polling "
         f"({first[0]['tries']} status calls); reload {int(reload[0]['ns']) / 1e9:.2f}s; "
-        f"used {used1} -> {used2} in {region}; {dump}"
+        f"used {used1} -> {used2} in {region}; {dump}; CLI start-up {cli}"
     )
+
+
+def cli_figures(run: sc.Run) -> str:
+    """Check the CLI start-up runs, write bench/out/e2e_cli.json; a one-line summary."""
+    best: dict[str, int] = {}
+    for v in run.values("cli"):
+        name = v["_0"]
+        run.expect(v.get("rc") == "0", f"xenkdumpctl {name} failed in dom0: {v}", "XK-SCEN: cli")
+        best[name] = min(best.get(name, int(v["ns"])), int(v["ns"]))
+    run.expect(set(best) == set(sc.CLI_STARTUP), f"CLI start-up runs missing: {best}", "XK-SCEN:")
+    floor = best.pop("floor")
+    best = {sc.CLI_STARTUP[name][0]: ns for name, ns in best.items()}
+    ratios = {name: round(ns / floor, 2) for name, ns in best.items()}
+    figures = {
+        "what": "best wall time of /usr/bin/python3 -c pass and of xenkdumpctl commands "
+        "(the checkout on PYTHONPATH, byte-compiled) in dom0 on Xen under QEMU TCG",
+        "rounds": CLI_ROUNDS,
+        "floor_ns": floor,
+        "commands_ns": best,
+        "ratios": ratios,
+    }
+    CLI_OUT.parent.mkdir(parents=True, exist_ok=True)
+    CLI_OUT.write_text(json.dumps(figures, indent=2) + "\n")
+    return ", ".join(f"{name} {ratio}x" for name, ratio in ratios.items())
