@@ -137,9 +137,9 @@ class ScriptedJob(Job):
         return "qemu"
 
     def run(self) -> Result:
-        result = Result(self.id, str(self.options.level), 1_764_000_000.0)
+        result = Result(self.id, str(self.level), 1_764_000_000.0)
         result.image_sha256 = self.image.image_sha256
-        stages = LEVEL_STAGES[self.options.level]
+        stages = LEVEL_STAGES[self.level]
         for i, stage in enumerate(stages[:2]):
             self.progress(stage, (i + 1) / len(stages))
         if self.hold:

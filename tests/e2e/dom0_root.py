@@ -26,7 +26,7 @@ from e2e_harness import (
     CRASH_CMDLINE,
     CRASH_END,
     CRASHKERNEL,
-    DOM0_MEM,
+    DOM0_MIB,
     HERE,
     MEMORY_MIB,
     REPO,
@@ -39,6 +39,8 @@ from e2e_harness import (
     build_crash_initramfs,
 )
 from scenarios import TOKEN_FILE, kmsg_token
+
+from xenkdump.selftest.qemu import Disk, XenMachine, xen_argv, xen_cmdline
 
 XK_USER = "xkuser"
 XK_UID = 1500
@@ -167,28 +169,20 @@ def boot(root: Path, job: Job, qemu: Path, *, timeout: float = 900.0) -> tuple[B
     initrd = _one(root, "initrd.img-*")
     elf, xen_version = xen_elf(root, job.dir / "xen.elf")
     disk = disk_image(root, job.dir / "root.ext4")
-    xen_cmdline = (
-        f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM},max:{DOM0_MEM} loglvl=all "
-        f"guest_loglvl=all crashkernel={CRASHKERNEL}"
-    )
     dom0_cmdline = "root=/dev/vda rw console=hvc0 earlyprintk=xen systemd.log_color=0"
     serial = job.dir / "serial.log"
     serial.touch()
-    cmd = [
-        str(qemu),
-        "-accel", "tcg",
-        "-cpu", "qemu64",
-        "-m", str(MEMORY_MIB),
-        "-smp", "1",
-        "-nographic", "-no-reboot",
-        "-monitor", "none", "-display", "none",
-        "-serial", f"file:{serial}",
-        "-kernel", str(elf),
-        "-append", xen_cmdline,
-        "-initrd", f"{kernel} {dom0_cmdline},{initrd}",
-        "-drive", f"file={disk},if=virtio,format=raw,snapshot=on",
-        "-nic", "none",
-    ]  # fmt: skip
+    machine = XenMachine(
+        xen=elf,
+        xen_cmdline=xen_cmdline(dom0_mib=DOM0_MIB, crashkernel=CRASHKERNEL),
+        dom0_kernel=kernel,
+        dom0_cmdline=dom0_cmdline,
+        dom0_initrd=initrd,
+        memory_mib=MEMORY_MIB,
+        serial=serial,
+        disks=(Disk(disk, snapshot=True),),
+    )
+    cmd = xen_argv(str(qemu), machine)
     (job.dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
     with _one_qemu_at_a_time():
         result = _run_qemu(

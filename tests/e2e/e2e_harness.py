@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from xenkdump.selftest.cpio import Initramfs
+from xenkdump.selftest.qemu import Disk, Share, XenMachine, xen_argv, xen_cmdline
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -78,7 +79,7 @@ DOM0_MODULES = (
 CRASH_CMDLINE = "console=ttyS0,115200 irqpoll nr_cpus=1 reset_devices panic=-1"
 MEMORY_MIB = int(os.environ.get("XENKDUMP_E2E_MEM", "1024"))
 CRASHKERNEL = "256M"
-DOM0_MEM = "512M"
+DOM0_MIB = 512
 
 # Markers printed by the dom0 and crash init scripts (dom0-init.sh, crash-init.sh).
 DOM0_END = "XK-DOM0: end"
@@ -379,35 +380,24 @@ def qemu_command(
     disks: tuple[Path, ...] = (),
     user_net: bool = False,
 ) -> list[str]:
-    xen_cmdline = (
-        f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM},max:{DOM0_MEM} loglvl=all "
-        f"guest_loglvl=all crashkernel={CRASHKERNEL} {xen_extra}"
-    ).strip()
+    """The product's Xen machine (xenkdump/selftest/qemu.py) with the lab's shares."""
     # The kernel hands unknown key=value words to /init as environment variables.
     dom0_cmdline = f"console=hvc0 earlyprintk=xen xk_job={job.dir} xk_repo={REPO}"
-    return [
-        str(assets.qemu),
-        "-accel", "tcg",
-        "-cpu", "qemu64",
-        "-m", str(MEMORY_MIB),
-        "-smp", "1",
-        "-nographic", "-no-reboot",
-        "-monitor", "none", "-display", "none",
-        "-serial", f"file:{serial}",
-        "-kernel", str(assets.xen_elf),
-        "-append", xen_cmdline,
-        # multiboot modules: "file args,file" (commas inside a module's args would need doubling)
-        "-initrd", f"{assets.kernel} {dom0_cmdline},{dom0_initrd}",
-        "-virtfs",
-        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs",
-        f"local,path={job.out},mount_tag=xkout,security_model=none,multidevs=remap",
+    machine = XenMachine(
+        xen=assets.xen_elf,
+        xen_cmdline=xen_cmdline(dom0_mib=DOM0_MIB, crashkernel=CRASHKERNEL, extra=xen_extra),
+        dom0_kernel=assets.kernel,
+        dom0_cmdline=dom0_cmdline,
+        dom0_initrd=dom0_initrd,
+        memory_mib=MEMORY_MIB,
+        serial=serial,
+        shares=(Share(Path("/"), "hostroot"), Share(job.out, "xkout", readonly=False)),
         # raw virtio disks (a dump target): /dev/vda, /dev/vdb, ...
-        *(a for d in disks for a in ("-drive", f"file={d},if=virtio,format=raw")),
+        disks=tuple(Disk(d) for d in disks),
         # a virtio NIC on QEMU's user-mode network (DHCP; USER_NET_HOST is our loopback)
-        *(("-netdev", "user,id=xknet", "-device", "virtio-net-pci,netdev=xknet")
-          if user_net else ()),
-    ]  # fmt: skip
+        user_net=user_net,
+    )
+    return xen_argv(str(assets.qemu), machine)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -48,6 +48,8 @@ SELF_TEST_KEYS: dict[str, str] = {
     "PeakMemory": "t",  # bytes
     "Headroom": "t",  # bytes still available at the peak
     "Crashkernel": "s",  # sizing advice for Xen's command line
+    "Xen": "s",  # the Xen binary the handoff level booted ("" at the boot level)
+    "Note": "s",  # why this level (a fallback to boot), where the crash area was
     # CurrentSelfTest only (Id and Level as above):
     "Stage": "s",  # the last stage reached, "" before vm-start
     "Fraction": "d",  # of the level's stages reached, 0 to 1

@@ -12,9 +12,12 @@ present, the image files readable, the level available, dom0's free memory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import secrets
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -23,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import xenkdump
 from xenkdump.errors import InputError, OperationError, XenkdumpError
 from xenkdump.safefile import Limit, check_readable
-from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, plan, vm
+from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, dom0, plan, vm, xenbin
 from xenkdump.selftest import launch as ln
+from xenkdump.selftest import qemu as qemu_mod
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
 
@@ -38,9 +43,13 @@ SCRATCH_BYTES: Final = 64 * MIB
 
 @dataclass(frozen=True)
 class Options:
-    level: Level = Level.BOOT
+    # None: handoff when a Xen binary for the running Xen is found, else boot (said so)
+    level: Level | None = None
     timeout: float = DEFAULT_TIMEOUT
     xen: str = ""  # the hypervisor binary for the handoff level ("" finds it)
+    running_xen: str = ""  # the running Xen's version ("4.17.7"; "" not known)
+    dom0_kernel: str = ""  # the staging dom0's kernel ("": boot_dir/vmlinuz-$(uname -r))
+    boot_dir: Path = Path("/boot")  # where this host's Xen binaries and kernels are
     memory_limit: int = 0  # bytes; 0 = no limit beyond dom0's free memory
     dom0_floor: int = plan.DEFAULT_DOM0_FLOOR
     work_dir: Path = DEFAULT_WORK_DIR
@@ -54,6 +63,8 @@ class Options:
             raise InputError(f"timeout: expected 10 to 86400 seconds, got {self.timeout:g}")
         if self.memory_limit < 0:
             raise InputError(f"memory_limit: expected bytes >= 0, got {self.memory_limit}")
+        if self.xen and self.level is Level.BOOT:
+            raise InputError("xen: only for the handoff level (the boot level boots no Xen)")
 
 
 @dataclass
@@ -73,6 +84,8 @@ class Result:
     peak_memory: int = 0
     headroom: int = 0
     crashkernel: str = ""  # sizing advice for Xen's command line
+    xen: str = ""  # the Xen binary the handoff level booted
+    note: str = ""  # how the level was chosen, where the crash area was (one line)
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds from start
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +108,8 @@ class Result:
             peak_memory=int(values.get("PeakMemory", 0)),
             headroom=int(values.get("Headroom", 0)),
             crashkernel=str(values.get("Crashkernel", "")),
+            xen=str(values.get("Xen", "")),
+            note=str(values.get("Note", "")),
         )
 
     def to_status(self) -> tuple[tuple[str, Any], ...]:
@@ -113,6 +128,8 @@ class Result:
             "PeakMemory": self.peak_memory,
             "Headroom": self.headroom,
             "Crashkernel": self.crashkernel,
+            "Xen": self.xen,
+            "Note": self.note,
         }
         return tuple(sorted(values.items()))
 
@@ -139,6 +156,29 @@ def _readable(path: str, what: str) -> None:
         raise InputError(why)
 
 
+def _scratch(work: Path, size: int) -> Path:
+    """A sparse raw disk for the crash side's dump."""
+    scratch = work / "scratch.img"
+    with scratch.open("wb") as f:
+        f.truncate(size)
+    return scratch
+
+
+def _holds_dump(scratch: Path, token: bytes, chunk: int = 1 << 20) -> bool:
+    """An ELF core at the start and the token somewhere in it (read in pieces)."""
+    with scratch.open("rb") as f:
+        data = f.read(chunk)
+        if not data.startswith(b"\x7fELF"):
+            return False
+        tail = b""
+        while data:
+            if token in tail + data:
+                return True
+            tail = data[-len(token) :]
+            data = f.read(chunk)
+    return False
+
+
 def _meminfo() -> str:
     with open("/proc/meminfo") as f:
         return f.read()
@@ -162,30 +202,61 @@ class Job:
         self._meminfo = meminfo
         self.workdir: Path | None = None
         self.qemu_pid: int | None = None
+        # Decided by choose_level() (preflight): the level, its Xen binary, why.
+        self.level: Level = options.level or Level.HANDOFF
+        self.xen: Path | None = None
+        self.note = ""
 
     def cancel(self) -> None:
         self._cancel.set()
 
     # ---- checks before any boot ----
 
+    def choose_level(self) -> None:
+        """The level and the Xen binary (docs/selftest.md §6): ``--xen``, else the one
+        matching the running Xen in the boot directory; without one the default level
+        falls back to boot, and an explicit handoff is refused naming what was looked for."""
+        o = self.options
+        self.note = ""
+        if o.level is Level.BOOT:
+            self.level, self.xen = Level.BOOT, None
+            return
+        if o.xen:
+            xenbin.read_elf(Path(o.xen))  # a Xen binary, or a one-line InputError
+            self.level, self.xen = Level.HANDOFF, Path(o.xen)
+            return
+        version = xenbin.XenVersion.parse(o.running_xen) if o.running_xen else None
+        found = xenbin.find(version, o.boot_dir) if version is not None else None
+        if found is not None:
+            self.level, self.xen = Level.HANDOFF, found
+            return
+        missing = xenbin.not_found(version, o.boot_dir)
+        if o.level is Level.HANDOFF:
+            raise OperationError(missing)
+        self.level, self.xen = Level.BOOT, None
+        self.note = f"boot level instead of handoff: {missing}"
+
+    def dom0_kernel(self) -> Path:
+        if self.options.dom0_kernel:
+            return Path(self.options.dom0_kernel)
+        return self.options.boot_dir / f"vmlinuz-{os.uname().release}"
+
     def preflight(self) -> str:
         """Everything that can be refused before a VM starts; returns the QEMU path."""
-        if self.options.level is not Level.BOOT:
-            raise OperationError(
-                f"self-test level {self.options.level}: not available in this version "
-                "(use --level boot)"
-            )
         qemu = vm.find_qemu(direct=isinstance(self.options.launch, ln.Direct))
+        self.choose_level()
         _readable(self.image.kernel, "crash kernel")
         if self.image.initrd:
             _readable(self.image.initrd, "crash initrd")
+        if self.level is Level.HANDOFF:
+            _readable(str(self.dom0_kernel()), "dom0 kernel (selftest.dom0_kernel)")
         if self.image.crash_size < 64 * MIB:
             raise InputError(
                 f"crash area: expected at least 64 MiB for a staging VM, found "
                 f"{self.image.crash_size // MIB} MiB"
             )
         plan.check_memory(
-            plan.vm_memory(self.options.level, self.image.crash_size),
+            plan.vm_memory(self.level, self.image.crash_size),
             plan.mem_available(self._meminfo()),
             self.options.dom0_floor,
             self.options.memory_limit,
@@ -197,17 +268,19 @@ class Job:
     def run(self) -> Result:
         """The whole run; a refusal (no QEMU, no memory...) is a result failed at vm-start."""
         started = time.time()
-        result = Result(
-            self.id, str(self.options.level), started, image_sha256=self.image.image_sha256
-        )
+        result = Result(self.id, str(self.level), started, image_sha256=self.image.image_sha256)
         t0 = time.monotonic()
         try:
             qemu = self.preflight()
+            result.level, result.note = str(self.level), self.note
             self.options.work_dir.mkdir(parents=True, exist_ok=True)
             self.workdir = Path(
                 tempfile.mkdtemp(prefix=f"xenkdump-selftest.{self.id}.", dir=self.options.work_dir)
             )
-            self._boot_level(qemu, result, t0)
+            if self.level is Level.HANDOFF:
+                self._handoff_level(qemu, result, t0)
+            else:
+                self._boot_level(qemu, result, t0)
         except XenkdumpError as exc:  # refused before or while starting the VM
             result.failed_stage = Stage.VM_START.value
             result.reason = str(exc)
@@ -225,29 +298,94 @@ class Job:
         result.accel = accel
         memory = work / "synthetic.bin"
         memory.write_bytes(plan.synthetic_memory(self.id))
-        scratch = work / "scratch.img"
-        with scratch.open("wb") as f:
-            f.truncate(SCRATCH_BYTES)
+        scratch = _scratch(work, SCRATCH_BYTES)
         cmdline = plan.boot_cmdline(self.image.cmdline, self.id)
         mem_mib = self.image.crash_size // MIB
-        argv = [
-            qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "qemu64",
-            "-m", str(mem_mib), "-smp", "1",
-            "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{work / 'serial.log'}",
-            "-kernel", self.image.kernel, "-append", cmdline,
-            *(("-initrd", self.image.initrd) if self.image.initrd else ()),
-            "-device", f"loader,file={memory},addr={plan.SYNTHETIC_ADDR:#x},force-raw=on",
-            "-drive", f"file={scratch},format=raw,if=virtio",
-        ]  # fmt: skip
+        argv = qemu_mod.direct_argv(
+            qemu,
+            accel=accel,
+            memory_mib=mem_mib,
+            serial=work / "serial.log",
+            kernel=self.image.kernel,
+            cmdline=cmdline,
+            initrd=self.image.initrd,
+            loader=(memory, plan.SYNTHETIC_ADDR),
+            disks=(qemu_mod.Disk(scratch),),
+        )
+        self._boot(argv, plan.boot_hints(cmdline), scratch, mem_mib * MIB, result, t0)
+
+    def _handoff_level(self, qemu: str, result: Result, t0: float) -> None:
+        """This host's Xen, a staging dom0 that loads the image and panics (§6)."""
+        assert self.workdir is not None and self.xen is not None
+        work = self.workdir
+        accel = vm.choose_accel(qemu, self.image.kernel, work, self.unit(work))
+        result.accel = accel
+        result.xen = str(self.xen)
+        xen_elf = xenbin.unpack(self.xen, work / "xen.elf")
+        vm_bytes = plan.vm_memory(Level.HANDOFF, self.image.crash_size)
+        area = plan.crash_area(self.image, vm_bytes)
+        result.note = "; ".join(filter(None, (result.note, area.describe(self.image))))
+        state = work / "dom0-state"
+        state.mkdir(mode=0o700)
+        cmdline = plan.handoff_cmdline(self.image.cmdline, self.id)
+        spec = {
+            "id": self.id,
+            "kernel": self.image.kernel,
+            "initrd": self.image.initrd,
+            "cmdline": cmdline,
+            "state_dir": str(state),
+        }
+        (work / "dom0load.json").write_text(json.dumps(spec) + "\n")
+        settings = dom0.Dom0Settings(
+            test_id=self.id,
+            token=plan.token_for(self.id),
+            work=work,
+            python=sys.executable,
+            pythonpath=str(Path(xenkdump.__file__).resolve().parent.parent),
+        )
+        dom0_initrd = dom0.initramfs(self.dom0_kernel(), settings).write_gz(work / "dom0.cpio.gz")
+        scratch = _scratch(work, vm_bytes)
+        machine = qemu_mod.XenMachine(
+            xen=xen_elf,
+            xen_cmdline=qemu_mod.xen_cmdline(
+                dom0_mib=plan.HANDOFF_DOM0 // MIB, crashkernel=area.value
+            ),
+            dom0_kernel=self.dom0_kernel(),
+            dom0_cmdline=plan.HANDOFF_DOM0_CMDLINE,
+            dom0_initrd=dom0_initrd,
+            memory_mib=vm_bytes // MIB,
+            serial=work / "serial.log",
+            accel=accel,
+            shares=(
+                qemu_mod.Share(Path("/"), "hostroot"),
+                qemu_mod.Share(work, "xkwork", readonly=False),
+            ),
+            disks=(qemu_mod.Disk(scratch),),
+        )
+        argv = qemu_mod.xen_argv(qemu, machine)
+        self._boot(argv, plan.handoff_hints(cmdline), scratch, self.image.crash_size, result, t0)
+
+    def _boot(  # noqa: PLR0917 (one call per level)
+        self,
+        argv: list[str],
+        hints: Mapping[Stage, str],
+        scratch: Path,
+        crash_bytes: int,
+        result: Result,
+        t0: float,
+    ) -> None:
+        """Run the VM, follow its stages, always stop it; then check the scratch disk."""
+        assert self.workdir is not None
+        work = self.workdir
         (work / "qemu.cmd").write_text(" ".join(argv) + "\n")
+        unit = self.unit(work)
         tracker = Tracker(
             self.id,
-            self.options.level,
+            self.level,
             start=t0,
             total_timeout=self.options.timeout,
-            kvm=accel == "kvm",
-            hints=plan.boot_hints(cmdline),
+            kvm=result.accel == "kvm",
+            hints=hints,
         )
         machine = vm.Vm(argv, work / "serial.log", work / "qemu.stderr", unit)
         self.qemu_pid = machine.pid
@@ -259,7 +397,7 @@ class Job:
             self.qemu_pid = None
         if tracker.awaiting(Stage.DONE):
             self._check_scratch(scratch, tracker, result, t0)
-        self._finish(tracker, result, mem_mib * MIB)
+        self._finish(tracker, result, crash_bytes)
 
     def unit(self, work: Path) -> vm.Unit | None:
         """The VM's transient service when the launch is one (its memory: the figure
@@ -267,7 +405,7 @@ class Job:
         launch = self.options.launch
         if not isinstance(launch, ln.Transient):
             return None
-        guest = plan.vm_memory(self.options.level, self.image.crash_size)
+        guest = plan.vm_memory(self.level, self.image.crash_size)
         return vm.Unit(launch, ln.unit_name(self.id), guest + plan.QEMU_OVERHEAD, work)
 
     def _follow(self, machine: vm.Vm, tracker: Tracker, t0: float, result: Result) -> None:
@@ -301,11 +439,8 @@ class Job:
             self._cancel.wait(_POLL)
 
     def _check_scratch(self, scratch: Path, tracker: Tracker, result: Result, t0: float) -> None:
-        """The hook said it wrote the dump: the scratch disk must hold it."""
-        with scratch.open("rb") as f:
-            head = f.read(plan.SYNTHETIC_SIZE)
-        token = plan.token_for(self.id)
-        if not head.startswith(b"\x7fELF") or token not in head:
+        """The hook said it wrote the dump: the scratch disk must hold it, token included."""
+        if not _holds_dump(scratch, plan.token_for(self.id)):
             tracker.fail(
                 Stage.DONE,
                 "the scratch disk holds no dump with the token after dump-written",
@@ -318,7 +453,7 @@ class Job:
         if isinstance(event, Reached):
             result.stages[event.stage.value] = round(event.at - t0, 3)
             log.info("self-test %s: %s", self.id, event.stage)
-            self.progress(event.stage, len(result.stages) / len(LEVEL_STAGES[self.options.level]))
+            self.progress(event.stage, len(result.stages) / len(LEVEL_STAGES[self.level]))
 
     def _finish(self, tracker: Tracker, result: Result, vm_bytes: int) -> None:
         values: Mapping[str, str] = tracker.values

@@ -42,9 +42,18 @@ _BOOT_LEVEL_DROPPED: Final = frozenset({"elfcorehdr", "memmap", "acpi_rsdp", SEL
 QEMU_OVERHEAD: Final = 96 * MIB
 # What dom0 keeps for itself while a staging VM runs, unless configured.
 DEFAULT_DOM0_FLOOR: Final = 256 * MIB
-# The handoff level's VM: the crash area plus dom0 and Xen.
-HANDOFF_DOM0: Final = 512 * MIB
+# The handoff level's VM: the crash area plus dom0 and Xen (docs/selftest.md §6).
+HANDOFF_DOM0: Final = 384 * MIB
 HANDOFF_XEN: Final = 64 * MIB
+# The staging dom0's console is Xen's (hvc0), which Xen copies to the serial port.
+HANDOFF_DOM0_CMDLINE: Final = "console=hvc0 earlyprintk=xen"
+# Below this a crash area would sit among the multiboot image and modules QEMU
+# places for Xen; the host's address is only reused above it.
+_LOW_LIMIT: Final = 64 * MIB
+# The loader's words on the armed line: dom0's loader in the staging VM adds its own.
+_HANDOFF_DROPPED: Final = frozenset(
+    {"elfcorehdr", "acpi_rsdp", "kexec_jump_back_entry", SELFTEST_KEY}
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Image:
     cmdline: str  # the crash kernel's command line as armed (loader words included)
     crash_size: int  # bytes of Xen's crash area on the host
     image_sha256: str = ""
+    crash_addr: int = 0  # where the host's crash area starts (0: not known)
 
 
 def check_test_id(test_id: str) -> str:
@@ -115,20 +125,62 @@ def serial_console(cmdline: str) -> bool:
     return False
 
 
-def boot_cmdline(armed: str, test_id: str, addr: int = SYNTHETIC_ADDR) -> str:
-    """The armed command line with our elfcorehdr= and reservation, and the id."""
-    tokens = [t for t in split_cmdline(armed) if arg_key(t) not in _BOOT_LEVEL_DROPPED]
-    extra = [
-        f"elfcorehdr={addr // 1024}K",
-        f"memmap={SYNTHETIC_SIZE // 1024}K${addr:#x}",
-        f"{SELFTEST_KEY}={check_test_id(test_id)}",
-    ]
+def _edited(armed: str, dropped: frozenset[str], extra: list[str]) -> str:
+    """``armed`` without the ``dropped`` keys, ``extra`` added before init's ``--`` part."""
+    tokens = [t for t in split_cmdline(armed) if arg_key(t) not in dropped]
     if "--" in tokens:
         i = tokens.index("--")
         tokens[i:i] = extra
     else:
         tokens += extra
     return " ".join(tokens)
+
+
+def boot_cmdline(armed: str, test_id: str, addr: int = SYNTHETIC_ADDR) -> str:
+    """The armed command line with our elfcorehdr= and reservation, and the id."""
+    extra = [
+        f"elfcorehdr={addr // 1024}K",
+        f"memmap={SYNTHETIC_SIZE // 1024}K${addr:#x}",
+        f"{SELFTEST_KEY}={check_test_id(test_id)}",
+    ]
+    return _edited(armed, _BOOT_LEVEL_DROPPED, extra)
+
+
+def handoff_cmdline(armed: str, test_id: str) -> str:
+    """What dom0's loader gets in the staging VM: the armed line less the loader's own
+    words (it adds them again for the VM's crash area and memory), plus the id."""
+    return _edited(armed, _HANDOFF_DROPPED, [f"{SELFTEST_KEY}={check_test_id(test_id)}"])
+
+
+@dataclass(frozen=True)
+class CrashArea:
+    """Xen's ``crashkernel=`` value in the staging VM and whether it is the host's place."""
+
+    value: str  # "256M@0xae6ff000" or "256M"
+    at_host_address: bool
+
+    def describe(self, image: Image) -> str:
+        size = f"{image.crash_size // MIB} MiB"
+        if self.at_host_address:
+            return f"crash area {size} at {image.crash_addr:#x}, as on the host"
+        if image.crash_addr:
+            return (
+                f"crash area {size}, placed by Xen: the host's address {image.crash_addr:#x} "
+                "is beyond the staging VM's memory"
+            )
+        return f"crash area {size}, placed by Xen (the host's address is not known)"
+
+
+def crash_area(image: Image, vm_bytes: int) -> CrashArea:
+    """The host's size always; the host's address when the VM's memory holds it."""
+    size = image.crash_size
+    if size % MIB:
+        raise InputError(f"crash area: expected whole MiB, found {size} bytes")
+    addr = image.crash_addr
+    fits = addr >= _LOW_LIMIT and addr % 4096 == 0 and addr + size <= vm_bytes
+    if fits:
+        return CrashArea(f"{size // MIB}M@{addr:#x}", True)
+    return CrashArea(f"{size // MIB}M", False)
 
 
 def boot_hints(cmdline: str) -> dict[Stage, str]:
@@ -139,6 +191,17 @@ def boot_hints(cmdline: str) -> dict[Stage, str]:
             "no console=ttyS0 (the first serial port), so the crash kernel prints nothing"
         }
     return {}
+
+
+def handoff_hints(cmdline: str) -> dict[Stage, str]:
+    """What to say when a handoff stage times out (the crash side as boot_hints)."""
+    hints = boot_hints(cmdline)
+    hints.setdefault(
+        Stage.CRASH_KERNEL_UP,
+        "Xen entered the crash image but its kernel never reached user space: the "
+        "purgatory halts on an image whose SHA-256 check fails, or the kernel stopped early",
+    )
+    return hints
 
 
 def vm_memory(level: Level, crash_size: int) -> int:

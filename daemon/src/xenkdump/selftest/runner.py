@@ -68,7 +68,7 @@ class SelfTests:
         return self._current if self._job is not None else ()
 
     def _set_current(self, job: Job, stage: str, fraction: float) -> None:
-        values = {"Id": job.id, "Level": str(job.options.level), "Stage": stage}
+        values = {"Id": job.id, "Level": str(job.level), "Stage": stage}
         self._current = tuple(sorted({**values, "Fraction": float(fraction)}.items()))
         self._on_change()
 
@@ -96,7 +96,7 @@ class SelfTests:
         self._thread = thread
         self._set_current(job, "", 0.0)
         thread.start()
-        log.info("self-test %s started (%s level)", job.id, options.level)
+        log.info("self-test %s started (%s level)", job.id, job.level)
         return job.id
 
     def cancel(self, test_id: str) -> None:
@@ -121,7 +121,7 @@ class SelfTests:
             result = job.run()
         except Exception as exc:  # a bug: the run still ends, with the reason
             log.exception("self-test %s: internal error", job.id)
-            result = Result(job.id, str(job.options.level), time.time(), reason=repr(exc))
+            result = Result(job.id, str(job.level), time.time(), reason=repr(exc))
         with contextlib.suppress(RuntimeError):  # the loop is closed: xenkdumpd exits
             loop.call_soon_threadsafe(self._finished, job, result)
 

@@ -75,13 +75,25 @@ STAGE_TIMEOUTS: Final[Mapping[Stage, float]] = {
 }
 KVM_FACTOR: Final = 0.5
 
-# Console lines that show a stage was reached, for stages the crash-side hook does
-# not report itself (or reports only when the initrd has it).
+# Console lines that show a stage was reached, for stages the crash-side hook (or,
+# at the handoff level, the staging dom0's /init) does not report itself.  Each is
+# only looked for while its stage is the next one: dom0 and the crash kernel print
+# the same kernel lines.
 _EVIDENCE: Final[Sequence[tuple[Stage, re.Pattern[str]]]] = (
     (Stage.XEN_UP, re.compile(r"\(XEN\) Xen version \d+\.\d+")),
     (Stage.DOM0_UP, re.compile(r"Run /init as init process")),
-    (Stage.PURGATORY, re.compile(r"\(XEN\) Executing kexec image on cpu")),
+    # dom0's own panic line (sysrq), then Xen's, printed as it jumps to the image's
+    # entry, the purgatory (silent itself: docs/selftest.md §6).
+    (Stage.PANIC, re.compile(r"Kernel panic - not syncing")),
+    (Stage.PURGATORY, re.compile(r"\(XEN\) (.*: )?Executing kexec image on cpu")),
     (Stage.CRASH_KERNEL_UP, re.compile(r"Run /init as init process")),
+)
+
+# Before the crash image runs (handoff level), the kernel lines are dom0's and Xen's.
+_XEN_PANIC: Final = re.compile(r"\(XEN\) Panic on CPU")
+_DOM0_FATAL: Final[Sequence[tuple[re.Pattern[str], str]]] = (
+    (re.compile(r"invoked oom-killer|Out of memory"), "dom0 ran out of memory ({line})"),
+    (re.compile(r"Kernel panic - not syncing: .*"), "dom0 panicked before {stage} ({line})"),
 )
 
 # Console lines that end the run: (pattern, reason template; {line} is the match's line).
@@ -268,13 +280,31 @@ class Tracker:
         events.append(self.reached[stage])
         return events
 
+    def _crash_side(self) -> bool:
+        """Whether the console now is the crash kernel's (always, at the boot level)."""
+        return Stage.PURGATORY not in self.stages or Stage.PURGATORY in self.reached
+
     def _line(self, line: str, now: float) -> list[Event]:
         i = line.find(MARKER)
         if i >= 0:
             return self._marker(line[i + len(MARKER) :].split(), now)
+        nxt = self.next_stage
+        if not self._crash_side():
+            if _XEN_PANIC.search(line):
+                return [self.fail(None, f"Xen failed before {nxt} ({line})", now)]
+            events = self._evidence(line, now)  # dom0's panic line, when it is due
+            if events:
+                return events
+            for pattern, template in _DOM0_FATAL:
+                if pattern.search(line):
+                    return [self.fail(None, template.format(line=line, stage=nxt), now)]
+            return []
         for pattern, template in _FATAL:
             if pattern.search(line):
                 return [self.fail(None, template.format(line=line), now)]
+        return self._evidence(line, now)
+
+    def _evidence(self, line: str, now: float) -> list[Event]:
         nxt = self.next_stage
         for stage, pattern in _EVIDENCE:
             if stage == nxt and pattern.search(line):
