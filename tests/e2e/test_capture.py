@@ -23,17 +23,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import scenarios as sc
 import sshd_lab
-from e2e_harness import DOM0_END, MEMORY_MIB, Assets, Job, boot
+from e2e_harness import CRASHKERNEL, DOM0_END, MEMORY_MIB, REPO, Assets, Job, boot
 
 from testkernel import with_kernel
 
 LABEL = "xkdump"
+BENCH_OUT = REPO / "bench" / "out" / "e2e_capture.json"  # untracked; bench/capture.py prints it
 AGENT = "xenkdump-capture:"
 
 
@@ -164,7 +166,7 @@ def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
     fetch(disk, f"/{dump}/dmesg.txt", job.dir / "dmesg.txt")
     vmcore = fetch(disk, f"/{dump}/vmcore", job.dir / "vmcore")
     check_dump(meta, job.dir / "dmesg.txt", vmcore, token, job.dir)
-    print(summary("local disk", info, meta, vmcore))
+    record("local disk, dom0 panic", figures(info, meta, vmcore))
 
 
 def check_dump(meta: dict[str, Any], dmesg: Path, vmcore: Path, token: str, work: Path) -> None:
@@ -177,25 +179,52 @@ def check_dump(meta: dict[str, Any], dmesg: Path, vmcore: Path, token: str, work
     assert token in opened.read_text(errors="replace")
 
 
-def summary(target: str, info: dict[str, Any], meta: dict[str, Any], vmcore: Path) -> str:
-    """The figures of one capture: image, dump size against RAM, time, peak memory."""
-    ram = MEMORY_MIB << 20
-    size = vmcore.stat().st_size
-    steps = ", ".join(f"{s['name']} rc={s['exit_code']} {s['seconds']}s" for s in meta["steps"])
+def figures(info: dict[str, Any], meta: dict[str, Any], vmcore: Path) -> dict[str, Any]:
+    """One capture's figures: the image, the dump against the host's RAM, the time from
+    the crash to the saved dump, the crash kernel's peak memory against the crash area."""
     mem = meta.get("memory", {})
-    peak = mem.get("peak_used_kib")
-    peak_text = (
-        f"crash kernel peak {peak / 1024:.0f} MiB used of {mem['total_kib'] / 1024:.0f} MiB "
-        f"(lowest MemAvailable {mem['min_available_kib'] / 1024:.0f} MiB)"
-        if isinstance(peak, int)
-        else "crash kernel memory not recorded"
-    )
-    return (
-        f"\n[e2e capture, {target}] initramfs {info['bytes'] / 2**20:.1f} MiB built in "
-        f"{info['build_seconds']} s; vmcore {size / 2**20:.1f} MiB vs host RAM "
-        f"{ram / 2**20:.0f} MiB (ratio {size / ram:.3f}); crash kernel uptime at metadata "
-        f"{meta.get('uptime', {}).get('metadata', '?')} s; {peak_text}; {steps}; "
-        f"xen console: {meta['xen_console']['how']}"
+    return {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "initramfs_bytes": info["bytes"],
+        "initramfs_unpacked_bytes": info["unpacked_bytes"],
+        "initramfs_build_seconds": info["build_seconds"],
+        "image_required_bytes": info["image_required_bytes"],
+        "vmcore_bytes": vmcore.stat().st_size,
+        "host_ram_bytes": MEMORY_MIB << 20,
+        "crash_area_bytes": int(CRASHKERNEL.removesuffix("M")) << 20,
+        # the crash kernel's uptime when metadata.json was written: Xen's jump to the
+        # crash image takes milliseconds, so this is the crash-to-dump time
+        "crash_to_dump_seconds": meta.get("uptime", {}).get("metadata"),
+        "crash_kernel_ram_kib": mem.get("total_kib"),
+        "crash_kernel_peak_used_kib": mem.get("peak_used_kib"),
+        "crash_kernel_min_available_kib": mem.get("min_available_kib"),
+        "steps": {
+            s["name"]: {"exit_code": s["exit_code"], "seconds": s["seconds"]} for s in meta["steps"]
+        },
+        "xen_console": meta["xen_console"]["how"],
+    }
+
+
+def record(scenario: str, fig: dict[str, Any]) -> None:
+    """Print the figures and keep them in bench/out/e2e_capture.json (bench/capture.py)."""
+    try:
+        doc = json.loads(BENCH_OUT.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc[scenario] = fig
+    BENCH_OUT.parent.mkdir(parents=True, exist_ok=True)
+    BENCH_OUT.write_text(json.dumps(doc, indent=2) + "\n")
+    mib = 1 << 20
+    peak = fig["crash_kernel_peak_used_kib"]
+    print(
+        f"\n[e2e capture, {scenario}] initramfs {fig['initramfs_bytes'] / mib:.1f} MiB built in "
+        f"{fig['initramfs_build_seconds']} s; vmcore {fig['vmcore_bytes'] / mib:.1f} MiB vs "
+        f"host RAM {fig['host_ram_bytes'] / mib:.0f} MiB "
+        f"(ratio {fig['vmcore_bytes'] / fig['host_ram_bytes']:.3f}); crash to dump "
+        f"{fig['crash_to_dump_seconds']} s; crash kernel peak "
+        + (f"{peak / 1024:.0f} MiB" if isinstance(peak, int) else "not recorded")
+        + f" of a {fig['crash_area_bytes'] / mib:.0f} MiB crash area; steps {fig['steps']}; "
+        f"xen console: {fig['xen_console']}"
     )
 
 
@@ -237,4 +266,4 @@ def test_xen_crash_saves_a_dump_over_ssh(assets: Assets, job: Job) -> None:
     assert meta["vmcore"]["format"] == "elf", meta["vmcore"]
     assert "-F" in " ".join(s["command"] for s in meta["steps"])
     check_dump(meta, dump / "dmesg.txt", dump / "vmcore", token, job.dir)
-    print(summary("ssh, Xen crash", info, meta, dump / "vmcore"))
+    record("ssh, Xen crash", figures(info, meta, dump / "vmcore"))
