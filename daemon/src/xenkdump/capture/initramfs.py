@@ -9,9 +9,12 @@ userspace the agent needs.
 
 The image is rebuilt only when its *content key* changes: a SHA-256 over everything
 that goes in -- the agent, hook and script, the rendered agent configuration, the
-module list, the kernel version and its modules.dep, and the programs copied
-(makedumpfile, ssh, busybox, mkinitramfs itself).  ``ensure`` returns the image,
-building it first when the key differs from the one recorded next to it.
+module list, the kernel version and its modules.dep, the programs copied (makedumpfile,
+ssh, busybox, mkinitramfs itself) with the shared libraries copy_exec brings along, and
+initramfs-tools' own hooks and scripts.  ``ensure`` returns the image, building it
+first when the key differs from the one recorded next to it.  What the key cannot see
+(a new udev or kmod behind initramfs-tools' hooks) reaches xenkdumpd through the
+Debian package's dpkg triggers (docs/capture.md §8).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +62,8 @@ NFSROOT=auto
 RUNSIZE=10%
 FSTYPE=auto
 """
+# initramfs-tools' hooks and scripts, which mkinitramfs runs for every image.
+INITRAMFS_TOOLS_DIR = Path("/usr/share/initramfs-tools")
 # Programs of the image besides initramfs-tools' own, with where they go.
 PROGRAMS = (("makedumpfile", "/usr/bin"),)
 SSH_PROGRAMS = (("ssh", "/usr/bin"),)
@@ -115,8 +121,30 @@ def _digest(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def image_path(kernel_version: str, directory: Path = DEFAULT_DIR) -> Path:
-    return directory / f"crash-initrd.img-{kernel_version}"
+def shared_libraries(program: str) -> list[str]:
+    """The shared libraries ``program`` loads, as ldd lists them (what copy_exec copies)."""
+    try:
+        out = subprocess.run(
+            ["ldd", program], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted({m.group(1) for m in re.finditer(r"(/\S+) \(0x[0-9a-f]+\)", out)})
+
+
+def _tree_digest(root: Path) -> str:
+    """SHA-256 over the names and contents of the files below ``root`` ("-" if absent)."""
+    h = hashlib.sha256()
+    for directory, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            h.update(f"{path.relative_to(root)}\0{_digest(path)}\n".encode())
+    return h.hexdigest() if root.is_dir() else "-"
+
+
+def image_path(kernel_version: str, directory: Path | None = None) -> Path:
+    return (directory or DEFAULT_DIR) / f"crash-initrd.img-{kernel_version}"
 
 
 @dataclass(frozen=True)
@@ -159,9 +187,12 @@ def content_key(stage: _Stage, kernel_version: str, mkinitramfs: str) -> str:
     add("modules.dep", _digest(f"/lib/modules/{kernel_version}/modules.dep"))
     for prog, dest in stage.programs:
         add(f"program {prog} {dest}", _digest(prog))
+        for lib in shared_libraries(prog):
+            add(f"library {lib}", _digest(lib))
     for name, src in stage.files:
         add(f"file {name}", _digest(src))
     add("mkinitramfs", _digest(mkinitramfs))
+    add("initramfs-tools", _tree_digest(INITRAMFS_TOOLS_DIR))
     add("busybox", _digest(shutil.which("busybox") or "/bin/busybox"))
     return h.hexdigest()
 
