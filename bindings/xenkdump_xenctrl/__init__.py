@@ -1,9 +1,13 @@
 """cffi ABI-mode binding to libxenctrl: the kexec calls and their helpers.
 
 ABI mode (``ffi.dlopen``) needs neither a compiler nor Xen headers at install
-time.  The declarations live in ``decl/*.h`` (package data) and are read with
-importlib.resources; tests/unit/test_struct_layout.py checks every declared
-struct against the real headers from Debian's libxen-dev.
+time.  The declarations live in ``decl/*.h`` (package data);
+tests/unit/test_struct_layout.py checks every declared struct against the real
+headers from Debian's libxen-dev.  cffi's "out-of-line" ABI mode keeps parsing
+them (pycparser, tens of milliseconds, seconds under emulation) out of every
+run: ``_ffi.py`` is the type table cffi generates from them
+(``python3 -m xenkdump_xenctrl.generate`` rewrites it; tests/unit/test_binding.py
+fails when it is stale), and loading it costs about a millisecond.
 
 This module only loads and describes the library.  Calling it, checking
 errors and owning handles is ``xenkdump.hv.xen.XenHypervisor``'s job.
@@ -11,14 +15,15 @@ errors and owning handles is ``xenkdump.hv.xen.XenHypervisor``'s job.
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cffi
+from xenkdump_xenctrl._ffi import ffi as _generated
+
+if TYPE_CHECKING:
+    import cffi
 
 __all__ = [
     "DECLS",
@@ -83,6 +88,8 @@ class LibraryLoadError(OSError):
 
 
 def _decl_text(name: str) -> str:
+    from importlib import resources  # noqa: PLC0415 (the declarations are read to check them)
+
     return resources.files(__name__).joinpath("decl", name).read_text(encoding="utf-8")
 
 
@@ -106,14 +113,17 @@ def declared_functions(library: str | None = None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _build_ffi() -> cffi.FFI:
+def build_ffi() -> cffi.FFI:
+    """The declarations parsed by cffi (what ``_ffi.py`` is generated from)."""
+    import cffi  # noqa: PLC0415 (pycparser: only to generate and check _ffi.py)
+
     new = cffi.FFI()
     for decl in DECLS:
         new.cdef(_strip_comments(_decl_text(decl.file)), packed=decl.packed)
     return new
 
 
-ffi: Any = _build_ffi()
+ffi: Any = _generated
 
 # Layout self-checks (xen-kexec-contract.md §2.3); the full check against the C
 # headers is tests/unit/test_struct_layout.py.
@@ -162,6 +172,8 @@ def open_library(path: str | None = None) -> Library:
                 f"cannot load libxenctrl from {override!r} (set by {source}): {_dl_reason(e)}"
             ) from None
         return Library(ctrl=ctrl, c=ffi.dlopen(None), path=override)
+    import ctypes  # noqa: PLC0415 (only to open the library)
+
     tried = soname_candidates()
     for name in tried:
         # Probe with a plain dlopen first: a failing ffi.dlopen() falls back to
@@ -172,6 +184,8 @@ def open_library(path: str | None = None) -> Library:
         except OSError:
             continue
         return Library(ctrl=ffi.dlopen(name), c=ffi.dlopen(None), path=name)
+    import ctypes.util  # noqa: PLC0415 (runs ldconfig: only when no soname loads)
+
     found = ctypes.util.find_library("xenctrl")
     if found is not None:
         try:

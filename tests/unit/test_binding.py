@@ -84,6 +84,26 @@ def test_every_declared_function_resolves() -> None:
         getattr(lib.c, name)
 
 
+def test_the_generated_type_table_is_the_declarations() -> None:
+    """_ffi.py (cffi's out-of-line ABI module) is what decl/*.h give today."""
+    from xenkdump_xenctrl import generate  # noqa: PLC0415
+
+    assert generate.generated() == generate.DEFAULT_PATH.read_text(encoding="utf-8"), (
+        "bindings/xenkdump_xenctrl/_ffi.py is stale: run "
+        "PYTHONPATH=bindings python3 -m xenkdump_xenctrl.generate"
+    )
+
+
+def test_loading_the_binding_parses_no_c() -> None:
+    """No pycparser at run time (its parse is seconds per command under emulation)."""
+    code = "import sys, xenkdump_xenctrl; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "xenkdump_xenctrl._ffi" in out
+    assert [m for m in out if m.split(".")[0] in ("pycparser", "cffi", "ctypes")] == []
+
+
 def test_has_symbol_reports_missing() -> None:
     lib = xc.open_library()
     assert not xc.has_symbol(lib.ctrl, "xc_no_such_function")

@@ -111,7 +111,7 @@ def test_atomic_write_never_follows_a_planted_symlink(
     victim = tmp_path / "victim"
     victim.write_bytes(b"root's file")
     victim.chmod(0o600)
-    monkeypatch.setattr("xenkdump.safefile.secrets.token_hex", lambda _n: "fixed")
+    monkeypatch.setattr("secrets.token_hex", lambda _n: "fixed")
     planted = tmp_path / f".state.json.{os.getpid()}.fixed.tmp"
     planted.symlink_to(victim)
     with pytest.raises(FileWriteError, match=r"state.json: cannot write: EEXIST"):

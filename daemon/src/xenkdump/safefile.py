@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +205,8 @@ def read_file_if_exists(
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
     directory = path.parent
+    import secrets  # noqa: PLC0415 (hashlib, OpenSSL: writers only)
+
     tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
