@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from importcheck import run_and_list, under
 from xenkdump.cli.ctl import (
     COMMANDS,
     GLOBAL_EXITS,
@@ -40,37 +41,27 @@ HEAVY = (
 )
 
 
-def imported_by(code: str) -> list[str]:
-    """The modules a fresh interpreter has imported after ``code``."""
-    code += "\nimport sys; print('\\n'.join(sorted(sys.modules)))"
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-
-
-def heavy(modules: list[str], names: tuple[str, ...] = HEAVY) -> list[str]:
-    return [m for m in modules if any(m == h or m.startswith(h + ".") for h in names)]
-
-
 def test_building_the_parser_imports_nothing_heavy() -> None:
-    out = imported_by("from xenkdump.cli.ctl import build_parser; build_parser()")
+    _, out = run_and_list("from xenkdump.cli.ctl import build_parser; build_parser()")
     assert "xenkdump.cli.cmd_status" in out  # every command configured
-    assert heavy(out) == []
+    assert under(out, HEAVY) == []
 
 
 def test_help_imports_no_command_module() -> None:
-    out = imported_by(
+    _, out = run_and_list(
         "import contextlib\nfrom xenkdump.cli.ctl import main\n"
         "with contextlib.suppress(SystemExit):\n    main(['--help'])"
     )
     assert "xenkdump.cli.ctl" in out
-    assert heavy(out, (*HEAVY, "xenkdump.cli.cmd_", "dataclasses", "typing", "logging")) == []
+    assert [m for m in out if m.startswith("xenkdump.cli.cmd_")] == []
+    assert under(out, (*HEAVY, "dataclasses", "typing", "logging")) == []
 
 
 def test_a_run_configures_only_its_command() -> None:
-    out = imported_by("from xenkdump.cli.ctl import build_parser; build_parser(['status'])")
-    assert "xenkdump.cli.cmd_status" in out
-    assert [m for m in out if m.startswith("xenkdump.cli.cmd_")] == ["xenkdump.cli.cmd_status"]
+    _, out = run_and_list("from xenkdump.cli.ctl import build_parser; build_parser(['status'])")
+    assert sorted(m for m in out if m.startswith("xenkdump.cli.cmd_")) == [
+        "xenkdump.cli.cmd_status"
+    ]
 
 
 def test_the_named_command_is_found_past_the_global_options() -> None:

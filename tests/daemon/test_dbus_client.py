@@ -8,14 +8,13 @@ loaded on the way to a status.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import _dbus_bindings as libdbus
 import pytest
 
+from importcheck import run_and_list, under
 from xenkdump.dbus import client, errors, names
 from xenkdump.errors import ConfigError, InputError
 
@@ -23,13 +22,9 @@ Serve = Callable[..., Any]
 
 
 def test_the_client_loads_only_the_c_extension() -> None:
-    code = "import sys, xenkdump.dbus.client; print('\\n'.join(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    _, out = run_and_list("import xenkdump.dbus.client")
     assert "_dbus_bindings" in out
-    loaded = [m for m in out if m.split(".")[0] in ("dbus", "logging", "dataclasses")]
-    assert loaded == []
+    assert under(out, ("dbus", "logging", "dataclasses")) == []
 
 
 def test_the_extension_offers_what_the_client_uses() -> None:
@@ -81,24 +76,13 @@ def test_nobody_on_the_bus_and_no_bus(private_bus: str, monkeypatch: pytest.Monk
 def test_a_status_read_imports_only_what_it_needs(serve_fake: Serve) -> None:
     """``xenkdumpctl status`` through xenkdumpd (its start-up time: bench/cli.py)."""
     serve_fake()
-    code = (
-        "import sys\nfrom xenkdump.cli.ctl import main\n"
-        "assert main(['status', '--json']) == 0\n"
-        "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)"
+    stdout, modules = run_and_list(
+        "from xenkdump.cli.ctl import main\nassert main(['status', '--json']) == 0"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert '"State": "loaded"' in proc.stdout
-    startup = subprocess.run(  # what the interpreter itself loads (a venv: pathlib)
-        [sys.executable, "-c", "import sys; print(' '.join(sys.modules))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    modules = sorted(set(proc.stderr.split()) - set(startup))
-    assert [m for m in modules if m.startswith("xenkdump.cli.cmd_")] == [
+    assert '"State": "loaded"' in stdout
+    assert sorted(m for m in modules if m.startswith("xenkdump.cli.cmd_")) == [
         "xenkdump.cli.cmd_daemon",
         "xenkdump.cli.cmd_status",
     ]
     heavy = ("dbus", "logging", "dataclasses", "pathlib", "asyncio", "dbus_fast", "yaml")
-    assert [m for m in modules if m.split(".")[0] in heavy] == []
+    assert under(modules, heavy) == []
