@@ -30,8 +30,10 @@ __all__ = [
     "ENV_LIBRARY",
     "PHYSINFO_FIELDS",
     "PHYSINFO_SIZE",
+    "SYS_HYPERVISOR",
     "Library",
     "LibraryLoadError",
+    "build_ffi",
     "declared_functions",
     "ffi",
     "has_symbol",
@@ -81,6 +83,9 @@ PHYSINFO_FIELDS: tuple[tuple[str, int], ...] = (
     ("cpu_khz", 24),
 )
 PHYSINFO_SIZE = 256
+
+# Xen's sysfs directory in a dom0 (the running hypervisor's version).
+SYS_HYPERVISOR = "/sys/hypervisor"
 
 
 class LibraryLoadError(OSError):
@@ -142,9 +147,23 @@ class Library:
     path: str
 
 
-def soname_candidates() -> list[str]:
-    """Sonames tried when no override is given, newest Xen release first."""
-    return [f"libxenctrl.so.4.{n}" for n in range(_NEWEST_MINOR, _OLDEST_MINOR - 1, -1)]
+def soname_candidates(sys_hypervisor: str = SYS_HYPERVISOR) -> list[str]:
+    """Sonames tried when no override is given, newest Xen release first.
+
+    On a dom0 the running Xen's release (``sys_hypervisor``/version/major and minor)
+    comes first: each soname that fails costs the dynamic linker a search of the
+    library directories (noticeable under emulation).
+    """
+    names = [f"libxenctrl.so.4.{n}" for n in range(_NEWEST_MINOR, _OLDEST_MINOR - 1, -1)]
+    try:
+        with (
+            open(f"{sys_hypervisor}/version/major") as major,
+            open(f"{sys_hypervisor}/version/minor") as minor,
+        ):
+            running = f"libxenctrl.so.{major.read().strip()}.{minor.read().strip()}"
+    except OSError:
+        return names
+    return [running, *(n for n in names if n != running)] if running in names else names
 
 
 def _dl_reason(error: OSError) -> str:

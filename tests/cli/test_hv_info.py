@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH, PAGE_SIZE, Segment
+from xenkdump.hv.port import EM_X86_64, KEXEC_TYPE_CRASH, PAGE_SIZE, Segment, e820_type_name
 from xenkdump.hv.select import xen_present
 from xenkdump.hv.sim import SimulatedHypervisor
-from xenkdump.hv.simhost import default_host, e820_type_name
+from xenkdump.hv.simhost import default_host
 
 REPO = Path(__file__).resolve().parents[2]
 

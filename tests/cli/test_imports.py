@@ -120,3 +120,34 @@ def test_logging_is_configured_when_something_first_imports_it(
     assert proc.returncode == 0, proc.stderr
     shown = expected.replace("DEBUG", "xenkdumpctl: DEBUG") if expected else ""
     assert proc.stderr == shown + "xenkdumpctl: WARNING: kept armed\n"
+
+
+# What ``hv info`` asks, answered by a stand-in for libxenctrl (no Xen here).
+_XEN_STANDIN = """
+import xenkdump.hv.xen
+from xenkdump.cli import cmd_hv
+from xenkdump.hv.port import AddressRange, E820Entry, PhysInfo
+
+class Xen:
+    name = "xen"
+    def xen_version(self): return (4, 17)
+    def xen_extraversion(self): return ".7"
+    def xen_command_line(self): return ""
+    def crash_range(self): return AddressRange(0x10000000, 0x10000000)
+    def xen_range(self): return AddressRange(0x1000, 0x1000)
+    def vmcoreinfo_range(self): return AddressRange(0x2000, 0x1000)
+    def max_cpus(self): return 1
+    def cpu_note_range(self, cpu): return AddressRange(0x3000, 0x100)
+    def physinfo(self): return PhysInfo(1, 1, 1, 0, 1, 0, 1)
+    def machine_memory_map(self): return [E820Entry(0, 0x40000000, 1)]
+    def kexec_status(self, type_): return 1
+
+print(cmd_hv.render(cmd_hv.collect(Xen())))
+"""
+
+
+def test_hv_info_on_xen_loads_nothing_of_the_simulator() -> None:
+    out, modules = run_and_list(_XEN_STANDIN)
+    assert "Crash range" in out and "ram" in out
+    assert under(modules, ("xenkdump.hv.sim", "xenkdump.hv.simhost", "xenkdump.schema")) == []
+    assert under(modules, ("yaml", "jsonschema", "pycparser", "dbus", "asyncio")) == []

@@ -107,8 +107,19 @@ def test_has_symbol_reports_missing() -> None:
     assert not xc.has_symbol(lib.ctrl, "xc_no_such_function")
 
 
+def test_the_running_xens_soname_is_tried_first(tmp_path: Path) -> None:
+    (tmp_path / "version").mkdir()
+    (tmp_path / "version" / "major").write_text("4\n")
+    (tmp_path / "version" / "minor").write_text("17\n")
+    names = xc.soname_candidates(str(tmp_path))
+    assert names[0] == "libxenctrl.so.4.17" and names[1] == "libxenctrl.so.4.40"
+    assert sorted(names) == sorted(xc.soname_candidates(str(tmp_path / "absent")))
+    (tmp_path / "version" / "minor").write_text("3\n")  # older than any we drive
+    assert xc.soname_candidates(str(tmp_path))[0] == "libxenctrl.so.4.40"
+
+
 def test_soname_candidates_newest_first() -> None:
-    names = xc.soname_candidates()
+    names = xc.soname_candidates(str(Path("/nonexistent")))
     assert names[0] == "libxenctrl.so.4.40"
     assert names[-1] == "libxenctrl.so.4.17"
     assert len(names) == 24

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from xenkdump.hv.simhost import E820_NAMES
+from xenkdump.hv.port import E820_NAMES
 from xenkdump.schema import CONFIG_SCHEMA, SIM_HOST_SCHEMA, ConfigProblems, load, read_yaml, schema
 from xenkdump.schema.document import MAX_VALUES, merge
 from xenkdump.settings import Settings

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from xenkdump.errors import ConfigError
-from xenkdump.hv.port import E820_ACPI, E820_RAM, AddressRange, E820Entry
+from xenkdump.hv.port import E820_ACPI, E820_RAM, AddressRange, E820Entry, e820_type_name
 from xenkdump.hv.sim import SimulatedHypervisor
-from xenkdump.hv.simhost import default_host, e820_type_name, parse_host, render_host
+from xenkdump.hv.simhost import default_host, parse_host, render_host
 
 REPO = Path(__file__).resolve().parents[2]
 GIB = 1 << 30

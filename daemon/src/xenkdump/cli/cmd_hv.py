@@ -76,8 +76,7 @@ def _status(hv: Hypervisor, type_: int) -> int | None:
 
 def collect(hv: Hypervisor) -> dict[str, Any]:
     """Everything ``hv info`` shows, as the documented JSON structure."""
-    from xenkdump.hv.port import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT
-    from xenkdump.hv.simhost import e820_type_name
+    from xenkdump.hv.port import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, e820_type_name
 
     major, minor = hv.xen_version()
     crash = hv.crash_range()

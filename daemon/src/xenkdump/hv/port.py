@@ -10,7 +10,7 @@ Values and names follow Xen's public/kexec.h and docs/xen-kexec-contract.md §2.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,23 @@ E820_NVS = 4
 E820_UNUSABLE = 5
 E820_PMEM = 7
 E820_PRAM = 12
+# E820 type names as people (hv info, a simulated host's file) spell them.
+E820_NAMES: Mapping[str, int] = {
+    "ram": E820_RAM,
+    "reserved": E820_RESERVED,
+    "acpi": E820_ACPI,
+    "nvs": E820_NVS,
+    "unusable": E820_UNUSABLE,
+    "pmem": E820_PMEM,
+    "pram": E820_PRAM,
+}
+E820_TYPE_NAMES: Mapping[int, str] = {v: k for k, v in E820_NAMES.items()}
+
+
+def e820_type_name(type_: int) -> str:
+    """``ram``, ``acpi``... or ``type-N`` for a value this project has no name for."""
+    return E820_TYPE_NAMES.get(type_, f"type-{type_}")
+
 
 # dom0's own command line on a real dom0.
 PROC_CMDLINE = Path("/proc/cmdline")

@@ -43,7 +43,7 @@ ConfigError as ``file:line: key: expected ..., found ...``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,11 @@ from typing import Any
 from xenkdump.errors import ConfigError
 from xenkdump.hv.port import (
     E820_ACPI,
+    E820_NAMES,
     E820_NVS,
-    E820_PMEM,
-    E820_PRAM,
     E820_RAM,
     E820_RESERVED,
-    E820_UNUSABLE,
+    E820_TYPE_NAMES,
     PAGE_SIZE,
     AddressRange,
     E820Entry,
@@ -64,23 +63,6 @@ from xenkdump.hv.port import (
 from xenkdump.safefile import Limit, read_file, shown
 from xenkdump.schema import SIM_HOST_SCHEMA, KeyPath, load
 from xenkdump.units import MIB
-
-# E820 type names as the file spells them (values: xen-kexec-contract.md §2.8).
-E820_NAMES: Mapping[str, int] = {
-    "ram": E820_RAM,
-    "reserved": E820_RESERVED,
-    "acpi": E820_ACPI,
-    "nvs": E820_NVS,
-    "unusable": E820_UNUSABLE,
-    "pmem": E820_PMEM,
-    "pram": E820_PRAM,
-}
-E820_TYPE_NAMES: Mapping[int, str] = {v: k for k, v in E820_NAMES.items()}
-
-
-def e820_type_name(type_: int) -> str:
-    """``ram``, ``acpi``... or ``type-N`` for a value this project has no name for."""
-    return E820_TYPE_NAMES.get(type_, f"type-{type_}")
 
 
 @dataclass(frozen=True)
