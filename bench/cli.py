@@ -8,8 +8,9 @@ interleaved (each round runs the floor and every command once), so that a busy
 machine slows all of them alike.  Printed: the best and the median wall time of
 ``--rounds`` rounds, and the ratio of the best times.  Goal: ``--help``, ``status``
 (through a running xenkdumpd) and ``hv info`` within 3x the floor.  ``hv info`` here
-uses the simulated host, whose YAML description is parsed and checked against its
-JSON Schema; on a dom0 it is libxenctrl through cffi instead.  The same commands on
+uses the simulated host, whose YAML description xenkdumpd has already checked against
+its JSON Schema (hv/simhost.py keeps the validated value next to the file, so the
+command reads JSON); on a dom0 it is libxenctrl through cffi instead.  The same commands on
 real Xen (Xen 4.17 under QEMU, ``hv info`` through libxenctrl) are timed by
 tests/e2e/test_daemon_crash.py in its dom0 boot; this prints its last figures, from
 bench/out/e2e_cli.json.

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from importcheck import run_and_list, under
 from xenkdump.errors import ConfigError
+from xenkdump.hv import simhost
 from xenkdump.hv.port import E820_ACPI, E820_RAM, AddressRange, E820Entry, e820_type_name
 from xenkdump.hv.sim import SimulatedHypervisor
 from xenkdump.hv.simhost import default_host, parse_host, render_host
@@ -201,3 +203,49 @@ def test_hotplug_edit_keeps_images_and_is_seen_by_a_running_instance(tmp_path: P
     # A boot-time fact changes: that is a reboot, and the slots are empty again.
     path.write_text(hot.replace("crashkernel=256M", "crashkernel=512M"))
     assert SimulatedHypervisor.open(path).armed_image(KEXEC_TYPE_CRASH) is None
+
+
+# ---- the value a host file validated to, kept next to it ----
+
+
+def test_the_same_bytes_are_validated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(render_host(default_host()).replace("online: 4", "online: 3"))
+    first = simhost.load_host(path)
+    assert first.nr_cpus == 3
+    assert (tmp_path / "host.validated.json").exists()
+
+    def refuse(raw: bytes, source: object) -> None:
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(simhost, "_validated", refuse)
+    assert simhost.load_host(path) == first
+
+
+def test_other_bytes_or_a_damaged_cache_are_validated_again(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(render_host(default_host()))
+    simhost.load_host(path)
+    cache = tmp_path / "host.validated.json"
+    path.write_text(render_host(default_host()).replace("online: 4", "online: 9"))
+    with pytest.raises(ConfigError, match=r"host\.yaml:\d+: cpus\.online: expected 1\.\.4"):
+        simhost.load_host(path)
+    path.write_text(render_host(default_host()))
+    simhost.load_host(path)
+    stored = json.loads(cache.read_text())
+    for damage in ({**stored, "value": {"xen": {"version": 4}}}, {**stored, "xenkdump": "0"}):
+        cache.write_text(json.dumps(damage))
+        assert simhost.load_host(path) == default_host()
+    cache.write_text("{not json")
+    assert simhost.load_host(path) == default_host()
+
+
+def test_a_validated_host_opens_without_yaml_or_schema(tmp_path: Path) -> None:
+    """``hv info`` on a simulated host (bench/cli.py): YAML and JSON Schema once only."""
+    path = tmp_path / "host.yaml"
+    SimulatedHypervisor.open(path).close()
+    _, modules = run_and_list(
+        f"from xenkdump.hv.sim import SimulatedHypervisor\nSimulatedHypervisor.open({str(path)!r})"
+    )
+    assert "xenkdump.hv.sim" in modules
+    assert under(modules, ("yaml", "jsonschema", "xenkdump.schema")) == []

@@ -39,16 +39,25 @@ CPUs, Xen 4.17.7).  The file format, with the defaults::
 The keys and their types are ``schema/sim-host-v1.json``, read by the project's one
 YAML-and-schema mechanism (``xenkdump.schema``): every problem is reported in one
 ConfigError as ``file:line: key: expected ..., found ...``.
+
+``load_host`` keeps the value a file validated to next to it (``NAME.validated.json``,
+with the sha256 of the file's bytes and xenkdump's version): opening the same bytes
+again skips YAML and the JSON Schema, which cost more than the rest of a command
+(bench/cli.py).  Any other bytes, version or an unreadable cache are validated again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xenkdump.errors import ConfigError
+from xenkdump import __version__
+from xenkdump.errors import ConfigError, FileWriteError
 from xenkdump.hv.port import (
     E820_ACPI,
     E820_NAMES,
@@ -60,9 +69,15 @@ from xenkdump.hv.port import (
     AddressRange,
     E820Entry,
 )
-from xenkdump.safefile import Limit, read_file, shown
-from xenkdump.schema import SIM_HOST_SCHEMA, KeyPath, load
+from xenkdump.safefile import Limit, atomic_write, read_file, read_file_if_exists, shown
 from xenkdump.units import MIB
+
+if TYPE_CHECKING:
+    from xenkdump.schema import KeyPath
+
+# The cache of a validated host file (see the module docstring).
+VALIDATED_SUFFIX = ".validated.json"
+VALIDATED_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -213,8 +228,15 @@ def _yaml_str(text: str) -> str:
 def parse_host(text: str | bytes, source: Path | str = "<sim-host>") -> SimHost:
     """Parse a simulated-host description; ConfigProblems ``source:line: key: message``."""
     raw = text.encode() if isinstance(text, str) else text
-    doc = load([(str(source), raw)], SIM_HOST_SCHEMA, _check)
-    return _apply(default_host(), doc.value)  # type: ignore[arg-type]
+    return _apply(default_host(), _validated(raw, source))
+
+
+def _validated(raw: bytes, source: Path | str) -> dict[str, Any]:
+    """The file's value, checked by the schema and ``_check``."""
+    from xenkdump.schema import SIM_HOST_SCHEMA, load  # noqa: PLC0415 (YAML, JSON Schema)
+
+    value: dict[str, Any] = load([(str(source), raw)], SIM_HOST_SCHEMA, _check).value  # type: ignore[assignment]
+    return value
 
 
 def _range(value: dict[str, int]) -> AddressRange:
@@ -318,4 +340,32 @@ def _covered_by_ram(mm: tuple[E820Entry, ...], rng: AddressRange) -> bool:
 def load_host(path: Path) -> SimHost:
     """Read and parse the host file at ``path``; ConfigError naming it when it is bad."""
     raw = read_file(path, "simulated host", Limit.CONFIG, error=ConfigError)
-    return parse_host(raw, shown(path))
+    key = {
+        "format": VALIDATED_FORMAT,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "xenkdump": __version__,
+    }
+    cache = path.with_name(path.stem + VALIDATED_SUFFIX)
+    value = _cached(cache, key)
+    if value is not None:
+        try:
+            return _apply(default_host(), value)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # not what load_host wrote: validate the file again
+    value = _validated(raw, shown(path))
+    with contextlib.suppress(FileWriteError):  # a read-only directory: validate each time
+        atomic_write(cache, json.dumps({**key, "value": value}).encode())
+    return _apply(default_host(), value)
+
+
+def _cached(cache: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The value validated for ``key`` (the same bytes, the same xenkdump), else None."""
+    try:
+        raw = read_file_if_exists(cache, "validated host", Limit.CONFIG, error=ConfigError)
+        stored = json.loads(raw) if raw is not None else None
+    except (ConfigError, ValueError):
+        return None
+    if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in key.items()):
+        return None
+    value = stored.get("value")
+    return value if isinstance(value, dict) else None
