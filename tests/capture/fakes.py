@@ -66,7 +66,7 @@ echo "ssh $*" >> "$FAKE_LOG"
 strict=0; known=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    -p|-i) shift ;;
+    -p|-i|-O) shift ;;
     -o) shift
         case "$1" in
           StrictHostKeyChecking=yes) strict=1 ;;

@@ -318,6 +318,11 @@ def test_ssh_target_pipes_flattened_dump_with_a_pinned_host_key(
     assert "-o StrictHostKeyChecking=yes" in calls
     assert f"UserKnownHostsFile={agent.tmp / 'known_hosts'}" in calls
     assert "makedumpfile -F -X -d 31 -c --work-dir" in calls
+    # one shared connection: opened after the reachability check, closed at the end
+    ssh_lines = [ln for ln in calls.splitlines() if ln.startswith("ssh ")]
+    assert "-o ControlMaster=yes -f -N" in ssh_lines[1], ssh_lines[:2]
+    assert all("-o ControlMaster=no" in ln for ln in ssh_lines[2:-1])
+    assert "-O exit" in ssh_lines[-1]
     if remote_mdf:
         assert (d / "vmcore").read_text() == "KDUMP level=31\n"
         assert meta["vmcore"]["format"] == "kdump-compressed"  # type: ignore[index]

@@ -58,3 +58,14 @@ def test_daemon_check_names_the_target_only_with_its_own_initramfs(tmp_path: Pat
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     need = target.estimate_dump_bytes(16 << 30, 31)  # the simulated host's RAM
     assert good.check_target() == (None if free >= need else good.check_target())
+
+
+def test_device_and_nfs_targets_are_left_to_the_crash_side(tmp_path: Path) -> None:
+    device = DumpSettings(device="LABEL=dumps", path=Path("/crash"))
+    assert target.preflight(device, 1 << 60) == (
+        "LABEL=dumps /crash: configured (the device is mounted and checked by the crash side only)"
+    )
+    nfs = DumpSettings(target=DumpTarget.NFS, nfs="srv:/dumps")
+    assert target.preflight(nfs, 1 << 60).endswith(
+        "(an NFS export is checked by the crash side only)"
+    )

@@ -196,7 +196,9 @@ def preflight(dump: DumpSettings, need_bytes: int) -> str:
                 f"{size_text(need_bytes)}"
             )
         return f"{name}: reachable, writable, {size_text(free)} free"
-    return f"{name}: configured (an NFS export is checked by the crash side only)"
+    if dump.target is DumpTarget.NFS:
+        return f"{name}: configured (an NFS export is checked by the crash side only)"
+    return f"{name}: configured (the device is mounted and checked by the crash side only)"
 
 
 def ssh_options(dump: DumpSettings) -> list[str]:

@@ -81,10 +81,26 @@ json_str() {  # a JSON string literal of $1 (control characters dropped)
 
 # --- the target: a few operations, local (mounted) or over SSH ------------------------
 
-ssh_run() {
+ssh_base() {  # ssh with the key, the pinned host key and the shared connection; then $@
 	"$XK_SSH" -p "$XK_SSH_PORT" -i "$XK_SSH_KEY" -o BatchMode=yes \
 		-o StrictHostKeyChecking=yes -o UserKnownHostsFile="$XK_SSH_KNOWN_HOSTS" \
-		-o ConnectTimeout=20 -o ServerAliveInterval=15 "$XK_SSH_DEST" "$@"
+		-o ConnectTimeout=20 -o ServerAliveInterval=15 \
+		-o ControlPath="$XK_SCRATCH/ssh-control" "$@"
+}
+
+ssh_run() {  # a command on the server, through the shared connection when it is up
+	ssh_base -o ControlMaster=no "$XK_SSH_DEST" "$@"
+}
+
+ssh_share_start() {  # one connection (a master in the background) for every later ssh_run:
+	# a dozen commands run on the server, each would otherwise pay a full handshake.
+	mkdir -p "$XK_SCRATCH"
+	ssh_base -o ControlMaster=yes -f -N "$XK_SSH_DEST" </dev/null >/dev/null 2>&1 ||
+		say "SSH: no shared connection; each command connects on its own"
+}
+
+ssh_share_stop() {
+	ssh_base -O exit "$XK_SSH_DEST" </dev/null >/dev/null 2>&1 || :
 }
 
 q() {  # $1 single-quoted for a remote shell
@@ -118,8 +134,9 @@ t_sha256() {
 mount_target() {
 	case "$XK_TARGET_KIND" in
 	ssh)
-		ssh_run true || { say "SSH target $XK_SSH_DEST unreachable"; return 1; }
-		ssh_run "mkdir -p $(q "$XK_PATH")" || { say "SSH target: cannot create $XK_PATH"; return 1; }
+		ssh_run true </dev/null || { say "SSH target $XK_SSH_DEST unreachable"; return 1; }
+		ssh_share_start
+		ssh_run "mkdir -p $(q "$XK_PATH")" </dev/null || { say "SSH target: cannot create $XK_PATH"; return 1; }
 		return 0 ;;
 	nfs)
 		mkdir -p "$XK_MOUNTPOINT"
@@ -461,7 +478,7 @@ main() {
 		say "rename to $FINAL failed; the dump stays in $WORK"
 		result=failed
 	fi
-	[ "$XK_TARGET_KIND" = ssh ] || sync
+	if [ "$XK_TARGET_KIND" = ssh ]; then ssh_share_stop; else sync; fi
 	if [ "$result" = complete ]; then
 		act "$XK_FINAL_ACTION" final_action
 		return 0
