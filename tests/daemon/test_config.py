@@ -201,7 +201,7 @@ def keys_in_yaml_text(text: str) -> list[str]:
     """Dotted keys written in a YAML file, commented-out ones (``# base: ...``) too."""
     found: list[str] = []
     stack: list[tuple[int, str]] = []
-    for m in re.finditer(r"^( *)(?:# )?([a-z_]+):(?: |$)", text, re.M):
+    for m in re.finditer(r"^( *)(?:# )?([a-z0-9_]+):(?: |$)", text, re.M):
         indent, name = len(m.group(1)), m.group(2)
         while stack and stack[-1][0] >= indent:
             stack.pop()
@@ -391,6 +391,21 @@ def test_selftest_section() -> None:
     assert problems("selftest:\n  after_reload: yes please\n  timeout: 5\n  level: full\n") == [
         (2, "selftest.after_reload", "expected true or false, found string 'yes please'"),
         (3, "selftest.timeout", "expected whole seconds from 10 to 86400, found integer '5'"),
-        (4, "selftest.level", "expected 'boot', found string 'full'"),
+        (4, "selftest.level", "expected 'handoff', 'boot' or null, found string 'full'"),
+    ]
+    handoff = parse_settings(
+        "selftest:\n  level: handoff\n  xen: /boot/xen-4.17-amd64.gz\n"
+        "  dom0_kernel: /boot/vmlinuz-6.1.0-57-amd64\n",
+        "f.yaml",
+    ).selftest
+    assert (handoff.level, handoff.xen, handoff.dom0_kernel) == (
+        "handoff",
+        Path("/boot/xen-4.17-amd64.gz"),
+        Path("/boot/vmlinuz-6.1.0-57-amd64"),
+    )
+    assert SelfTestSettings().level == ""  # unset: handoff where a Xen binary matches
+    assert problems("selftest:\n  xen: xen.gz\n  dom0_kernel: 7\n") == [
+        (2, "selftest.xen", "expected null or an absolute path, found string 'xen.gz'"),
+        (3, "selftest.dom0_kernel", "expected null or an absolute path, found integer '7'"),
     ]
     assert problems("selftest:\n  schedule: daily\n")[0][:2] == (2, "selftest.schedule")

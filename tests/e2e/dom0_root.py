@@ -16,7 +16,6 @@ vmlinuz and initrd.img as multiboot modules, and the disk in snapshot mode.
 
 from __future__ import annotations
 
-import gzip
 import shlex
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from e2e_harness import (
 )
 from scenarios import TOKEN_FILE, kmsg_token
 
+from xenkdump.selftest import xenbin
 from xenkdump.selftest.qemu import Disk, XenMachine, xen_argv, xen_cmdline
 
 XK_USER = "xkuser"
@@ -158,9 +158,7 @@ def disk_image(root: Path, dest: Path) -> Path:
 def xen_elf(root: Path, dest: Path) -> tuple[Path, str]:
     """The root's own Xen (QEMU's multiboot loader takes the ELF, not the gzip)."""
     gz = _one(root, "xen-4.*-amd64.gz")
-    with gzip.open(gz, "rb") as src, dest.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return dest, gz.name.removeprefix("xen-").removesuffix("-amd64.gz")
+    return xenbin.unpack(gz, dest), gz.name.removeprefix("xen-").removesuffix("-amd64.gz")
 
 
 def boot(root: Path, job: Job, qemu: Path, *, timeout: float = 900.0) -> tuple[Boot, str]:

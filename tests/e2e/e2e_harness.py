@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
-import gzip
 import hashlib
 import os
 import re
@@ -35,6 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from xenkdump.selftest import xenbin
 from xenkdump.selftest.cpio import Initramfs
 from xenkdump.selftest.qemu import Disk, Share, XenMachine, xen_argv, xen_cmdline
 
@@ -191,10 +191,7 @@ def _xen_elf(xen_root: Path) -> Path:
     elf = E2E_CACHE / (gz[0].name.removesuffix(".gz") + ".elf")
     if not elf.exists():
         # QEMU's multiboot loader takes the ELF, not the gzip (docs/lab.md §2).
-        tmp = elf.with_suffix(".tmp")
-        with gzip.open(gz[0], "rb") as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.rename(elf)
+        xenbin.unpack(gz[0], elf.with_suffix(".tmp")).rename(elf)
     return elf
 
 

@@ -1,9 +1,14 @@
-"""The self-test's boot level on real QEMU: the good image passes, broken ones fail
-at the right stage with a clear reason, and no QEMU outlives a cancel or a kill -9.
+"""The self-test on real QEMU: the good image passes the handoff level (Debian's Xen
+4.17 as "this host's Xen", the Debian test kernel as dom0 and crash kernel) through
+the CLI and through xenkdumpd over D-Bus; at the boot level it passes too, broken
+images fail at the right stage with a clear reason, and no QEMU outlives a cancel or
+a kill -9.
 
-Each case is one short direct boot of the Debian test kernel (no Xen), about 15 s
-under TCG.  XENKDUMP_SELFTEST_ACCEL=tcg skips the KVM probe, which on the
-project's machines opens /dev/kvm and then hangs (docs/lab.md §6).
+A boot-level case is one short direct boot (no Xen), about 15 s under TCG; a
+handoff case boots Xen, the staging dom0 and the crash kernel, a few minutes
+(docs/selftest.md §6), so there is one per path.  XENKDUMP_SELFTEST_ACCEL=tcg skips
+the KVM probe, which on the project's machines opens /dev/kvm and then hangs
+(docs/lab.md §6).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import pytest
 import scenarios as sc
 import selftest_images as si
-from e2e_harness import CRASH_CMDLINE, REPO, Assets
+from e2e_harness import CRASH_CMDLINE, REPO, Assets, unpacked_package
 
 import privatebus
 from testkernel import with_kernel
@@ -75,6 +80,38 @@ def ctl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+def debian_xen_boot_dir() -> Path:
+    """The unpacked xen-hypervisor-4.17-amd64 package's /boot (xen-4.17-amd64.gz)."""
+    return unpacked_package("xen-hypervisor-4.17-amd64") / "boot"
+
+
+def test_good_image_passes_the_handoff_level_through_the_cli(
+    assets: Assets, env: dict[str, str], work: Path, tmp_path: Path
+) -> None:
+    """Standalone (no Xen here): --xen names the binary, --dom0-kernel the dom0."""
+    initrd = si.good_initrd(assets, tmp_path / "good.cpio.gz")
+    xen = debian_xen_boot_dir() / "xen-4.17-amd64.gz"
+    t0 = time.monotonic()
+    proc = ctl(
+        ["--xen", str(xen), "--dom0-kernel", str(assets.kernel),
+         "--kernel", str(assets.kernel), "--initrd", str(initrd), "--cmdline", CRASH_CMDLINE,
+         "--crash-size", "256", "--work-dir", str(work), "--json"],
+        env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["passed"] is True and result["level"] == "handoff", result
+    assert list(result["stages"]) == [s.value for s in LEVEL_STAGES[Level.HANDOFF]]
+    assert result["xen"] == str(xen)
+    # The CLI knows no host crash area address here: Xen placed it.
+    assert result["note"] == "crash area 256 MiB, placed by Xen (the host's address is not known)"
+    assert 0 < result["peak_memory"] < 256 * MIB
+    assert "selftest: purgatory" in proc.stderr and "selftest: dom0-up" in proc.stderr
+    assert list(work.iterdir()) == []  # the run's files are gone
+    stages = " ".join(f"{k} {v:.0f}s" for k, v in result["stages"].items())
+    print(f"\n[selftest] handoff level passed in {time.monotonic() - t0:.1f}s: {stages}")
+
+
 def test_good_image_passes_the_boot_level_through_the_cli(
     assets: Assets, env: dict[str, str], work: Path, tmp_path: Path
 ) -> None:
@@ -88,6 +125,8 @@ def test_good_image_passes_the_boot_level_through_the_cli(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     assert result["passed"] is True and result["level"] == "boot"
+    # No level asked for and no Xen running here: boot, and the result says why.
+    assert result["note"].startswith("boot level instead of handoff: no Xen binary to boot")
     assert list(result["stages"]) == [s.value for s in LEVEL_STAGES[Level.BOOT]]
     assert 0 < result["crash_kernel_boot_seconds"] < result["duration"]
     assert 0 < result["peak_memory"] < 256 * MIB
@@ -188,14 +227,17 @@ def daemon(
     request: pytest.FixtureRequest,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """xenkdumpd on a private bus, with the good crash image armed on a simulated host
-    (indirect parameter: more configuration YAML)."""
+    (indirect parameter: more configuration YAML; its boot_dir replaces the default)."""
     bus_dir = Path(tempfile.mkdtemp(prefix="xenkdump-bus-"))
     initrd = si.good_initrd(assets, tmp_path / "good.cpio.gz")
     config = tmp_path / "xenkdump.yaml"
     extra = str(getattr(request, "param", ""))
-    config.write_text(
-        sc.daemon_config(assets.kernel, initrd, str(tmp_path / "state")) + "\n" + extra
-    )
+    if "{xen_boot_dir}" in extra:
+        extra = extra.format(xen_boot_dir=debian_xen_boot_dir(), kernel=assets.kernel)
+    base = sc.daemon_config(assets.kernel, initrd, str(tmp_path / "state"))
+    if "boot_dir:" in extra:  # the parameter's boot_dir replaces the kernel's
+        base = "\n".join(line for line in base.splitlines() if not line.startswith("boot_dir:"))
+    config.write_text(base + "\n" + extra)
     with privatebus.running(bus_dir) as address:
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
         env["DBUS_SYSTEM_BUS_ADDRESS"] = address
@@ -240,6 +282,28 @@ def test_the_daemon_self_tests_its_armed_image_over_dbus(
     ).stdout  # fmt: skip
     assert re.search(r"Self-test: +passed \d+ s ago for this image \(boot level\)", human), human
     print(f"\n[selftest] boot level through xenkdumpd: {time.monotonic() - t0:.1f}s")
+
+
+HANDOFF_DAEMON = "boot_dir: {xen_boot_dir}\nselftest:\n  dom0_kernel: {kernel}\n"
+
+
+@pytest.mark.parametrize("daemon", [HANDOFF_DAEMON], indirect=True)
+def test_the_daemon_passes_the_handoff_level_by_default_over_dbus(
+    daemon: subprocess.Popen[bytes], env: dict[str, str]
+) -> None:
+    """No level and no Xen binary configured: the simulated host runs Xen 4.17.7 and
+    boot_dir holds Debian's xen-4.17-amd64.gz (4.17.7), so the default is handoff."""
+    t0 = time.monotonic()
+    proc = ctl(["--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["Passed"] is True and result["Level"] == "handoff", result
+    assert result["Xen"] == str(debian_xen_boot_dir() / "xen-4.17-amd64.gz")
+    # The simulated host's crash area (0xae6ff000) lies beyond the 608 MiB VM.
+    assert "the host's address 0xae6ff000 is beyond the staging VM's memory" in result["Note"]
+    status = cmd_daemon.optional(lambda c: c.get_status())
+    assert status is not None and status["LastSelfTest"] == result
+    print(f"\n[selftest] handoff level through xenkdumpd: {time.monotonic() - t0:.1f}s")
 
 
 @pytest.mark.parametrize("daemon", ["selftest:\n  after_reload: true\n"], indirect=True)

@@ -177,7 +177,7 @@ def test_xen_option_is_checked_and_wins(tmp_path: Path) -> None:
 def test_xen_machine_command_line(tmp_path: Path) -> None:
     m = qemu.XenMachine(
         xen=Path("/w/xen.elf"),
-        xen_cmdline=qemu.xen_cmdline(dom0_mib=384, crashkernel="256M@0x20000000"),
+        xen_cmdline=qemu.xen_cmdline(dom0_mib=384, crashkernel="256M@524288K"),
         dom0_kernel=Path("/boot/vmlinuz-6.1"),
         dom0_cmdline="console=hvc0 earlyprintk=xen",
         dom0_initrd=Path("/w/dom0.cpio.gz"),
@@ -192,7 +192,7 @@ def test_xen_machine_command_line(tmp_path: Path) -> None:
         "-serial", "file:/w/serial.log",
         "-kernel", "/w/xen.elf",
         "-append", "console=com1 com1=115200,8n1 dom0_mem=384M,max:384M loglvl=all "
-        "guest_loglvl=all crashkernel=256M@0x20000000",
+        "guest_loglvl=all crashkernel=256M@524288K",
         "-initrd", "/boot/vmlinuz-6.1 console=hvc0 earlyprintk=xen,/w/dom0.cpio.gz",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
         "multidevs=remap",
@@ -231,7 +231,7 @@ def test_handoff_cmdline_is_the_armed_line_less_the_loaders_words() -> None:
 @pytest.mark.parametrize(
     ("addr", "value", "at_host"),
     [
-        (0x10000000, "256M@0x10000000", True),  # inside the VM's 704 MiB
+        (0x10000000, "256M@262144K", True),  # inside the VM's 608 MiB; Xen reads K
         (0xAE6FF000, "256M", False),  # the simulated host's: beyond the VM
         (0, "256M", False),  # not known (the CLI without a hypervisor)
         (0x100000, "256M", False),  # among the multiboot modules
@@ -247,6 +247,18 @@ def test_crash_area_at_the_hosts_address_when_the_vm_holds_it(
     assert ("as on the host" in text) is at_host
     if addr and not at_host:
         assert f"{addr:#x}" in text
+
+
+def test_a_bigger_dump_gets_more_time_to_scan_and_copy() -> None:
+    small = plan.handoff_timeouts(512 * MIB, 256 * MIB)
+    assert small == {Stage.TOKEN_FOUND: 240.0, Stage.DUMP_WRITTEN: 300.0}
+    big = plan.handoff_timeouts(2048 * MIB, 1024 * MIB)  # 1 GiB to read: four times
+    assert big == {Stage.TOKEN_FOUND: 960.0, Stage.DUMP_WRITTEN: 1200.0}
+    t = Tracker(SERIAL_ID, Level.HANDOFF, start=0.0, total_timeout=9000.0, timeouts=big)
+    t.reach(Stage.CAPTURE_STARTED, 0.0)
+    assert t.tick(959.0) is None
+    failed = t.tick(960.0)
+    assert failed is not None and "not reached within 960 s" in failed.reason
 
 
 # ---- the staging dom0's initramfs ----
@@ -362,9 +374,29 @@ def test_the_loaders_failure_in_dom0_is_the_reason() -> None:
 def test_xen_panicking_ends_the_run() -> None:
     t = Tracker(SERIAL_ID, Level.HANDOFF, start=0.0, total_timeout=900.0)
     t.reach(Stage.VM_START, 0.0)
-    events = feed_log(t, "(XEN) Xen version 4.17.7 (Debian)\n(XEN) Panic on CPU 0:\n")
+    # As Xen 4.17 says it when dom0_mem does not fit (seen while sizing the VM).
+    events = feed_log(
+        t,
+        "(XEN) Xen version 4.17.7 (Debian)\n(XEN) Panic on CPU 0:\n"
+        "(XEN) Not enough RAM for domain 0 allocation\n(XEN) ****************\n",
+    )
     assert isinstance(events[-1], Failed) and events[-1].stage is Stage.DOM0_UP
-    assert "Xen failed before dom0-up" in events[-1].reason
+    assert events[-1].reason == (
+        "Xen panicked before dom0-up: Not enough RAM for domain 0 allocation"
+    )
+
+
+def test_xen_without_its_crash_area_ends_the_run() -> None:
+    t = Tracker(SERIAL_ID, Level.HANDOFF, start=0.0, total_timeout=900.0)
+    t.reach(Stage.VM_START, 0.0)
+    # As Xen 4.17 said it for crashkernel=256M@0x10000000 (a number without a unit is KiB).
+    events = feed_log(
+        t,
+        "(XEN) Xen version 4.17.7 (Debian)\n"
+        "(XEN) Kdump: DISABLED (failed to reserve 256MB (262144kB) at 0x4000000000)\n",
+    )
+    assert isinstance(events[-1], Failed) and events[-1].stage is Stage.DOM0_UP
+    assert events[-1].reason.startswith("Xen reserved no crash area ((XEN) Kdump: DISABLED")
 
 
 def test_silence_after_xen_entered_the_image_names_the_purgatory() -> None:

@@ -81,8 +81,8 @@ def test_memory_check_refuses_with_the_figures() -> None:
 
 def test_vm_memory_per_level() -> None:
     assert plan.vm_memory(Level.BOOT, 256 * MIB) == 256 * MIB
-    # Xen (64 MiB) and the staging dom0 (384 MiB) besides the crash area
-    assert plan.vm_memory(Level.HANDOFF, 256 * MIB) == (256 + 384 + 64) * MIB
+    # Xen (96 MiB) and the staging dom0 (256 MiB) besides the crash area
+    assert plan.vm_memory(Level.HANDOFF, 256 * MIB) == (256 + 256 + 96) * MIB
 
 
 def test_mem_available_from_meminfo() -> None:

@@ -31,8 +31,11 @@ class UnloadOptions:
 
 @dataclass(frozen=True)
 class SelfTestOptions:
-    level: str | None = None  # boot (handoff: not in this version); None: selftest.level
+    # handoff or boot; None: selftest.level, else handoff where a Xen binary matches
+    level: str | None = None
     timeout: int | None = None  # seconds for the whole run; None: selftest.timeout
+    xen: str | None = None  # the handoff level's Xen binary; None: selftest.xen or matched
+    dom0_kernel: str | None = None  # the staging dom0's kernel; None: selftest.dom0_kernel
 
     def __post_init__(self) -> None:
         from xenkdump.errors import InputError  # noqa: PLC0415
@@ -45,6 +48,14 @@ class SelfTestOptions:
             raise InputError(
                 f"SelfTest option 'timeout': expected 10 to 86400 seconds, got {self.timeout}"
             )
+        for name in ("xen", "dom0_kernel"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("/"):
+                raise InputError(
+                    f"SelfTest option {name!r}: expected an absolute path, got {value!r}"
+                )
+        if self.xen is not None and self.level == "boot":
+            raise InputError("SelfTest option 'xen': only with level 'handoff' (boot boots no Xen)")
 
 
 def signatures(

@@ -1,6 +1,6 @@
 """xenkdumpctl selftest: prove the crash path in a staging VM (docs/selftest.md).
 
-``selftest [--level boot|handoff] [--xen PATH] [--json] [--timeout S]``
+``selftest [--level handoff|boot] [--xen PATH] [--dom0-kernel PATH] [--json] [--timeout S]``
 ``         [--config FILE | --kernel PATH [--initrd PATH] [--cmdline ARGS]] [--crash-size MIB]``
 
 Standalone, the image is the one ``--config FILE`` (xenkdump.yaml) or
@@ -46,11 +46,26 @@ def configure(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--level",
         choices=[lv.value for lv in Level],
-        default=Level.BOOT.value,
-        help="boot: the crash kernel, initrd and command line booted directly (default); "
-        "handoff: through this host's Xen (not available in this version)",
+        default=None,
+        help="handoff: this host's Xen boots a staging dom0 that loads the image with "
+        "xenkdump's loader and panics, so Xen hands over to the crash image (the default "
+        "when a Xen binary for the running Xen is found); boot: the crash kernel, initrd "
+        "and command line booted directly (the default otherwise, and said so)",
     )
-    p.add_argument("--xen", metavar="PATH", default="", help="the Xen binary (handoff level)")
+    p.add_argument(
+        "--xen",
+        metavar="PATH",
+        default="",
+        help="the Xen binary the handoff level boots, xen-*.gz or its ELF (default: the "
+        "xen-MAJOR.MINOR*.gz in /boot that matches the running Xen; implies --level handoff)",
+    )
+    p.add_argument(
+        "--dom0-kernel",
+        metavar="PATH",
+        default="",
+        help="the staging dom0's kernel at the handoff level, with its modules in "
+        "/lib/modules/RELEASE (default: /boot/vmlinuz-$(uname -r), this dom0's own)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--timeout",
@@ -82,8 +97,9 @@ def configure(command: str, p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_selftest)
 
 
-def _image(args: argparse.Namespace) -> plan.Image:
-    """The image under test, planned as ``load`` would plan it when a hypervisor answers."""
+def _image(args: argparse.Namespace) -> tuple[plan.Image, str]:
+    """The image under test, planned as ``load`` would plan it when a hypervisor answers,
+    and the running Xen's version ("" without a hypervisor)."""
     from xenkdump.image import loader
     from xenkdump.selftest import plan
 
@@ -100,22 +116,29 @@ def _image(args: argparse.Namespace) -> plan.Image:
     else:
         raise InputError("selftest: give --config FILE or --kernel PATH (xenkdumpd is not running)")
     cmdline, crash_size = inputs.cmdline, (args.crash_size or DEFAULT_CRASH_MIB) * MIB
-    if args.crash_size is None and (args.hypervisor is not None or _xen_present()):
+    crash_addr, version = 0, ""
+    if args.hypervisor is not None or _xen_present():
         from xenkdump.hv.select import open_hypervisor
 
         try:
             with open_hypervisor(args.hypervisor) as hv:
-                host = loader.gather_host(hv)
-                planned, _ = loader.plan_for_load(inputs, host, None)
-            cmdline, crash_size = planned.cmdline, host.crash.size
+                major, minor = hv.xen_version()
+                version = f"{major}.{minor}{hv.xen_extraversion()}"
+                if args.crash_size is None:
+                    host = loader.gather_host(hv)
+                    planned, _ = loader.plan_for_load(inputs, host, None)
+                    cmdline, crash_size = planned.cmdline, host.crash.size
+                    crash_addr = host.crash.start
         except HypervisorError as exc:
             raise InputError(f"{exc} (or give --crash-size MIB)") from None
-    return plan.Image(
+    image = plan.Image(
         kernel=inputs.kernel_path,
         initrd=inputs.initrd_path or "",
         cmdline=cmdline,
         crash_size=crash_size,
+        crash_addr=crash_addr,
     )
+    return image, version
 
 
 def _xen_present() -> bool:
@@ -149,14 +172,26 @@ class Progress:
 def run_standalone(args: argparse.Namespace) -> Result:
     from xenkdump.selftest.job import Job, Options
 
+    image, version = _image(args)
+    boot_dir, conf_level, conf_xen, conf_dom0 = Path("/boot"), "", "", ""
+    if args.config is not None:  # the file's selftest: section gives the defaults
+        from xenkdump.settings.load import load_settings
+
+        settings = load_settings(args.config)
+        boot_dir, st = settings.boot_dir, settings.selftest
+        conf_level, conf_xen = st.level, str(st.xen or "")
+        conf_dom0 = str(st.dom0_kernel or "")
+    level = args.level or ("handoff" if args.xen else conf_level)
     options = Options(
-        level=Level(args.level),
+        level=Level(level) if level else None,
         timeout=args.timeout,
-        xen=args.xen,
+        xen=args.xen or conf_xen,
+        dom0_kernel=args.dom0_kernel or conf_dom0,
+        running_xen=version,
+        boot_dir=boot_dir,
         work_dir=args.work_dir,
         keep=args.keep,
     )
-    image = _image(args)
     progress = Progress(sys.stderr)
     job = Job(image, options, progress=progress)
     job.preflight()  # refusals before anything boots, as one line
@@ -196,10 +231,14 @@ def run_through_daemon(args: argparse.Namespace) -> dict[str, object] | None:
     from xenkdump.cli import cmd_daemon
     from xenkdump.dbus.client import DaemonClient
 
-    if args.xen:
-        raise InputError("--xen: xenkdumpd uses its configured Xen binary (or stop it first)")
     progress = Progress(sys.stderr)
-    options = {"level": args.level, "timeout": int(args.timeout)}
+    options: dict[str, object] = {"timeout": int(args.timeout)}
+    level = args.level or ("handoff" if args.xen else None)
+    if level:
+        options["level"] = level
+    for name, value in (("xen", args.xen), ("dom0_kernel", args.dom0_kernel)):
+        if value:  # xenkdumpd reads the file: an absolute path
+            options[name] = str(Path(value).absolute())
 
     def work(c: DaemonClient) -> dict[str, object]:
         test_id = c.self_test(options)
@@ -225,9 +264,18 @@ def run_through_daemon(args: argparse.Namespace) -> dict[str, object] | None:
         progress.end()
 
 
+def _note(note: object) -> None:
+    """How the level was chosen and where the crash area was: stderr, the result's
+    line on stdout stays one line."""
+    if note:
+        print(f"selftest: {note}", file=sys.stderr)
+
+
 def cmd_selftest(args: argparse.Namespace) -> int:
-    if args.xen and args.level != Level.HANDOFF:
-        raise InputError("--xen: only with --level handoff")
+    if args.xen and args.level == Level.BOOT:
+        raise InputError("--xen: not with --level boot (the boot level boots no Xen)")
+    if args.dom0_kernel and args.level == Level.BOOT:
+        raise InputError("--dom0-kernel: not with --level boot (the boot level has no dom0)")
     if args.config is None and args.kernel is None:
         reply = run_through_daemon(args)
         if reply is None:
@@ -240,6 +288,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         else:
             from xenkdump.selftest.job import Result
 
+            _note(reply.get("Note"))
             print(Result.from_status(reply).summary())
         return 0 if reply.get("Passed") else 1
     result = run_standalone(args)
@@ -247,5 +296,6 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         json.dump(result.to_dict(), sys.stdout, indent=1)
         print()
     else:
+        _note(result.note)
         print(result.summary())
     return 0 if result.passed else 1

@@ -139,9 +139,14 @@ class DaemonCore:
         from xenkdump.selftest.stages import Level  # noqa: PLC0415
 
         conf = self.settings.selftest
+        level = options.level or conf.level
         run = Options(
-            level=Level(options.level or conf.level),
+            level=Level(level) if level else None,
             timeout=float(options.timeout or conf.timeout),
+            xen=options.xen or str(conf.xen or ""),
+            dom0_kernel=options.dom0_kernel or str(conf.dom0_kernel or ""),
+            running_xen=self.executor.xen_version,  # the simulator models one too
+            boot_dir=self.settings.boot_dir,
             memory_limit=conf.memory_limit_mib * MIB,
             launch=self.selftest_launch,
             work_dir=work_dir(self.selftest_launch),
@@ -158,6 +163,7 @@ class DaemonCore:
             cmdline=snap.command_line,
             crash_size=snap.crash_region[1],
             image_sha256=snap.image_sha256,
+            crash_addr=snap.crash_region[0],
         )
         return await self.selftests.start(image, run)
 

@@ -312,7 +312,7 @@ class Job:
             loader=(memory, plan.SYNTHETIC_ADDR),
             disks=(qemu_mod.Disk(scratch),),
         )
-        self._boot(argv, plan.boot_hints(cmdline), scratch, mem_mib * MIB, result, t0)
+        self._boot(argv, plan.boot_hints(cmdline), {}, scratch, mem_mib * MIB, result, t0)
 
     def _handoff_level(self, qemu: str, result: Result, t0: float) -> None:
         """This host's Xen, a staging dom0 that loads the image and panics (§6)."""
@@ -363,12 +363,16 @@ class Job:
             disks=(qemu_mod.Disk(scratch),),
         )
         argv = qemu_mod.xen_argv(qemu, machine)
-        self._boot(argv, plan.handoff_hints(cmdline), scratch, self.image.crash_size, result, t0)
+        timeouts = plan.handoff_timeouts(vm_bytes, self.image.crash_size)
+        self._boot(
+            argv, plan.handoff_hints(cmdline), timeouts, scratch, self.image.crash_size, result, t0
+        )
 
     def _boot(  # noqa: PLR0917 (one call per level)
         self,
         argv: list[str],
         hints: Mapping[Stage, str],
+        timeouts: Mapping[Stage, float],
         scratch: Path,
         crash_bytes: int,
         result: Result,
@@ -386,6 +390,7 @@ class Job:
             total_timeout=self.options.timeout,
             kvm=result.accel == "kvm",
             hints=hints,
+            timeouts=timeouts,
         )
         machine = vm.Vm(argv, work / "serial.log", work / "qemu.stderr", unit)
         self.qemu_pid = machine.pid

@@ -24,7 +24,7 @@ from xenkdump.errors import InputError, OperationError
 from xenkdump.hv.port import AddressRange
 from xenkdump.image.cmdline import arg_key, split_cmdline
 from xenkdump.image.elfcore import build_elfcorehdr
-from xenkdump.selftest.stages import ID_RE, Level, Stage
+from xenkdump.selftest.stages import ID_RE, STAGE_TIMEOUTS, Level, Stage
 from xenkdump.units import MIB
 
 # The synthetic old memory: header, one note, the token.  At 128 MiB: above the
@@ -43,8 +43,8 @@ QEMU_OVERHEAD: Final = 96 * MIB
 # What dom0 keeps for itself while a staging VM runs, unless configured.
 DEFAULT_DOM0_FLOOR: Final = 256 * MIB
 # The handoff level's VM: the crash area plus dom0 and Xen (docs/selftest.md §6).
-HANDOFF_DOM0: Final = 384 * MIB
-HANDOFF_XEN: Final = 64 * MIB
+HANDOFF_DOM0: Final = 256 * MIB
+HANDOFF_XEN: Final = 96 * MIB
 # The staging dom0's console is Xen's (hvc0), which Xen copies to the serial port.
 HANDOFF_DOM0_CMDLINE: Final = "console=hvc0 earlyprintk=xen"
 # Below this a crash area would sit among the multiboot image and modules QEMU
@@ -156,7 +156,7 @@ def handoff_cmdline(armed: str, test_id: str) -> str:
 class CrashArea:
     """Xen's ``crashkernel=`` value in the staging VM and whether it is the host's place."""
 
-    value: str  # "256M@0xae6ff000" or "256M"
+    value: str  # "256M@262144K" (at 256 MiB) or "256M"
     at_host_address: bool
 
     def describe(self, image: Image) -> str:
@@ -178,8 +178,8 @@ def crash_area(image: Image, vm_bytes: int) -> CrashArea:
         raise InputError(f"crash area: expected whole MiB, found {size} bytes")
     addr = image.crash_addr
     fits = addr >= _LOW_LIMIT and addr % 4096 == 0 and addr + size <= vm_bytes
-    if fits:
-        return CrashArea(f"{size // MIB}M@{addr:#x}", True)
+    if fits:  # Xen reads a number without a suffix as KiB: the address in K
+        return CrashArea(f"{size // MIB}M@{addr // 1024}K", True)
     return CrashArea(f"{size // MIB}M", False)
 
 
@@ -202,6 +202,17 @@ def handoff_hints(cmdline: str) -> dict[Stage, str]:
         "purgatory halts on an image whose SHA-256 check fails, or the kernel stopped early",
     )
     return hints
+
+
+# The crash side reads the whole dump for the token and copies it: STAGE_TIMEOUTS
+# hold for this much dumped memory (the boot level's is 64 KiB), more for more.
+_SCANNED_PER_TIMEOUT: Final = 256 * MIB
+
+
+def handoff_timeouts(vm_bytes: int, crash_size: int) -> dict[Stage, float]:
+    """Stage timeouts for a dump of the staging VM's memory outside the crash area."""
+    scale = max(1.0, (vm_bytes - crash_size) / _SCANNED_PER_TIMEOUT)
+    return {s: STAGE_TIMEOUTS[s] * scale for s in (Stage.TOKEN_FOUND, Stage.DUMP_WRITTEN)}
 
 
 def vm_memory(level: Level, crash_size: int) -> int:

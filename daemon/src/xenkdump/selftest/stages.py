@@ -91,6 +91,7 @@ _EVIDENCE: Final[Sequence[tuple[Stage, re.Pattern[str]]]] = (
 
 # Before the crash image runs (handoff level), the kernel lines are dom0's and Xen's.
 _XEN_PANIC: Final = re.compile(r"\(XEN\) Panic on CPU")
+_XEN_NO_CRASH_AREA: Final = re.compile(r"\(XEN\) Kdump: DISABLED")
 _DOM0_FATAL: Final[Sequence[tuple[re.Pattern[str], str]]] = (
     (re.compile(r"invoked oom-killer|Out of memory"), "dom0 ran out of memory ({line})"),
     (re.compile(r"Kernel panic - not syncing: .*"), "dom0 panicked before {stage} ({line})"),
@@ -163,6 +164,7 @@ class Tracker:
         total_timeout: float,
         kvm: bool = False,
         hints: Mapping[Stage, str] | None = None,
+        timeouts: Mapping[Stage, float] | None = None,
     ) -> None:
         self.test_id = test_id
         self.level = level
@@ -174,8 +176,11 @@ class Tracker:
         self.total_timeout = total_timeout
         self.factor = KVM_FACTOR if kvm else 1.0
         self.hints = dict(hints or {})
+        # STAGE_TIMEOUTS with the planner's overrides (a bigger dump takes longer).
+        self.timeouts = {**STAGE_TIMEOUTS, **(timeouts or {})}
         self._last_progress = start
         self._partial = ""
+        self._xen_panic = False
         self.last_lines: list[str] = []
         self.values: dict[str, str] = {}
 
@@ -201,7 +206,7 @@ class Tracker:
 
     def stage_deadline(self) -> float:
         nxt = self.next_stage
-        limit = STAGE_TIMEOUTS[nxt] * self.factor if nxt is not None else 0.0
+        limit = self.timeouts[nxt] * self.factor if nxt is not None else 0.0
         return min(self._last_progress + limit, self.deadline_total)
 
     # ---- inputs ----
@@ -238,7 +243,7 @@ class Tracker:
         if now >= self.deadline_total:
             why = f"the self-test's time limit of {self.total_timeout:.0f} s ran out"
         else:
-            why = f"not reached within {STAGE_TIMEOUTS[nxt] * self.factor:.0f} s"
+            why = f"not reached within {self.timeouts[nxt] * self.factor:.0f} s"
         last = self.last_lines[-1] if self.last_lines else "nothing on the serial console"
         return self.fail(nxt, f"{why} (last output: {last})", now, hinted=True)
 
@@ -290,8 +295,14 @@ class Tracker:
             return self._marker(line[i + len(MARKER) :].split(), now)
         nxt = self.next_stage
         if not self._crash_side():
+            if self._xen_panic:  # Xen's reason is the line after "Panic on CPU n:"
+                why = line.removeprefix("(XEN)").strip() or "no reason given"
+                return [self.fail(None, f"Xen panicked before {nxt}: {why}", now)]
             if _XEN_PANIC.search(line):
-                return [self.fail(None, f"Xen failed before {nxt} ({line})", now)]
+                self._xen_panic = True
+                return []
+            if _XEN_NO_CRASH_AREA.search(line):
+                return [self.fail(None, f"Xen reserved no crash area ({line})", now)]
             events = self._evidence(line, now)  # dom0's panic line, when it is due
             if events:
                 return events

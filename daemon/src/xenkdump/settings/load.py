@@ -85,7 +85,9 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
         st = value["selftest"] or {}
         fields["selftest"] = SelfTestSettings(
             after_reload=bool(st.get("after_reload", False)),
-            level=str(st.get("level", "boot")),
+            level=str(st.get("level") or ""),
+            xen=Path(st["xen"]) if st.get("xen") else None,
+            dom0_kernel=Path(st["dom0_kernel"]) if st.get("dom0_kernel") else None,
             timeout=int(st.get("timeout", 900)),
             memory_limit_mib=int(st.get("memory_limit", 0)),
         )

@@ -98,7 +98,9 @@ class SelfTestSettings:
     """The ``selftest:`` section (docs/selftest.md)."""
 
     after_reload: bool = False  # self-test the armed image after every successful load
-    level: str = "boot"
+    level: str = ""  # "": handoff when a Xen binary matches the running Xen, else boot
+    xen: Path | None = None  # the handoff level's Xen binary (None: the matching one)
+    dom0_kernel: Path | None = None  # its dom0 kernel (None: boot_dir/vmlinuz-$(uname -r))
     timeout: int = 900  # seconds
     memory_limit_mib: int = 0  # 0: only dom0's free memory limits a staging VM
 
