@@ -568,6 +568,12 @@ def test_one_self_test_at_a_time_and_cancel_by_id(
         ({"level": Variant("s", "full")}, "expected 'boot' or 'handoff', got 'full'"),
         ({"timeout": Variant("u", 5)}, "expected 10 to 86400 seconds, got 5"),
         ({"speed": Variant("u", 5)}, "SelfTest option 'speed': unknown"),
+        ({"xen": Variant("s", "xen.gz")}, "'xen': expected an absolute path, got 'xen.gz'"),
+        ({"dom0_kernel": Variant("u", 1)}, "expected D-Bus type 's', got 'u'"),
+        (
+            {"level": Variant("s", "boot"), "xen": Variant("s", "/boot/xen.gz")},
+            "SelfTest option 'xen': only with level 'handoff'",
+        ),
     ],
 )
 def test_self_test_options_are_checked_at_the_edge(

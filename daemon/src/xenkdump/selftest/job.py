@@ -243,8 +243,8 @@ class Job:
 
     def preflight(self) -> str:
         """Everything that can be refused before a VM starts; returns the QEMU path."""
-        qemu = vm.find_qemu(direct=isinstance(self.options.launch, ln.Direct))
         self.choose_level()
+        qemu = vm.find_qemu(direct=isinstance(self.options.launch, ln.Direct))
         _readable(self.image.kernel, "crash kernel")
         if self.image.initrd:
             _readable(self.image.initrd, "crash initrd")
