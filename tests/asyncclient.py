@@ -159,6 +159,17 @@ class DaemonClient:
         (status,) = await self.call("Reload", "a{sv}", [body])
         return status_dict(status)
 
+    async def add_match(self, rule: str) -> None:
+        """Ask the bus to route the signals ``rule`` selects here (AddMatch)."""
+        await self.call_raw(
+            "AddMatch",
+            "s",
+            [rule],
+            interface=names.DBUS_SERVICE,
+            destination=names.DBUS_SERVICE,
+            path=names.DBUS_PATH,
+        )
+
     async def self_test(
         self,
         options: Mapping[str, object] | None = None,
@@ -168,14 +179,8 @@ class DaemonClient:
 
         Signals are matched before the call, so none is missed however fast the run.
         """
-        match = f"type='signal',interface='{names.INTERFACE}',path='{names.OBJECT_PATH}'"
-        await self.call_raw(
-            "AddMatch",
-            "s",
-            [match],
-            interface=names.DBUS_SERVICE,
-            destination=names.DBUS_SERVICE,
-            path=names.DBUS_PATH,
+        await self.add_match(
+            f"type='signal',interface='{names.INTERFACE}',path='{names.OBJECT_PATH}'"
         )
         seen: list[Message] = []
         arrived = asyncio.Event()

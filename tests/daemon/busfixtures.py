@@ -308,15 +308,7 @@ def with_client(work: Callable[[DaemonClient], Awaitable[T]]) -> T:
 async def listen(c: DaemonClient, member: str) -> list[Message]:
     """Collect the signals ``member`` sent by our object, from now on."""
     got: list[Message] = []
-    rule = f"type='signal',path='{names.OBJECT_PATH}',member='{member}'"
-    await c.call_raw(
-        "AddMatch",
-        "s",
-        [rule],
-        interface=names.DBUS_SERVICE,
-        destination=names.DBUS_SERVICE,
-        path=names.DBUS_PATH,
-    )
+    await c.add_match(f"type='signal',path='{names.OBJECT_PATH}',member='{member}'")
 
     def handler(msg: Message) -> None:
         if msg.message_type is MessageType.SIGNAL and msg.member == member:

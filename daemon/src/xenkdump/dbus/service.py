@@ -95,7 +95,7 @@ class _Service:
         self.spec = spec
         self.allowed_uids = allowed_uids
         self.closed = False
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[object]] = set()
         self._doc = contract.introspection_document(spec, names.OBJECT_PATH)
         # GetStatus/GetAll are the hot path: build the a{sv} once per snapshot.
         self._cached_for: object = None
@@ -240,17 +240,26 @@ class _Service:
             return
         self.bus.send(Message.new_signal(names.OBJECT_PATH, names.INTERFACE, name, sig, body))
 
-    async def _answer_call(self, msg: Message, work: Awaitable[tuple[str, list[object]]]) -> None:
-        """Reply with what ``work`` returns: (signature, body), or its error."""
+    async def _answer_call(
+        self,
+        msg: Message,
+        work: Awaitable[tuple[str, list[object]]],
+        failed: Callable[[str, str], None] | None = None,
+    ) -> bool:
+        """Reply with what ``work`` returns, (signature, body), or with its error (then
+        ``failed(name, message)``); True when it succeeded."""
         try:
             signature, body = await work
         except asyncio.CancelledError:
             self._send_stopping(msg)
             raise
         except Exception as exc:
-            self._send_error(msg, exc)
-            return
+            name, text = self._send_error(msg, exc)
+            if failed is not None:
+                failed(name, text)
+            return False
         self.bus.send(Message.new_method_return(msg, signature, body))
+        return True
 
     async def _self_test(self, msg: Message) -> tuple[str, list[object]]:
         await self._authorize(msg)
@@ -264,7 +273,7 @@ class _Service:
 
     # ---- the methods that change things ----
 
-    def _spawn(self, answer: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, answer: Coroutine[Any, Any, object]) -> None:
         """Run a call's answer as a task (closed with the service)."""
         task = asyncio.get_running_loop().create_task(answer)
         self.tasks.add(task)
@@ -279,20 +288,21 @@ class _Service:
         return name, text
 
     async def _answer(self, msg: Message, work: Awaitable[tuple[Status, str]]) -> None:
+        """Reload and Unload: the status as the reply, then the Finished signal."""
         operation = (msg.member or "").lower()
-        reason = ""
-        try:
-            snapshot, reason = await work
-        except asyncio.CancelledError:
-            self._send_stopping(msg)
-            raise
-        except Exception as exc:
-            name, text = self._send_error(msg, exc)
+        done: list[tuple[Status, str]] = []
+
+        async def status() -> tuple[str, list[object]]:
+            done.append(await work)
+            return "a{sv}", [self._status(done[0][0])]
+
+        def failed(name: str, text: str) -> None:
             if name not in (names.ERROR_NOT_PERMITTED, names.ERROR_INVALID_ARGS):
-                self._finished(operation, name, text, reason, self.core.status())
-            return
-        self.bus.send(Message.new_method_return(msg, "a{sv}", [self._status(snapshot)]))
-        self._finished(operation, "", "", reason or snapshot.last_reload_reason, snapshot)
+                self._finished(operation, name, text, "", self.core.status())
+
+        if await self._answer_call(msg, status(), failed):
+            snapshot, reason = done[0]
+            self._finished(operation, "", "", reason or snapshot.last_reload_reason, snapshot)
 
     def _finished(
         self, operation: str, error: str, message: str, reason: str, snap: Status
