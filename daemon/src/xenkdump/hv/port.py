@@ -16,6 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from xenkdump.errors import InputError
+from xenkdump.safefile import Limit, read_file
+
 # The page size of every address and size the port speaks of (re-exported).
 from xenkdump.units import PAGE_SIZE as PAGE_SIZE  # noqa: PLC0414
 
@@ -65,6 +68,13 @@ def e820_type_name(type_: int) -> str:
 
 # dom0's own command line on a real dom0.
 PROC_CMDLINE = Path("/proc/cmdline")
+
+
+def read_dom0_cmdline(path: Path = PROC_CMDLINE, *, error: type[InputError] = InputError) -> str:
+    """dom0's own command line (``error`` naming the file when it cannot be read)."""
+    raw = read_file(path, "dom0 command line", Limit.PROC, error=error)
+    return raw.decode("utf-8", errors="replace").strip()
+
 
 # Xen versions this project can drive: segment load exists from 4.4 (§2.2).
 MIN_XEN_VERSION = (4, 4)

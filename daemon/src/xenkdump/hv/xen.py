@@ -27,14 +27,14 @@ from xenkdump.hv.port import (
     KEXEC_RANGE_MA_XEN,
     MIN_XEN_VERSION,
     PAGE_SIZE,
-    PROC_CMDLINE,
     AddressRange,
     ClosingContext,
     E820Entry,
     PhysInfo,
     Segment,
+    read_dom0_cmdline,
 )
-from xenkdump.safefile import Limit, read_file, read_file_if_exists
+from xenkdump.safefile import Limit, read_file_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +286,9 @@ class XenHypervisor(ClosingContext):
 
     def dom0_command_line(self) -> str:
         try:
-            raw = read_file(PROC_CMDLINE, "dom0 command line", Limit.PROC)
+            return read_dom0_cmdline()
         except InputError:
             return ""
-        return raw.decode("utf-8", errors="replace").strip()
 
     def crash_range(self) -> AddressRange:
         return self._range("xc_kexec_get_range(MA_CRASH)", KEXEC_RANGE_MA_CRASH, 0)

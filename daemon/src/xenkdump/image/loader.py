@@ -29,9 +29,9 @@ from xenkdump.hv.port import (
     EM_X86_64,
     KEXEC_TYPE_CRASH,
     MIN_XEN_VERSION,
-    PROC_CMDLINE,
     AddressRange,
     Hypervisor,
+    read_dom0_cmdline,
 )
 from xenkdump.image import cmdline as cmdline_mod
 from xenkdump.image import elfcore
@@ -65,12 +65,6 @@ PARITY_XEN_VERSION = (4, 9)
 EFI_SYSTAB = Path("/sys/firmware/efi/systab")
 
 
-def read_dom0_cmdline(path: Path = PROC_CMDLINE) -> str:
-    """dom0's own command line, the default base of the crash kernel's."""
-    raw = read_file(path, "dom0 command line", Limit.PROC, error=ImageError)
-    return raw.decode("utf-8", errors="replace").strip()
-
-
 def read_inputs(
     kernel: Path,
     initrd: Path | None,
@@ -97,7 +91,7 @@ def read_inputs(
         if not initrd_data:
             raise ImageError(f"{shown(initrd)}: initrd: expected a non-empty file, found 0 bytes")
     if cmdline is None:
-        base = dom0_cmdline if dom0_cmdline is not None else read_dom0_cmdline()
+        base = dom0_cmdline if dom0_cmdline is not None else read_dom0_cmdline(error=ImageError)
     else:
         base = cmdline
     user = cmdline_mod.user_cmdline(
