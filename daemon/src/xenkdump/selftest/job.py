@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import xenkdump
 from xenkdump.errors import InputError, OperationError, XenkdumpError
-from xenkdump.safefile import Limit, check_readable
+from xenkdump.safefile import Limit, check_readable, read_file
 from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, dom0, plan, vm, xenbin
 from xenkdump.selftest import launch as ln
 from xenkdump.selftest import qemu as qemu_mod
@@ -180,8 +180,7 @@ def _holds_dump(scratch: Path, token: bytes, chunk: int = 1 << 20) -> bool:
 
 
 def _meminfo() -> str:
-    with open("/proc/meminfo") as f:
-        return f.read()
+    return read_file(Path("/proc/meminfo"), "memory information", Limit.PROC).decode()
 
 
 class Job:
