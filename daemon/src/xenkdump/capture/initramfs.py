@@ -39,7 +39,7 @@ from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.errors import InputError, OperationError
 from xenkdump.hv.port import AddressRange, Hypervisor
 from xenkdump.paths import INITRD_DIR, INITRD_DIR_ENV
-from xenkdump.safefile import Limit, chunks
+from xenkdump.safefile import Limit, chunks, read_file_if_exists
 from xenkdump.selftest import HOOK as SELFTEST_HOOK
 from xenkdump.settings.model import DumpSettings, DumpTarget
 from xenkdump.units import KIB
@@ -246,9 +246,10 @@ def _record(image: Path) -> Path:
 def read_built(image: Path) -> Built | None:
     """What the record next to ``image`` says, when both exist."""
     try:
-        doc = json.loads(_record(image).read_text())
-        if not image.is_file():
+        raw = read_file_if_exists(_record(image), "crash initramfs record", Limit.STATE)
+        if raw is None or not image.is_file():
             return None
+        doc = json.loads(raw)
         return Built(
             path=image,
             key=str(doc["content_sha256"]),
@@ -260,7 +261,7 @@ def read_built(image: Path) -> Built | None:
             seconds=0.0,
             rebuilt=False,
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, InputError, ValueError, KeyError, TypeError):
         return None
 
 
