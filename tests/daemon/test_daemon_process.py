@@ -31,6 +31,7 @@ from xenkdump.errors import FileWriteError, OperationError
 from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange
 from xenkdump.hv.sim import SimulatedHypervisor
 from xenkdump.requests import ReloadOptions
+from xenkdump.selftest.cpio import Initramfs
 from xenkdump.settings.load import load_settings
 from xenkdump.state import record as record_mod
 from xenkdump.state.record import RecordStore
@@ -44,17 +45,10 @@ pytestmark = pytest.mark.kernel
 
 def newc_archive(files: dict[str, bytes]) -> bytes:
     """A gzip'd cpio (newc) archive: the initrd format Linux unpacks."""
-    out = bytearray()
-    entries = [*files.items(), ("TRAILER!!!", b"")]
-    for ino, (name, data) in enumerate(entries, start=1):
-        mode = 0o100755 if name != "TRAILER!!!" else 0
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-        out += b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
-        out += name.encode() + b"\0"
-        out += b"\0" * (-len(out) % 4)
-        out += data
-        out += b"\0" * (-len(out) % 4)
-    return gzip.compress(bytes(out), mtime=0)
+    fs = Initramfs()
+    for name, data in files.items():
+        fs.add_file(name, data, 0o755)
+    return gzip.compress(fs.cpio(), mtime=0)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from asyncclient import DaemonClient
 from xenkdump import __version__
 from xenkdump.cli import cmd_daemon, ctl
 from xenkdump.dbus import errors, names
+from xenkdump.selftest.cpio import Initramfs
 from xenkdump.status import INTERFACE_REVISION, Status
 
 pytestmark = pytest.mark.kernel
@@ -39,14 +40,9 @@ TIMEOUT = 60.0
 
 def initrd_bytes() -> bytes:
     """A gzip'd newc cpio holding one /init: the smallest initrd Linux accepts."""
-    out = bytearray()
-    for ino, (name, data, mode) in enumerate(
-        [("init", b"#!/bin/sh\n", 0o100755), ("TRAILER!!!", b"", 0)], start=1
-    ):
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-        out += b"070701" + b"".join(f"{v:08x}".encode() for v in fields) + name.encode() + b"\0"
-        out += b"\0" * (-len(out) % 4) + data + b"\0" * (-len(data) % 4)
-    return gzip.compress(bytes(out), mtime=0)
+    fs = Initramfs()
+    fs.add_file("init", b"#!/bin/sh\n", 0o755)
+    return gzip.compress(fs.cpio(), mtime=0)
 
 
 @dataclass
