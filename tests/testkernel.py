@@ -33,17 +33,23 @@ def version_string(data: bytes) -> str:
     return data[ptr : ptr + 256].split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def with_kernel(kernel: Path, tmp_path: Path) -> list[str]:
-    """A command prefix: run in a mount namespace where ``kernel``'s package is installed."""
+def with_kernel(kernel: Path, tmp_path: Path, boot_extra: Path | None = None) -> list[str]:
+    """A command prefix: run in a mount namespace where ``kernel``'s package is installed
+    (and the files of ``boot_extra``, e.g. a Xen binary, are in /boot too)."""
     root = kernel.parent.parent  # <cache>/root with boot/ and lib/modules/
     up, work = tmp_path / "ov-up", tmp_path / "ov-work"
     up.mkdir(exist_ok=True)
     work.mkdir(exist_ok=True)
     release = kernel.name.removeprefix("vmlinuz-")
+    boot = (
+        f"mount -t overlay overlay -o lowerdir={boot_extra}:{root}/boot /boot"
+        if boot_extra is not None
+        else f"mount --bind {root}/boot /boot"
+    )
     # depmod as the kernel package's postinst does: an installed kernel has modules.dep.
     script = (
         f"mount -t overlay overlay -o lowerdir={root}/lib:/usr/lib,upperdir={up},"
-        f"workdir={work} /usr/lib && mount --bind {root}/boot /boot && "
+        f"workdir={work} /usr/lib && {boot} && "
         f'depmod {release} && exec "$@"'
     )
     return ["unshare", "-m", "sh", "-c", script, "sh"]

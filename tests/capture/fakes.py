@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 
 from xenkdump.hv.port import EM_X86_64, AddressRange
@@ -122,17 +123,43 @@ def busybox_bin(dir: Path, busybox: str) -> Path:
     return dir
 
 
-def synthetic_core(path: Path, *, xen: AddressRange, console: bytes) -> bytes:
-    """An ELF64 core with two PT_LOADs (dom0 RAM, Xen's image); ``console`` inside Xen's.
+def xen_notes(xen_phys_start: int, vmcoreinfo: str) -> bytes:
+    """Xen's crash-info note (XEN_ELFNOTE_CRASH_INFO: 8 longs, then xen_phys_start and
+    dom0's p2m list) and its VMCOREINFO_XEN text note, as in a Xen dump."""
+
+    def note(name: bytes, ntype: int, desc: bytes) -> bytes:
+        name += b"\0"
+        head = struct.pack("<III", len(name), len(desc), ntype)
+        return head + name + bytes(-len(name) % 4) + desc + bytes(-len(desc) % 4)
+
+    info = struct.pack("<10Q", 4, 17, 0, 0, 0, 0, 0, 0, xen_phys_start, 0)
+    return note(b"Xen", 0x1000001, info) + note(b"VMCOREINFO_XEN", 0, vmcoreinfo.encode())
+
+
+def synthetic_core(
+    path: Path,
+    *,
+    xen: AddressRange,
+    console: bytes,
+    notes: bytes = b"",
+    patches: dict[int, bytes] | None = None,
+) -> bytes:
+    """An ELF64 core with two PT_LOADs (dom0 RAM, Xen's image); ``console`` inside Xen's;
+    ``notes`` in a PT_NOTE first; ``patches`` written at machine addresses.
 
     Headers come from xenkdump's own elfcore layouts; data offsets are page aligned,
     as in /proc/vmcore.
     """
     loads = [(AddressRange(0x100000, 4 * PAGE), b"dom0 page "), (xen, b"\0")]
-    nph = len(loads)
+    nph = len(loads) + (1 if notes else 0)
     data_off = PAGE
     phdrs = b""
     body = b""
+    if notes:
+        phdrs += elfcore.ELF64_PHDR.pack(
+            {"p_type": elfcore.PT_NOTE, "p_offset": data_off, "p_filesz": len(notes)}
+        )
+        body += notes + bytes(-len(notes) % PAGE)
     for rng, fill in loads:
         phdrs += elfcore.ELF64_PHDR.pack(
             {
@@ -148,8 +175,12 @@ def synthetic_core(path: Path, *, xen: AddressRange, console: bytes) -> bytes:
         )
         chunk = (fill * (rng.size // len(fill) + 1))[: rng.size]
         if rng == xen:
-            at = 2 * PAGE + 123  # the ring: somewhere in Xen's .bss
+            at = 2 * PAGE + 123  # console text somewhere in Xen's image
             chunk = chunk[:at] + console + chunk[at + len(console) :]
+        for addr, blob in (patches or {}).items():
+            if rng.start <= addr < rng.end:
+                at = addr - rng.start
+                chunk = chunk[:at] + blob + chunk[at + len(blob) :]
         body += chunk
     ehdr = elfcore.ELF64_EHDR.pack(
         {

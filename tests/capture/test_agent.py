@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from xenkdump.capture import AGENT
+from xenkdump.capture import AGENT, xensyms
 from xenkdump.hv.port import AddressRange
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fakes import busybox_bin, make_fake_bin, synthetic_core
+from fakes import busybox_bin, make_fake_bin, synthetic_core, xen_notes
 
 XEN = AddressRange(0x3FE00000, 8 * 4096)
 CONSOLE = b"(XEN) Xen version 4.17.7 (Debian)\n(XEN) Panic on CPU 0:\n(XEN) FATAL TRAP\n"
@@ -345,3 +345,72 @@ def test_ssh_unreachable_runs_failure_action(agent: Agent) -> None:
     proc = agent.run(**conf)
     assert proc.returncode == 1 and "unreachable" in proc.stderr
     assert agent.actions() == ["halt"]
+
+
+# Xen's console ring through Xen's symbols (docs/capture.md §3): Xen's image at XEN,
+# linked 2 MiB above XEN_VIRT_START; the ring in the heap (here: dom0's load), wrapped.
+XPS = XEN.start - 0x200000  # xen_phys_start
+RING_AT, RING_SIZE = 0x102000, 4096
+SYMS = {"conring": 0x201000, "conring_size": 0x201008, "conringp": 0x201010}
+CHECK = {"domain_list": 0x201100, "max_page": 0x201108}
+
+
+def ring_core(agent: Agent, *, vmcoreinfo_domain_list: int) -> str:
+    """A core whose Xen wrote 4096 + 100 characters: the ring's oldest text starts at 100."""
+    lines = b"".join(b"(XEN) line %04d of Xen's log\n" % i for i in range(200))
+    text = lines[-(RING_SIZE + 100) :]
+    ring = bytearray(RING_SIZE)
+    for i, ch in enumerate(text):
+        ring[i % RING_SIZE] = ch
+    ptr = xensyms.DIRECTMAP_VIRT_START + RING_AT
+    vmcoreinfo = (
+        f"SYMBOL(domain_list)={xensyms.XEN_VIRT_START + vmcoreinfo_domain_list:x}\n"
+        f"SYMBOL(max_page)={xensyms.XEN_VIRT_START + CHECK['max_page']:x}\n"
+    )
+    synthetic_core(
+        agent.tmp / "vmcore",
+        xen=XEN,
+        console=CONSOLE,
+        notes=xen_notes(XPS, vmcoreinfo),
+        patches={
+            XPS + SYMS["conring"]: ptr.to_bytes(8, "little"),
+            XPS + SYMS["conring_size"]: RING_SIZE.to_bytes(4, "little"),
+            XPS + SYMS["conringp"]: (RING_SIZE + 100).to_bytes(4, "little"),
+            RING_AT: bytes(ring),
+        },
+    )
+    return text[-RING_SIZE:].decode()
+
+
+def ring_conf(agent: Agent) -> dict[str, str]:
+    found = xensyms.ConsoleSymbols("/boot/xen-4.17-amd64.gz", {**SYMS, **CHECK})
+    return base_conf(agent, **found.agent_values())
+
+
+def test_xen_console_ring_located_through_xens_symbols(agent: Agent) -> None:
+    expected = ring_core(agent, vmcoreinfo_domain_list=CHECK["domain_list"])
+    proc = agent.run(**ring_conf(agent))
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    # the oldest character first, across the wrap
+    assert (d / "xen-console.txt").read_text() == expected
+    console = meta["xen_console"]
+    assert console["found"] is True  # type: ignore[index]
+    assert console["how"] == (  # type: ignore[index]
+        f"Xen's console ring, {RING_SIZE} bytes at machine address {RING_AT:#x} (characters "
+        f"written: {RING_SIZE + 100}), located through conring in the symbol table of "
+        "/boot/xen-4.17-amd64.gz and checked against Xen's VMCOREINFO"
+    )
+
+
+def test_xen_console_ring_of_another_xen_binary_is_refused(agent: Agent) -> None:
+    ring_core(agent, vmcoreinfo_domain_list=CHECK["domain_list"] + 0x40)  # another build
+    proc = agent.run(**ring_conf(agent))
+    assert proc.returncode == 0, proc.stderr
+    d, meta = one_dump(agent)
+    how = meta["xen_console"]["how"]  # type: ignore[index]
+    assert how.startswith(
+        "Xen's console ring not located: /boot/xen-4.17-amd64.gz is not the Xen that crashed"
+    ), how
+    # the fallback scan of Xen's image still runs (here it finds the test's text)
+    assert (d / "xen-console.txt").read_text() == CONSOLE.decode()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +31,16 @@ from typing import Any
 import pytest
 import scenarios as sc
 import sshd_lab
-from e2e_harness import CRASHKERNEL, DOM0_END, MEMORY_MIB, REPO, Assets, Job, boot
+from e2e_harness import (
+    CRASHKERNEL,
+    DOM0_END,
+    MEMORY_MIB,
+    REPO,
+    Assets,
+    Job,
+    boot,
+    unpacked_package,
+)
 
 from testkernel import with_kernel
 
@@ -81,11 +91,17 @@ def reopen_dmesg(vmcore: Path, work: Path) -> Path:
 
 
 def build_initrd(job: Job, assets: Assets, config: Path) -> tuple[Path, dict[str, Any]]:
-    """``xenkdumpctl initrd --config`` (the product) with Debian's kernel "installed"."""
+    """``xenkdumpctl initrd --config`` (the product) with Debian's kernel "installed", and
+    the lab's Xen binary in /boot as on a Debian dom0 (its symbol table locates Xen's
+    console ring, capture/xensyms.py)."""
     image = job.dir / "crash-xenkdump.img"
+    boot_extra = job.dir / "boot-xen"
+    boot_extra.mkdir(exist_ok=True)
+    for f in (unpacked_package("xen-hypervisor-4.17-amd64") / "boot").glob("xen-4.17*-amd64.gz"):
+        shutil.copy(f, boot_extra / f.name)
     built = subprocess.run(
         [
-            *with_kernel(assets.kernel, job.dir),
+            *with_kernel(assets.kernel, job.dir, boot_extra),
             sys.executable,
             "-m",
             "xenkdump.cli.ctl",
@@ -266,4 +282,10 @@ def test_xen_crash_saves_a_dump_over_ssh(assets: Assets, job: Job) -> None:
     assert meta["vmcore"]["format"] == "elf", meta["vmcore"]
     assert "-F" in " ".join(s["command"] for s in meta["steps"])
     check_dump(meta, dump / "dmesg.txt", dump / "vmcore", token, job.dir)
+    # Xen's last words: its console ring, located through its symbol table, ends with
+    # the crash it was asked for
+    assert meta["xen_console"]["found"] is True, meta["xen_console"]
+    console = (dump / "xen-console.txt").read_text(errors="replace").splitlines()
+    assert sc.XEN_CRASH_KEY in console[-3], console[-5:]
+    assert console[-2].endswith("Executing kexec image on cpu0"), console[-5:]
     record("ssh, Xen crash", figures(info, meta, dump / "vmcore"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from xenkdump.hv.port import AddressRange
@@ -40,8 +40,11 @@ class CaptureFacts:
     dom0_kernel: str  # the crash (= dom0) kernel's release
     xen_version: str
     xen_cmdline: str
-    xen_range: AddressRange  # Xen's own image, where its console ring lives
+    xen_range: AddressRange  # Xen's own image (the agent's fallback scan for console text)
     kernel_sha256: str = ""
+    # Where Xen's console ring is found (capture/xensyms.py: XK_XEN_* settings), or why not.
+    xen_console: Mapping[str, str] = field(default_factory=dict)
+    xen_console_missing: str = ""
 
 
 def quote(value: str) -> str:
@@ -86,6 +89,8 @@ def agent_values(
             f"{facts.xen_range.start:#x}+{facts.xen_range.size:#x}" if facts.xen_range.size else ""
         ),
         "XK_KERNEL_SHA256": facts.kernel_sha256,
+        "XK_XEN_SYMS_MISSING": facts.xen_console_missing,
+        **facts.xen_console,
     }
     if dump.target is DumpTarget.LOCAL:
         assert local is not None

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenkdump.capture import AGENT_DIR, agentconf, target
+from xenkdump.capture import AGENT_DIR, agentconf, target, xensyms
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.errors import InputError, OperationError
 from xenkdump.hv.port import AddressRange, Hypervisor
@@ -46,6 +46,7 @@ from xenkdump.units import KIB
 
 log = logging.getLogger(__name__)
 
+BOOT = Path("/boot")  # where the Xen binary is looked for by default (settings.boot_dir)
 # Where xenkdumpd keeps the image it builds ($XENKDUMP_INITRD_DIR for tests).
 DEFAULT_DIR = Path(os.environ.get(INITRD_DIR_ENV, INITRD_DIR))
 MKINITRAMFS = "mkinitramfs"
@@ -341,20 +342,30 @@ def hostname() -> str:
 
 
 def capture_facts(
-    hv: Hypervisor | None, kernel_version: str, kernel_sha256: str = ""
+    hv: Hypervisor | None, kernel_version: str, kernel_sha256: str = "", boot_dir: Path = BOOT
 ) -> CaptureFacts:
     """The facts the agent records about this host, asked of the hypervisor port (None:
-    not on a Xen host; Xen's version, command line and image are then unknown)."""
-    if hv is None:
-        return CaptureFacts(hostname(), kernel_version, "", "", AddressRange(0, 0), kernel_sha256)
-    major, minor = hv.xen_version()
+    not on a Xen host; Xen's version, command line and image are then unknown), and
+    where Xen's console ring is, from the Xen binary in ``boot_dir`` (xensyms)."""
+    version = cmdline = ""
+    xen_range = AddressRange(0, 0)
+    if hv is not None:
+        major, minor = hv.xen_version()
+        version = f"{major}.{minor}{hv.xen_extraversion()}"
+        cmdline = hv.xen_command_line()
+        xen_range = hv.xen_range()
+    symbols, missing = xensyms.find_console_symbols(boot_dir, version)
+    if symbols is None:
+        log.info("crash initramfs: Xen's console ring cannot be located: %s", missing)
     return CaptureFacts(
         host=hostname(),
         dom0_kernel=kernel_version,
-        xen_version=f"{major}.{minor}{hv.xen_extraversion()}",
-        xen_cmdline=hv.xen_command_line(),
-        xen_range=hv.xen_range(),
+        xen_version=version,
+        xen_cmdline=cmdline,
+        xen_range=xen_range,
         kernel_sha256=kernel_sha256,
+        xen_console=symbols.agent_values() if symbols is not None else {},
+        xen_console_missing=missing,
     )
 
 
@@ -369,7 +380,10 @@ def kernel_version_of(kernel: Path) -> str:
     return kernel.name[len(prefix) :]
 
 
-def for_kernel(dump: DumpSettings, hv: Hypervisor | None, kernel: Path) -> Built:
-    """The crash initramfs for the crash kernel file ``kernel`` on this host (``ensure``)."""
+def for_kernel(
+    dump: DumpSettings, hv: Hypervisor | None, kernel: Path, boot_dir: Path = BOOT
+) -> Built:
+    """The crash initramfs for the crash kernel file ``kernel`` on this host (``ensure``);
+    ``boot_dir`` holds the Xen binary (settings.boot_dir)."""
     version = kernel_version_of(kernel)
-    return ensure(dump, capture_facts(hv, version))
+    return ensure(dump, capture_facts(hv, version, boot_dir=boot_dir))

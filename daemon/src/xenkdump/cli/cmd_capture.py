@@ -99,7 +99,7 @@ def cmd_initrd(args: argparse.Namespace) -> int:
     files = kernels.resolve(settings)
     version = initramfs.kernel_version_of(files.kernel)
     with open_hypervisor(args.hypervisor) as hv:
-        facts = initramfs.capture_facts(hv, version)
+        facts = initramfs.capture_facts(hv, version, boot_dir=settings.boot_dir)
         built = initramfs.ensure(settings.dump, facts, output=args.output, force=args.force)
         host = loader.gather_host(hv)
     inputs = loader.read_inputs(files.kernel, built.path, dom0_cmdline="")

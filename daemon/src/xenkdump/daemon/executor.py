@@ -182,7 +182,7 @@ class Executor:
         """
         from xenkdump.capture import initramfs  # noqa: PLC0415 (only with initrd: xenkdump)
 
-        built = initramfs.for_kernel(self.settings.dump, self.hv, kernel)
+        built = initramfs.for_kernel(self.settings.dump, self.hv, kernel, self.settings.boot_dir)
         if built.rebuilt:
             log.info(
                 "crash initramfs rebuilt: %s (%s, %.1f s)",

@@ -124,7 +124,7 @@ def configured_inputs(settings: Settings, hv: Hypervisor | None) -> ImageInputs:
     if settings.initrd is InitrdPolicy.XENKDUMP:
         from xenkdump.capture import initramfs  # noqa: PLC0415 (mkinitramfs and friends)
 
-        initrd = initramfs.for_kernel(settings.dump, hv, files.kernel).path
+        initrd = initramfs.for_kernel(settings.dump, hv, files.kernel, settings.boot_dir).path
     c = settings.cmdline
     return loader.read_inputs(
         files.kernel, initrd, cmdline=c.base, append=c.append, remove=c.remove

@@ -6,7 +6,8 @@
 #   1. reach the target (mount a device or NFS export, or check the SSH server);
 #   2. make <target>/.incoming-<host>-<time>/ holding an `incomplete` marker;
 #   3. dom0's kernel log (makedumpfile --dump-dmesg) -> dmesg.txt;
-#   4. Xen's console ring, read from Xen's image in the dump -> xen-console.txt;
+#   4. Xen's console ring, located through Xen's symbols (checked against Xen's
+#      VMCOREINFO in the dump) -> xen-console.txt;
 #   5. the vmcore: makedumpfile -X -d LEVEL (ELF, or compressed; work dir on the target,
 #      no threads: makedumpfile refuses them on Xen), then -X -d 1, then -X -d 0, then
 #      a raw copy only when the target has room for all of /proc/vmcore;
@@ -56,6 +57,11 @@ XK_CONF=${XK_CONF:-/etc/xenkdump/capture.conf}
 : "${XK_XEN_VERSION:=}"
 : "${XK_XEN_CMDLINE:=}"
 : "${XK_XEN_RANGE:=}"
+: "${XK_XEN_SYMS:=}"
+: "${XK_XEN_SYMS_CHECK:=}"
+: "${XK_XEN_SYMS_FROM:=}"
+: "${XK_XEN_SYMS_MISSING:=}"
+: "${XK_XEN_DIRECTMAP_HI:=4294935296}"
 : "${XK_DOM0_KERNEL:=}"
 : "${XK_KERNEL_SHA256:=}"
 : "${XK_INITRD_SHA256:=}"
@@ -237,53 +243,139 @@ step_dmesg() {
 	record_step dmesg $rc "$t0" "$(t_size "$WORK/dmesg.txt")" "$cmd"
 }
 
-elf_offset() {  # machine address $1 -> "file_offset bytes_available" in $XK_VMCORE (ELF64)
+elf_phdrs() {  # each program header of $XK_VMCORE (ELF64) as "type offset paddr filesz"
 	hdr=$(od -A n -t u1 -v -N 64 "$XK_VMCORE" 2>/dev/null | tr -s ' \n' '  ')
 	phoff=$(echo "$hdr" | awk '{ v = 0; for (i = 40; i >= 33; i--) v = v * 256 + $i; printf "%.0f", v }')
 	phnum=$(echo "$hdr" | awk '{ printf "%d", $57 + $58 * 256 }')
 	[ -n "$phoff" ] && [ "${phnum:-0}" -gt 0 ] || return 1
 	od -A n -t u1 -v -j "$phoff" -N $((phnum * 56)) "$XK_VMCORE" | tr -s ' \n' '  ' |
-		awk -v want="$1" '
+		awk '
 		function num(at, n,   v, i) { v = 0; for (i = at + n; i > at; i--) v = v * 256 + $i; return v }
 		{ for (p = 0; p < NF / 56; p++) {
 			b = p * 56
-			if (num(b, 4) != 1) continue            # PT_LOAD
-			off = num(b + 8, 8); pa = num(b + 24, 8); sz = num(b + 32, 8)
-			if (want >= pa && want < pa + sz) { printf "%.0f %.0f\n", off + want - pa, pa + sz - want; exit 0 }
+			printf "%d %.0f %.0f %.0f\n", num(b, 4), num(b + 8, 8), num(b + 24, 8), num(b + 32, 8)
+		} }'
+}
+
+elf_offset() {  # machine address $1 -> "file_offset bytes_available" in $XK_VMCORE
+	elf_phdrs | awk -v want="$1" '
+		$1 == 1 && want >= $3 && want < $3 + $4 { printf "%.0f %.0f\n", $2 + want - $3, $3 + $4 - want; f = 1; exit }
+		END { exit !f }'
+}
+
+dump_bytes() {  # machine address $1, $2 bytes -> stdout (fails when not all in the dump)
+	loc=$(elf_offset "$1") || return 1
+	off=${loc% *}; avail=${loc#* }
+	[ "$avail" -ge "$2" ] || return 1
+	if [ $((off % 4096)) -eq 0 ] && [ $(($2 % 4096)) -eq 0 ]; then
+		dd if="$XK_VMCORE" bs=4096 skip=$((off / 4096)) count=$(($2 / 4096)) 2>/dev/null
+	else
+		dd if="$XK_VMCORE" bs=1 skip="$off" count="$2" 2>/dev/null
+	fi
+}
+
+dump_u32() {  # the little-endian u32 at machine address $1, in decimal
+	loc=$(elf_offset "$1") || return 1
+	v=$(od -A n -t u4 -j "${loc% *}" -N 4 "$XK_VMCORE" 2>/dev/null | tr -d ' ')
+	[ -n "$v" ] && echo "$v"
+}
+
+xen_notes() {  # the dump's notes (the first PT_NOTE, which holds them all) -> stdout
+	note=$(elf_phdrs | awk '$1 == 4 { print $2, $4; exit }')
+	[ -n "$note" ] && dd if="$XK_VMCORE" bs=1 skip="${note% *}" count="${note#* }" 2>/dev/null
+}
+
+xen_phys_start() {  # from Xen's crash-info note (name "Xen", XEN_ELFNOTE_CRASH_INFO):
+	# crash_xen_info_t is 8 longs, then xen_phys_start (x86-64)
+	xen_notes | od -A n -t u1 -v | tr -s ' \n' '  ' | awk '
+		function num(at, n,   v, i) { v = 0; for (i = at + n; i > at; i--) v = v * 256 + $i; return v }
+		{ p = 0
+		  while (p + 12 <= NF) {
+			namesz = num(p, 4); descsz = num(p + 4, 4); type = num(p + 8, 4)
+			name = p + 12; desc = name + int((namesz + 3) / 4) * 4
+			if (namesz == 4 && $(name + 1) == 88 && $(name + 2) == 101 && $(name + 3) == 110 &&
+			    type == 16777217 && descsz >= 80) { printf "%.0f\n", num(desc + 64, 8); exit 0 }
+			if (namesz == 0 && descsz == 0) break
+			p = desc + int((descsz + 3) / 4) * 4
 		  }
 		  exit 1 }'
+}
+
+xen_sym() {  # the offset of symbol $1 in XK_XEN_SYMS ("name=offset ...")
+	for kv in $XK_XEN_SYMS; do [ "${kv%%=*}" = "$1" ] && { echo "${kv#*=}"; return 0; }; done
+	return 1
+}
+
+xen_console_ring() {  # Xen's console ring, oldest line first -> $XK_SCRATCH/xen-console.txt
+	# Sets XEN_CONSOLE_HOW; fails when the ring cannot be located (docs/capture.md §3).
+	from="the symbol table of ${XK_XEN_SYMS_FROM:-the Xen binary}"
+	xps=$(xen_phys_start) || { XEN_CONSOLE_HOW="the dump has no Xen crash-info note"; return 1; }
+	info=$(xen_notes | strings -n 8)
+	for check in $XK_XEN_SYMS_CHECK; do
+		echo "$info" | grep -qxF "$check" || {
+			XEN_CONSOLE_HOW="$XK_XEN_SYMS_FROM is not the Xen that crashed: its symbols do not match Xen's VMCOREINFO ($check)"
+			return 1; }
+	done
+	ptr=$(xen_sym conring) && size_at=$(xen_sym conring_size) && prod_at=$(xen_sym conringp) ||
+		{ XEN_CONSOLE_HOW="incomplete symbol list"; return 1; }
+	lo=$(dump_u32 $((xps + ptr))) && hi=$(dump_u32 $((xps + ptr + 4))) &&
+		size=$(dump_u32 $((xps + size_at))) && prod=$(dump_u32 $((xps + prod_at))) ||
+		{ XEN_CONSOLE_HOW="Xen's console variables are not in the dump"; return 1; }
+	if [ "$hi" -lt "$XK_XEN_DIRECTMAP_HI" ] || [ "$size" -lt 1 ] || [ "$size" -gt $((64 << 20)) ] ||
+		[ $((size & (size - 1))) -ne 0 ]; then
+		XEN_CONSOLE_HOW="Xen's console variables make no sense (pointer $hi:$lo, size $size)"
+		return 1
+	fi
+	ring=$(( (hi - XK_XEN_DIRECTMAP_HI) * 4294967296 + lo ))
+	dump_bytes "$ring" "$size" > "$XK_SCRATCH/ring.bin" ||
+		{ XEN_CONSOLE_HOW="Xen's console ring ($(printf '%#x' "$ring"), $size bytes) is not in the dump"; return 1; }
+	# conringp counts every character ever written; the ring holds the last $size.
+	if [ "$prod" -le "$size" ]; then
+		head -c "$prod" "$XK_SCRATCH/ring.bin"
+	else
+		at=$((prod % size))
+		tail -c +$((at + 1)) "$XK_SCRATCH/ring.bin"
+		head -c "$at" "$XK_SCRATCH/ring.bin"
+	fi | tr -d '\000' > "$XK_SCRATCH/xen-console.txt"
+	rm -f "$XK_SCRATCH/ring.bin"
+	XEN_CONSOLE_HOW="Xen's console ring, $size bytes at machine address $(printf '%#x' "$ring") (characters written: $prod), located through conring in $from and checked against Xen's VMCOREINFO"
+}
+
+xen_image_scan() {  # the fallback: '(XEN) ' lines in Xen's own image (docs/capture.md §3)
+	start=${XK_XEN_RANGE%%+*}
+	size=${XK_XEN_RANGE#*+}
+	if [ -z "$XK_XEN_RANGE" ]; then
+		XEN_CONSOLE_HOW="$1; not searched: Xen's image range was not known when the initramfs was built"
+	elif loc=$(elf_offset "$((start))"); then
+		avail=${loc#* }
+		[ "$avail" -lt "$((size))" ] && size=$avail
+		dump_bytes "$((start))" "$((size))" | strings -n 6 | grep '^(XEN) ' > "$XK_SCRATCH/xen-console.txt"
+		if [ -s "$XK_SCRATCH/xen-console.txt" ]; then
+			XEN_CONSOLE_FOUND=true
+			XEN_CONSOLE_HOW="$1; lines beginning '(XEN) ' in Xen's image ($XK_XEN_RANGE) in the dump, a static console ring's; where it wrapped is not known, so the oldest lines may come first or last"
+		else
+			XEN_CONSOLE_HOW="$1; no '(XEN) ' text in Xen's image ($XK_XEN_RANGE) either"
+		fi
+	else
+		XEN_CONSOLE_HOW="$1; Xen's image ($XK_XEN_RANGE) is not in the dump's memory map"
+	fi
 }
 
 step_xen_console() {
 	t0=$(now_cs)
 	XEN_CONSOLE_FOUND=false
-	XEN_CONSOLE_HOW="Xen exports no address of its console ring"
-	start=${XK_XEN_RANGE%%+*}
-	size=${XK_XEN_RANGE#*+}
-	if [ -z "$XK_XEN_RANGE" ]; then
-		XEN_CONSOLE_HOW="not searched: Xen's image range was not known when the initramfs was built"
-	elif loc=$(elf_offset "$((start))"); then
-		off=${loc% *}; avail=${loc#* }
-		[ "$avail" -lt "$((size))" ] && size=$avail
-		if [ $((off % 4096)) -eq 0 ]; then
-			dd if="$XK_VMCORE" bs=4096 skip=$((off / 4096)) count=$(( (size + 4095) / 4096 )) 2>/dev/null
-		else
-			dd if="$XK_VMCORE" bs=1 skip="$off" count="$((size))" 2>/dev/null
-		fi | strings -n 6 | grep '^(XEN) ' > "$XK_SCRATCH/xen-console.txt"
-		if [ -s "$XK_SCRATCH/xen-console.txt" ]; then
-			XEN_CONSOLE_FOUND=true
-			XEN_CONSOLE_HOW="lines beginning '(XEN) ' in Xen's image ($XK_XEN_RANGE) in the dump: the static console ring (and the serial buffer); where the ring wrapped is not known, so the oldest lines may come first or last"
-		else
-			XEN_CONSOLE_HOW="no '(XEN) ' text in Xen's image ($XK_XEN_RANGE): the ring is elsewhere (conring_size= moves it to Xen's heap)"
-		fi
+	: > "$XK_SCRATCH/xen-console.txt"
+	if [ -z "${XK_XEN_SYMS:-}" ]; then
+		xen_image_scan "Xen's console ring not located: ${XK_XEN_SYMS_MISSING:-no Xen symbols were found when the initramfs was built}"
+	elif xen_console_ring; then
+		XEN_CONSOLE_FOUND=true
 	else
-		XEN_CONSOLE_HOW="Xen's image ($XK_XEN_RANGE) is not in the dump's memory map"
+		xen_image_scan "Xen's console ring not located: $XEN_CONSOLE_HOW"
 	fi
-	: >> "$XK_SCRATCH/xen-console.txt"
 	t_put "$WORK/xen-console.txt" < "$XK_SCRATCH/xen-console.txt"
 	rc=$?
 	rm -f "$XK_SCRATCH/xen-console.txt"
-	record_step xen-console $rc "$t0" "$(t_size "$WORK/xen-console.txt")" "read $XK_XEN_RANGE from $XK_VMCORE"
+	record_step xen-console $rc "$t0" "$(t_size "$WORK/xen-console.txt")" "Xen's console from $XK_VMCORE"
 }
 
 compress_flag() {  # elf: -E (makedumpfile can read dom0's memory of a Xen dump again)
