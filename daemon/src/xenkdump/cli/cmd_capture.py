@@ -21,7 +21,8 @@
          "build_seconds": float, "rebuilt": bool,
          "image_required_bytes": int,     # the crash image (kernel + this initrd) needs
          "crash_area_bytes": int, "half_bytes": int, "fits_in_half": bool,
-         "target": str}                   # the dump target in words
+         "target": str,                   # the dump target in words
+         "xen_console": str}              # how the agent will find Xen's console ring
 """
 
 from __future__ import annotations
@@ -112,6 +113,11 @@ def cmd_initrd(args: argparse.Namespace) -> int:
         half_bytes=half,
         fits_in_half=need <= half,
         target=settings.dump.describe_target(),
+        xen_console=(
+            f"located through the symbol table of {facts.xen_console['XK_XEN_SYMS_FROM']}"
+            if facts.xen_console
+            else f"not locatable: {facts.xen_console_missing}"
+        ),
     )
     if args.json:
         json.dump(doc, sys.stdout, indent=1)
@@ -125,6 +131,7 @@ def cmd_initrd(args: argparse.Namespace) -> int:
     print(f"  programs    {' '.join(built.programs)} + the capture agent")
     print(f"  modules     {' '.join(built.modules) or '-'}")
     print(f"  dump target {settings.dump.describe_target()}")
+    print(f"  xen console {doc['xen_console']}")
     room = "fits in" if need <= half else "does NOT fit in"
     print(
         f"  crash image needs {-(-need // MIB)} MiB: {room} half of the "
