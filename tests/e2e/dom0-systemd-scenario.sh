@@ -37,6 +37,76 @@ runuser -u "$XK_USER" -- xenkdumpctl reload >/run/xk-user-ctl.txt 2>&1
 rc=$?
 say "user-ctl-reload rc=$rc $(tail -n 1 /run/xk-user-ctl.txt)"
 say "security $(systemd-analyze security --no-pager xenkdumpd 2>&1 | tail -n 1)"
+
+# The self-test under the real unit: xenkdumpd starts the staging VM as a transient
+# unit of its own (QEMU could not run in xenkdumpd's sandbox); a cancel, and a kill
+# of xenkdumpd, leave no QEMU.  $1: cancel | kill.  Lines "selftest-<how> ...".
+qemus() { pgrep -c -f '^/usr/bin/qemu-system-x86_64 ' || true; }
+selftest() {
+  how=$1
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  out=$(busctl call $BUS SelfTest 'a{sv}' 0 2>&1)
+  rc=$?
+  id=$(echo "$out" | sed -n 's/^s "\([a-z0-9]*\)"$/\1/p')
+  say "selftest-$how start rc=$rc id=$id $out"
+  [ -n "$id" ] || return 0
+  unit=xenkdump-selftest-$id.service
+  i=0
+  pid=0
+  while [ $i -lt 60 ]; do
+    pid=$(systemctl show -p MainPID --value "$unit" 2>/dev/null)
+    [ "${pid:-0}" -gt 0 ] && [ "$(cat /proc/$pid/comm 2>/dev/null)" = qemu-system-x86 ] && break
+    sleep 1
+    i=$((i + 1))
+  done
+  say "selftest-$how unit $(systemctl show -p ActiveState -p SubState -p Nice -p IOSchedulingClass -p MemoryMax -p BindsTo "$unit" | tr '\n' ' ')"
+  say "selftest-$how qemu pid=$pid comm=$(cat /proc/$pid/comm 2>/dev/null) ni=$(ps -o ni= -p "$pid" | tr -d ' ') io=$(ionice -p "$pid" 2>/dev/null | tr -d ' ') cgroup=$(cut -d: -f3 /proc/$pid/cgroup 2>/dev/null)"
+  serial=$(ls /var/lib/xenkdump/selftest/xenkdump-selftest."$id".*/serial.log 2>/dev/null | head -n 1)
+  # Let it run: the crash kernel's first console line shows QEMU really emulates
+  # (nested TCG: slow; only the cancel run waits for it).
+  limit=0
+  [ "$how" = cancel ] && limit=${XK_SELFTEST_WAIT:-240}
+  i=0
+  while [ $i -lt "$limit" ] && [ -d "/proc/$pid" ] && ! grep -q "Linux version" "$serial" 2>/dev/null; do
+    sleep 5
+    i=$((i + 5))
+    [ $((i % 30)) -eq 0 ] && say "selftest-$how waiting ${i}s serial=$(stat -c %s "$serial" 2>/dev/null)"
+  done
+  stage=$(busctl get-property $BUS CurrentSelfTest 2>&1 | grep -o '"Stage" s "[a-z-]*"' | cut -d'"' -f4)
+  alive=no
+  [ -d "/proc/$pid" ] && alive=yes
+  say "selftest-$how running alive=$alive stage=$stage after=$(awk -v a="$t0" '{printf "%.0f", $1 - a}' /proc/uptime)s kernel=$(grep -c 'Linux version' "$serial" 2>/dev/null) serial=$(stat -c %s "$serial" 2>/dev/null)"
+  systemctl status --no-pager -n 3 "$unit" 2>&1 | sed "s/^/XK-SCEN: selftest-$how| /"
+  if [ "$how" = cancel ]; then
+    busctl call $BUS CancelSelfTest s "$id" >/dev/null 2>&1
+    i=0
+    while [ $i -lt 60 ] && ! busctl get-property $BUS LastSelfTest | grep -q "\"$id\""; do
+      sleep 1
+      i=$((i + 1))
+    done
+    say "selftest-$how last $(busctl get-property $BUS LastSelfTest | grep -o '"Reason" s "[^"]*"' | tr ' ' '_')"
+  else
+    systemctl kill -s KILL xenkdumpd
+  fi
+  i=0
+  while [ $i -lt 30 ] && [ "$(qemus)" != 0 ]; do
+    sleep 1
+    i=$((i + 1))
+  done
+  if [ "$how" = kill ]; then
+    j=0
+    while [ $j -lt 120 ] && [ "$(show ActiveState)" != active ]; do
+      sleep 1
+      j=$((j + 1))
+    done
+    say "selftest-$how restarted xenkdumpd=$(show ActiveState) NRestarts=$(show NRestarts) after=${j}s"
+  fi
+  say "selftest-$how end qemu-left=$(qemus) unit=$(systemctl is-active "$unit" 2>&1) after=${i}s units=$(systemctl list-units --all --plain --no-legend 'xenkdump-selftest-*' | wc -l)"
+}
+if [ "$state" = active ]; then
+  selftest cancel
+  selftest kill
+fi
 if [ "$state" = active ]; then
   /usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes.fromhex(sys.argv[2]))' \
     "$XK_TOKEN_FILE" "$XK_TOKEN_HEX"

@@ -110,7 +110,13 @@ def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
     root = installed[release].root
     token = os.urandom(32)
     dom0_root.prepare(root, assets, marker=release, token=token)
-    boot, xen_version = dom0_root.boot(root, job, assets.qemu)
+    boot, xen_version = dom0_root.boot(
+        root,
+        job,
+        assets.qemu,
+        memory_mib=dom0_root.SELFTEST_MEMORY_MIB,
+        dom0_mib=dom0_root.SELFTEST_DOM0_MIB,
+    )
     run = sc.Run(boot, job)
     print(f"\n[package] {release}: Xen {xen_version} dom0 boot and crash in {boot.elapsed:.0f} s")
     print("\n".join(f"  {line}" for line in run.scen))
@@ -161,7 +167,54 @@ def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
         f"real-adapter contract tests were skipped in dom0: {skipped}",
         "XK-SCEN: contract",
     )
+    expect_selftest_under_the_unit(run)
     # dom0 panicked and the image xenkdumpd armed booted (the crash initramfs of this
     # release's configuration, marker = release).
     result = run.expect_crash_dump(release)
     print(f"  crash: {result}")
+
+
+def expect_selftest_under_the_unit(run: sc.Run) -> None:
+    """SelfTest through busctl as root: the staging VM runs as its own transient unit
+    (Nice=19, idle I/O, BindsTo=xenkdumpd.service), outside xenkdumpd's sandbox; a
+    cancel, and `systemctl kill -s KILL xenkdumpd`, leave no QEMU and no unit."""
+    for how in ("cancel", "kill"):
+        where = f"XK-SCEN: selftest-{how}"
+        start = run.values(f"selftest-{how} start")
+        run.expect(start and start[0].get("rc") == "0", f"SelfTest ({how}) refused", where)
+        test_id = start[0].get("id", "")
+        unit = run.values(f"selftest-{how} unit")[0]
+        run.expect(
+            unit.get("ActiveState") == "active"
+            and unit.get("Nice") == "19"
+            and unit.get("BindsTo") == "xenkdumpd.service"
+            and int(unit.get("MemoryMax", "0")) > 256 << 20,
+            f"the VM's transient unit is not as planned: {unit}",
+            where,
+        )
+        qemu = run.values(f"selftest-{how} qemu")[0]
+        run.expect(
+            qemu.get("comm") == "qemu-system-x86"
+            and qemu.get("ni") == "19"
+            and qemu.get("io") == "idle"
+            and qemu.get("cgroup", "").endswith(f"/xenkdump-selftest-{test_id}.service"),
+            f"QEMU does not run in its own unit at low priority: {qemu}",
+            where,
+        )
+        running = run.values(f"selftest-{how} running")[0]
+        run.expect(running.get("alive") == "yes", f"QEMU died under the unit: {running}", where)
+        end = run.values(f"selftest-{how} end")[0]
+        run.expect(
+            end.get("qemu-left") == "0" and end.get("unit") != "active" and end.get("units") == "0",
+            f"after the {how} a QEMU or its unit was left: {end}",
+            where,
+        )
+        print(f"  selftest ({how}): {running} -> {end}")
+    last = run.values("selftest-cancel last")[0]
+    run.expect('"Reason"_s_"cancelled"' in last.get("_0", ""), f"cancel: {last}", "XK-SCEN:")
+    restarted = run.values("selftest-kill restarted")[0]
+    run.expect(
+        restarted.get("xenkdumpd") == "active",
+        f"xenkdumpd did not come back after the kill: {restarted}",
+        "XK-SCEN: selftest-kill",
+    )
