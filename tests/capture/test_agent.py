@@ -22,9 +22,11 @@ import pytest
 
 from xenkdump.capture import AGENT, xensyms
 from xenkdump.hv.port import AddressRange
+from xenkdump.selftest import plan
+from xenkdump.selftest.stages import Level, Stage, Tracker
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fakes import busybox_bin, make_fake_bin, synthetic_core, xen_notes
+from fakes import busybox_bin, make_fake_bin, synthetic_core, write_exec, xen_notes
 
 XEN = AddressRange(0x3FE00000, 8 * 4096)
 CONSOLE = b"(XEN) Xen version 4.17.7 (Debian)\n(XEN) Panic on CPU 0:\n(XEN) FATAL TRAP\n"
@@ -95,7 +97,12 @@ def agent(request: pytest.FixtureRequest, tmp_path: Path) -> Agent:
         "FAKE_LOG": str(tmp_path / "calls.log"),
         "FAKE_ACTIONS": str(tmp_path / "actions.log"),
         "FAKE_KMSG": KMSG,
+        # A real crash's command line (self-test mode: tests below write their own).
+        "XK_CMDLINE": str(tmp_path / "cmdline"),
+        "XK_MEMINFO": str(tmp_path / "meminfo"),
     }
+    (tmp_path / "cmdline").write_text("console=ttyS0 irqpoll elfcorehdr=0x1000000\n")
+    (tmp_path / "meminfo").write_text("MemTotal:  262144 kB\nMemAvailable:  181234 kB\n")
     return Agent(tmp_path, shell, env, target, core)
 
 
@@ -414,3 +421,105 @@ def test_xen_console_ring_of_another_xen_binary_is_refused(agent: Agent) -> None
     ), how
     # the fallback scan of Xen's image still runs (here it finds the test's text)
     assert (d / "xen-console.txt").read_text() == CONSOLE.decode()
+
+
+# ---- self-test mode: xenkdump.selftest=<id> on the crash command line ----
+
+SELFTEST_ID = "abcdef012345"
+TOKEN = plan.token_for(SELFTEST_ID).decode()
+
+
+def selftest(agent: Agent) -> Path:
+    """The command line of a self-test's staging VM; its scratch disk as a directory."""
+    (agent.tmp / "cmdline").write_text(
+        f"console=ttyS0 elfcorehdr=131072K xenkdump.selftest={SELFTEST_ID} panic=-1\n"
+    )
+    disk = agent.tmp / "scratch-disk"
+    disk.mkdir()
+    agent.env["XK_SELFTEST_DEVICE"] = ""  # no block device to mount: a directory
+    agent.env["XK_SELFTEST_PATH"] = str(disk)
+    # An earlier dump at the configured target: self-test mode must not touch it.
+    old = agent.target / "h1-20200101T000000Z"
+    old.mkdir()
+    (old / "metadata.json").write_text("{}")
+    return disk
+
+
+def markers(out: str) -> list[list[str]]:
+    prefix = f"xenkdump-selftest: {SELFTEST_ID} "
+    return [
+        line.removeprefix(prefix).split() for line in out.splitlines() if line.startswith(prefix)
+    ]
+
+
+def test_selftest_mode_runs_the_pipeline_on_the_scratch_disk_and_reports_each_stage(
+    agent: Agent,
+) -> None:
+    disk = selftest(agent)
+    agent.env["FAKE_KMSG"] = f"xenkdump: dom0 says {TOKEN}"  # dom0's last words hold it
+    agent.env["FAKE_MDF_FAIL"] = "31 1 0"  # the synthetic core: makedumpfile cannot filter
+    proc = agent.run(**base_conf(agent, XK_KEEP="1", XK_FINAL_ACTION="reboot"))
+    assert proc.returncode == 0, proc.stderr
+    seen = markers(proc.stdout)
+    assert [m[0] for m in seen] == [
+        "crash-kernel-up", "capture-started", "token-found", "dump-written",
+    ]  # fmt: skip
+    assert seen[0][1] == "uptime=12.34"
+    assert "in=dmesg" in seen[2] and f"vmcore_bytes={len(agent.core)}" in seen[2]
+    values = dict(w.partition("=")[::2] for w in seen[3][1:])
+    assert values["bytes"] == str(len(agent.core)) and values["mem_min_avail_kb"] == "181234"
+    assert values["mem_total_kb"] == "262144"
+    # The tracker on the host reads these lines as the stages of the boot level.
+    tracker = Tracker(SELFTEST_ID, Level.BOOT, start=0.0, total_timeout=900.0)
+    tracker.reach(Stage.VM_START, 0.0)
+    tracker.feed(proc.stdout, 1.0)
+    assert tracker.failed is None and tracker.awaiting(Stage.DONE)
+    # The dump is on the scratch disk, with every step of the fallback chain...
+    (dump,) = [p for p in disk.iterdir() if p.name.startswith("h1-")]
+    assert dump.name == values["dir"]
+    meta = json.loads((dump / "metadata.json").read_text())
+    assert meta["result"] == "complete" and meta["vmcore"]["how"].startswith("raw copy")
+    assert steps(meta) == [
+        ("dmesg", 0), ("xen-console", 0), ("vmcore -d 31", 1), ("vmcore -d 1", 1),
+        ("vmcore -d 0", 1), ("vmcore raw", 0),
+    ]  # fmt: skip
+    assert (dump / "vmcore").read_bytes() == agent.core
+    # ...the configured target is untouched (no dump, no retention) and the VM powers off.
+    assert [p.name for p in agent.target.iterdir()] == ["h1-20200101T000000Z"]
+    assert agent.actions() == ["halt"]
+
+
+def test_selftest_token_found_in_the_vmcore_when_dmesg_lacks_it(agent: Agent) -> None:
+    disk = selftest(agent)
+    with (agent.tmp / "vmcore").open("ab") as f:  # the token somewhere in memory
+        f.write(b"\0" * 4096 + TOKEN.encode() + b"\0" * 100)
+    proc = agent.run(**base_conf(agent))
+    seen = markers(proc.stdout)
+    assert [m[0] for m in seen][-2:] == ["token-found", "dump-written"], proc.stdout
+    assert "in=vmcore" in seen[-2]
+    assert len([p for p in disk.iterdir() if p.name.startswith("h1-")]) == 1
+
+
+def test_selftest_without_the_token_fails_at_token_found_and_powers_off(agent: Agent) -> None:
+    disk = selftest(agent)
+    proc = agent.run(**base_conf(agent, XK_FAILURE_ACTION="shell"))
+    assert proc.returncode == 1
+    seen = markers(proc.stdout)
+    assert seen[-1][:2] == ["failed", "token-found"] and "not in" in " ".join(seen[-1])
+    assert not [p for p in disk.iterdir() if p.name.startswith("h1-")]  # never committed
+    assert agent.actions() == ["halt"]  # not the configured shell: the VM just stops
+
+
+def test_selftest_scratch_disk_that_cannot_be_mounted_fails_at_dump_written(agent: Agent) -> None:
+    selftest(agent)
+    agent.env["XK_SELFTEST_DEVICE"] = str(agent.tmp / "no-such-disk")
+    agent.env["XK_DEVICE_WAIT"] = "1"
+    agent.env["PATH"] = (
+        f"{write_exec(agent.tmp / 'bin' / 'mount', 'exit 32').parent}:" + (agent.env["PATH"])
+    )
+    agent.env["FAKE_KMSG"] = TOKEN
+    proc = agent.run(**base_conf(agent))
+    assert proc.returncode == 1
+    seen = markers(proc.stdout)
+    assert seen[-1][:2] == ["failed", "dump-written"] and "could not be mounted" in proc.stdout
+    assert agent.actions() == ["halt"]

@@ -151,6 +151,17 @@ class ScriptedJob(Job):
         result.passed, result.duration, result.accel = True, 12.5, "tcg"
         result.crash_kernel_boot_seconds, result.peak_memory = 3.5, 74 << 20
         result.headroom, result.crashkernel = 182 << 20, "crashkernel=192M"
+        result.dump_result = "complete"
+        result.dump_steps = [
+            {"name": "dmesg", "exit_code": 1, "seconds": 0.02, "bytes": 0, "command": "mdf"},
+            {
+                "name": "vmcore raw",
+                "exit_code": 0,
+                "seconds": 0.1,
+                "bytes": 65536,
+                "command": "cat",
+            },
+        ]
         return result
 
 

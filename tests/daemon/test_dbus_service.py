@@ -523,6 +523,12 @@ def test_self_test_reports_progress_and_sets_last_self_test(serve_fake: Any) -> 
     assert status["LastSelfTest"] == result
     assert status["CurrentSelfTest"] == {}  # none runs now
     assert result["Crashkernel"] == "crashkernel=192M" and result["PeakMemory"] == 74 << 20
+    # The capture agent's metadata.json steps, as structs (name, rc, seconds, bytes, command).
+    assert result["DumpResult"] == "complete"
+    assert result["DumpSteps"] == [
+        ["dmesg", 1, 0.02, 0, "mdf"],
+        ["vmcore raw", 0, 0.1, 65536, "cat"],
+    ]
 
 
 def test_one_self_test_at_a_time_and_cancel_by_id(

@@ -374,8 +374,25 @@ def test_xenkdumps_own_crash_initramfs_passes_the_boot_level(
     t0 = time.monotonic()
     proc = ctl(
         ["--kernel", str(assets.kernel), "--initrd", str(initrd), "--cmdline", CRASH_CMDLINE,
-         "--crash-size", "256", "--work-dir", str(work)],
+         "--crash-size", "256", "--work-dir", str(work), "--json"],
         env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    print(f"\n[selftest] xenkdump's crash initramfs: {time.monotonic() - t0:.1f}s: {proc.stdout}")
+    result = json.loads(proc.stdout)
+    # The capture agent itself ran in self-test mode: its dump directory on the scratch
+    # disk, read back by xenkdump, with metadata.json's steps (makedumpfile cannot
+    # filter the synthetic core: the fallback chain ends in the raw copy).
+    assert result["passed"] is True and result["dump_result"] == "complete", result
+    names = [s["name"] for s in result["dump_steps"]]
+    assert names[0] == "dmesg" and names[-1] == "vmcore raw", names
+    assert {"vmcore -d 31", "vmcore -d 1", "vmcore -d 0"} <= set(names)
+    raw = result["dump_steps"][-1]
+    # /proc/vmcore: the 64 KiB window behind the ELF headers the crash kernel made.
+    assert (
+        raw["exit_code"] == 0 and plan.SYNTHETIC_SIZE < raw["bytes"] <= plan.SYNTHETIC_SIZE + 16384
+    )
+    assert 0 < result["peak_memory"] < 256 * MIB
+    print(
+        f"\n[selftest] xenkdump's crash initramfs (its capture agent): "
+        f"{time.monotonic() - t0:.1f}s: {result}"
+    )

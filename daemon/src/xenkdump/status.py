@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 HALVES = ("lower", "upper", "whole")
 
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
-INTERFACE_REVISION = 4
+INTERFACE_REVISION = 5
 
 
 # The LastSelfTest dictionary: key -> D-Bus type (xenkdump.selftest.job.Result.to_status).
@@ -50,6 +50,11 @@ SELF_TEST_KEYS: dict[str, str] = {
     "Crashkernel": "s",  # sizing advice for Xen's command line
     "Xen": "s",  # the Xen binary the handoff level booted ("" at the boot level)
     "Note": "s",  # why this level (a fallback to boot), where the crash area was
+    # The capture agent's dump on the staging VM's scratch disk (its metadata.json):
+    # result (complete, failed; "" when the crash initrd has no agent) and each step
+    # as (name, exit code, seconds, bytes, command).
+    "DumpResult": "s",
+    "DumpSteps": "a(sidts)",
     # CurrentSelfTest only (Id and Level as above):
     "Stage": "s",  # the last stage reached, "" before vm-start
     "Fraction": "d",  # of the level's stages reached, 0 to 1

@@ -40,7 +40,6 @@ from xenkdump.errors import InputError, OperationError
 from xenkdump.hv.port import AddressRange, Hypervisor
 from xenkdump.paths import INITRD_DIR, INITRD_DIR_ENV
 from xenkdump.safefile import Limit, chunks, read_file_if_exists
-from xenkdump.selftest import HOOK as SELFTEST_HOOK
 from xenkdump.settings.model import DumpSettings, DumpTarget
 from xenkdump.units import KIB
 
@@ -180,7 +179,6 @@ def content_key(stage: _Stage, kernel_version: str, mkinitramfs: str) -> str:
 
     for name in sorted(os.listdir(AGENT_DIR)):
         add(f"agent/{name}", _digest(AGENT_DIR / name))
-    add("selftest hook", _digest(SELFTEST_HOOK))
     add("initramfs.conf", INITRAMFS_CONF)
     add("capture.conf", stage.conf)
     add("modules", " ".join(stage.modules))
@@ -208,7 +206,6 @@ def _write_confdir(root: Path, stage: _Stage) -> Path:
     shutil.copy(AGENT_DIR / "premount", conf / "scripts" / "init-premount" / "xenkdump")
     stage_dir = conf / "xenkdump"
     shutil.copy(AGENT_DIR / "xenkdump-capture.sh", stage_dir / "xenkdump-capture.sh")
-    shutil.copy(SELFTEST_HOOK, stage_dir / "crashcheck.sh")
     (stage_dir / "capture.conf").write_text(stage.conf)
     (stage_dir / "modules").write_text("".join(f"{m}\n" for m in stage.modules))
     (stage_dir / "programs").write_text("".join(f"{p} {d}\n" for p, d in stage.programs))

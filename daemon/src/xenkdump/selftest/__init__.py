@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-# The crash-side hook (docs/selftest.md §3), shipped as package data; xenkdump's own
-# crash initramfs carries it (xenkdump/capture/initramfs-tools/hook).
+# The standalone crash-side hook (docs/selftest.md §3), shipped as package data, for
+# crash initrds of one's own; xenkdump's capture agent has a self-test mode instead.
 HOOK = Path(__file__).parent / "crashcheck.sh"
 
 # Defaults of a run (job.Options), here so that xenkdumpctl's help needs no more.

@@ -29,7 +29,7 @@ from typing import Any, Final
 import xenkdump
 from xenkdump.errors import InputError, OperationError, XenkdumpError
 from xenkdump.safefile import Limit, check_readable, read_file
-from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, dom0, plan, vm, xenbin
+from xenkdump.selftest import DEFAULT_TIMEOUT, DEFAULT_WORK_DIR, dom0, plan, scratch, vm, xenbin
 from xenkdump.selftest import launch as ln
 from xenkdump.selftest import qemu as qemu_mod
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
@@ -87,6 +87,10 @@ class Result:
     xen: str = ""  # the Xen binary the handoff level booted
     note: str = ""  # how the level was chosen, where the crash area was (one line)
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds from start
+    # The capture agent's dump on the scratch disk (scratch.py): metadata.json's result
+    # and steps; "" and () when the crash initrd carries only the standalone hook.
+    dump_result: str = ""
+    dump_steps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +114,11 @@ class Result:
             crashkernel=str(values.get("Crashkernel", "")),
             xen=str(values.get("Xen", "")),
             note=str(values.get("Note", "")),
+            dump_result=str(values.get("DumpResult", "")),
+            dump_steps=[
+                dict(zip(DUMP_STEP_FIELDS, row, strict=False))
+                for row in values.get("DumpSteps", ())
+            ],
         )
 
     def to_status(self) -> tuple[tuple[str, Any], ...]:
@@ -130,6 +139,11 @@ class Result:
             "Crashkernel": self.crashkernel,
             "Xen": self.xen,
             "Note": self.note,
+            "DumpResult": self.dump_result,
+            "DumpSteps": [
+                [_step_value(step.get(k), default) for k, default in DUMP_STEP_DEFAULTS]
+                for step in self.dump_steps
+            ],
         }
         return tuple(sorted(values.items()))
 
@@ -144,6 +158,26 @@ class Result:
         return f"self-test {self.id} ({self.level}) failed at {self.failed_stage}: {self.reason}"
 
 
+# A metadata.json step as DumpSteps' struct (status.SELF_TEST_KEYS: a(sidts)).
+DUMP_STEP_DEFAULTS: Final[tuple[tuple[str, Any], ...]] = (
+    ("name", ""),
+    ("exit_code", 0),
+    ("seconds", 0.0),
+    ("bytes", 0),
+    ("command", ""),
+)
+DUMP_STEP_FIELDS: Final = tuple(k for k, _ in DUMP_STEP_DEFAULTS)
+
+
+def _step_value(value: Any, default: Any) -> Any:
+    """A step's field as its D-Bus type (the default's), the default when it is not one."""
+    try:
+        out = type(default)(value)
+    except (TypeError, ValueError):
+        return default
+    return max(out, 0) if isinstance(out, int) else out  # bytes is unsigned
+
+
 def new_id() -> str:
     return secrets.token_hex(6)
 
@@ -154,29 +188,6 @@ def _readable(path: str, what: str) -> None:
     why = check_readable(Path(path), what, Limit.INITRD)  # never blocks on a FIFO
     if why:
         raise InputError(why)
-
-
-def _scratch(work: Path, size: int) -> Path:
-    """A sparse raw disk for the crash side's dump."""
-    scratch = work / "scratch.img"
-    with scratch.open("wb") as f:
-        f.truncate(size)
-    return scratch
-
-
-def _holds_dump(scratch: Path, token: bytes, chunk: int = 1 << 20) -> bool:
-    """An ELF core at the start and the token somewhere in it (read in pieces)."""
-    with scratch.open("rb") as f:
-        data = f.read(chunk)
-        if not data.startswith(b"\x7fELF"):
-            return False
-        tail = b""
-        while data:
-            if token in tail + data:
-                return True
-            tail = data[-len(token) :]
-            data = f.read(chunk)
-    return False
 
 
 def _meminfo() -> str:
@@ -243,6 +254,7 @@ class Job:
     def preflight(self) -> str:
         """Everything that can be refused before a VM starts; returns the QEMU path."""
         self.choose_level()
+        scratch.check_tools()
         qemu = vm.find_qemu(direct=isinstance(self.options.launch, ln.Direct))
         _readable(self.image.kernel, "crash kernel")
         if self.image.initrd:
@@ -297,7 +309,7 @@ class Job:
         result.accel = accel
         memory = work / "synthetic.bin"
         memory.write_bytes(plan.synthetic_memory(self.id))
-        scratch = _scratch(work, SCRATCH_BYTES)
+        disk = scratch.make(work / "scratch.img", SCRATCH_BYTES)
         cmdline = plan.boot_cmdline(self.image.cmdline, self.id)
         mem_mib = self.image.crash_size // MIB
         argv = qemu_mod.direct_argv(
@@ -309,9 +321,9 @@ class Job:
             cmdline=cmdline,
             initrd=self.image.initrd,
             loader=(memory, plan.SYNTHETIC_ADDR),
-            disks=(qemu_mod.Disk(scratch),),
+            disks=(qemu_mod.Disk(disk),),
         )
-        self._boot(argv, plan.boot_hints(cmdline), {}, scratch, mem_mib * MIB, result, t0)
+        self._boot(argv, plan.boot_hints(cmdline), {}, disk, mem_mib * MIB, result, t0)
 
     def _handoff_level(self, qemu: str, result: Result, t0: float) -> None:
         """This host's Xen, a staging dom0 that loads the image and panics (§6)."""
@@ -343,7 +355,7 @@ class Job:
             pythonpath=str(Path(xenkdump.__file__).resolve().parent.parent),
         )
         dom0_initrd = dom0.initramfs(self.dom0_kernel(), settings).write_gz(work / "dom0.cpio.gz")
-        scratch = _scratch(work, vm_bytes)
+        disk = scratch.make(work / "scratch.img", vm_bytes)
         machine = qemu_mod.XenMachine(
             xen=xen_elf,
             xen_cmdline=qemu_mod.xen_cmdline(
@@ -359,12 +371,12 @@ class Job:
                 qemu_mod.Share(Path("/"), "hostroot"),
                 qemu_mod.Share(work, "xkwork", readonly=False),
             ),
-            disks=(qemu_mod.Disk(scratch),),
+            disks=(qemu_mod.Disk(disk),),
         )
         argv = qemu_mod.xen_argv(qemu, machine)
         timeouts = plan.handoff_timeouts(vm_bytes, self.image.crash_size)
         self._boot(
-            argv, plan.handoff_hints(cmdline), timeouts, scratch, self.image.crash_size, result, t0
+            argv, plan.handoff_hints(cmdline), timeouts, disk, self.image.crash_size, result, t0
         )
 
     def _boot(  # noqa: PLR0917 (one call per level)
@@ -372,7 +384,7 @@ class Job:
         argv: list[str],
         hints: Mapping[Stage, str],
         timeouts: Mapping[Stage, float],
-        scratch: Path,
+        disk: Path,
         crash_bytes: int,
         result: Result,
         t0: float,
@@ -400,7 +412,7 @@ class Job:
             machine.stop()
             self.qemu_pid = None
         if tracker.awaiting(Stage.DONE):
-            self._check_scratch(scratch, tracker, result, t0)
+            self._check_scratch(disk, tracker, result, t0)
         self._finish(tracker, result, crash_bytes)
 
     def unit(self, work: Path) -> vm.Unit | None:
@@ -442,15 +454,19 @@ class Job:
                 return
             self._cancel.wait(_POLL)
 
-    def _check_scratch(self, scratch: Path, tracker: Tracker, result: Result, t0: float) -> None:
-        """The hook said it wrote the dump: the scratch disk must hold it, token included."""
-        if not _holds_dump(scratch, plan.token_for(self.id)):
-            tracker.fail(
-                Stage.DONE,
-                "the scratch disk holds no dump with the token after dump-written",
-                time.monotonic(),
-            )
+    def _check_scratch(self, disk: Path, tracker: Tracker, result: Result, t0: float) -> None:
+        """The crash side said it wrote the dump: the scratch disk must hold it (the
+        agent's dump directory, whole, or the standalone hook's raw vmcore)."""
+        assert self.workdir is not None
+        token = plan.token_for(self.id)
+        found = scratch.read_back(disk, self.workdir / "dump", token)
+        verdict = scratch.verdict(found, token)
+        result.dump_result = verdict.result
+        result.dump_steps = [dict(step) for step in verdict.steps]
+        if not verdict.ok:
+            tracker.fail(Stage.DONE, verdict.reason, time.monotonic())
             return
+        log.info("self-test %s: the scratch disk holds %s", self.id, verdict.reason)
         self._report(tracker.reach(Stage.DONE, time.monotonic()), t0, result)
 
     def _report(self, event: Reached | Failed, t0: float, result: Result) -> None:

@@ -16,6 +16,13 @@
 #   7. rename to <target>/<host>-<time>/ (atomic), drop the marker, apply retention;
 #   8. final_action (or failure_action when no vmcore was saved): reboot, halt, shell.
 #
+# Self-test mode (xenkdump.selftest=<id> on the command line: a staging VM of
+# xenkdump's self-test, docs/selftest.md §3): the same pipeline, but the target is
+# the VM's scratch disk (ext4 on /dev/vda, never the configured target), each stage
+# is reported on the console as "xenkdump-selftest: <id> <stage> [key=value...]" (or
+# "... failed <stage> <reason>"), the self-test's token must be in the saved dmesg or
+# in /proc/vmcore, no retention runs and the VM powers off.
+#
 # Configuration: XK_CONF (default /etc/xenkdump/capture.conf), KEY='value' lines that
 # xenkdump writes (xenkdump/capture/agentconf.py).  Tests override the XK_* hooks
 # documented there (paths of /proc files, the makedumpfile, ssh and df commands, actions,
@@ -66,8 +73,30 @@ XK_CONF=${XK_CONF:-/etc/xenkdump/capture.conf}
 : "${XK_KERNEL_SHA256:=}"
 : "${XK_INITRD_SHA256:=}"
 : "${XK_SCRATCH:=/run/xenkdump}"
+: "${XK_CMDLINE:=/proc/cmdline}"
+: "${XK_DEVICE_WAIT:=10}"  # seconds for the scratch disk's node to appear
+
+# Self-test mode: the scratch disk instead of the configured target (tests point
+# XK_SELFTEST_DEVICE='' and XK_SELFTEST_PATH at a directory).
+XK_SELFTEST=$(sed -n 's/.*xenkdump\.selftest=\([a-z0-9]*\).*/\1/p' "$XK_CMDLINE" 2>/dev/null | head -n 1)
+if [ -n "$XK_SELFTEST" ]; then
+	XK_TARGET_KIND=local
+	XK_DEVICE=${XK_SELFTEST_DEVICE-/dev/vda}
+	XK_FSTYPE=ext4
+	XK_PATH=${XK_SELFTEST_PATH:-/}
+	XK_MOUNTPOINT=/run/xenkdump/selftest-target
+	XK_KEEP=0
+	XK_MAX_TOTAL=0
+	XK_FINAL_ACTION=halt
+	XK_FAILURE_ACTION=halt
+fi
 
 say() { echo "xenkdump-capture: $*" >&2; }
+
+st() {  # a self-test stage marker on the console (xenkdump/selftest/stages.py reads it)
+	[ -n "$XK_SELFTEST" ] && echo "xenkdump-selftest: $XK_SELFTEST $*"
+	return 0
+}
 
 now_cs() {  # centiseconds since boot
 	awk '{ split($1, a, "."); printf "%d\n", a[1] * 100 + substr(a[2] "00", 1, 2) }' "$XK_UPTIME" 2>/dev/null || echo 0
@@ -460,6 +489,21 @@ step_vmcore() {
 	return 1
 }
 
+st_token() {  # self-test: the token, derived from the id, in dmesg.txt or /proc/vmcore
+	needle="xenkdump-selftest-token-$(printf '%s\n' "$XK_SELFTEST" |
+		awk '{ r = ""; for (i = length($0); i > 0; i--) r = r substr($0, i, 1); print r }')"
+	size=$(wc -c < "$XK_VMCORE" | tr -d ' ')
+	if t_sh "grep -q -F $(q "$needle") $(q "$WORK/dmesg.txt")" 2>/dev/null; then
+		where=dmesg
+	elif [ "$(tr '\000' '\n' < "$XK_VMCORE" | grep -c -F "$needle")" -gt 0 ]; then
+		where=vmcore  # NUL bytes split the dump into short lines (most memory is zero)
+	else
+		st "failed token-found the token is not in $XK_VMCORE ($size bytes) nor in the saved dmesg: the ELF core header does not describe the crashed system's memory"
+		return 1
+	fi
+	st "token-found vmcore_bytes=$size in=$where"
+}
+
 file_json() {  # "name": {"bytes": N, "sha256": "..."} for each file present in $WORK
 	first=1
 	for f in vmcore vmcore.flat dmesg.txt xen-console.txt; do
@@ -528,6 +572,30 @@ act() {  # reboot | halt | shell
 	esac
 }
 
+selftest_disk() {  # self-test: the scratch disk's driver and filesystem, once it is there
+	[ -n "$XK_SELFTEST" ] && [ -n "$XK_DEVICE" ] || return 0
+	i=0
+	while [ ! -b "$XK_DEVICE" ] && [ $i -lt "$XK_DEVICE_WAIT" ]; do
+		modprobe -q virtio_pci 2>/dev/null; modprobe -q virtio_blk 2>/dev/null
+		i=$((i + 1)); sleep 1
+	done
+	modprobe -q ext4 2>/dev/null
+	return 0
+}
+
+selftest_end() {  # self-test: the last stage, then the VM powers off (act: halt)
+	[ -n "$XK_SELFTEST" ] || return 0
+	if [ "$1" = complete ]; then
+		# The lowest MemAvailable while the agent worked (mem_watch_*): the peak.
+		st "dump-written bytes=$(t_size "$FINAL/vmcore") dir=$NAME mem_min_avail_kb=$(cat "$XK_SCRATCH/mem.min" 2>/dev/null) mem_total_kb=$(meminfo MemTotal)"
+	else
+		st "failed dump-written no vmcore was saved ($FINAL/metadata.json says why)"
+	fi
+	sync
+	[ -n "$XK_DEVICE" ] && umount "$XK_MOUNTPOINT" 2>/dev/null
+	return 0
+}
+
 main() {
 	mkdir -p "$XK_SCRATCH"
 	START_CS=$(now_cs)
@@ -537,12 +605,17 @@ main() {
 	XEN_CONSOLE_FOUND=false
 	XEN_CONSOLE_HOW="not attempted"
 	VMCORE_OK=false; VMCORE_HOW=none; VMCORE_FORMAT=none
+	st "crash-kernel-up uptime=$(cut -d' ' -f1 "$XK_UPTIME" 2>/dev/null)"
+	st "capture-started agent=xenkdump-capture"
 	if [ ! -r "$XK_VMCORE" ]; then
 		say "no $XK_VMCORE: this is not a crash kernel boot"
+		st "failed token-found no $XK_VMCORE: the crash kernel found no ELF core header (elfcorehdr=)"
 		act "$XK_FAILURE_ACTION" failure_action
 		return 1
 	fi
+	selftest_disk
 	if ! mount_target; then
+		st "failed dump-written the scratch disk $XK_DEVICE could not be mounted as ext4 at $XK_MOUNTPOINT"
 		act "$XK_FAILURE_ACTION" failure_action
 		return 1
 	fi
@@ -551,12 +624,18 @@ main() {
 	FINAL="$ROOT/$NAME"
 	if ! t_sh "mkdir -p $(q "$WORK") && : > $(q "$WORK/incomplete")"; then
 		say "cannot create $WORK"
+		st "failed dump-written cannot create $WORK on the scratch disk"
 		act "$XK_FAILURE_ACTION" failure_action
 		return 1
 	fi
 	say "saving to $FINAL"
 	mem_watch_start
 	step_dmesg
+	if [ -n "$XK_SELFTEST" ] && ! st_token; then
+		mem_watch_stop
+		act "$XK_FAILURE_ACTION" failure_action
+		return 1
+	fi
 	step_xen_console
 	step_vmcore
 	mem_watch_stop
@@ -565,12 +644,13 @@ main() {
 	# The rename is the commit: a dump directory without `incomplete` is whole.
 	if t_sh "rm -f $(q "$WORK/incomplete") && mv $(q "$WORK") $(q "$FINAL")"; then
 		say "dump $result: $FINAL"
-		retention "$NAME"
+		[ -n "$XK_SELFTEST" ] || retention "$NAME"
 	else
 		say "rename to $FINAL failed; the dump stays in $WORK"
 		result=failed
 	fi
 	if [ "$XK_TARGET_KIND" = ssh ]; then ssh_share_stop; else sync; fi
+	selftest_end "$result"
 	if [ "$result" = complete ]; then
 		act "$XK_FINAL_ACTION" final_action
 		return 0
