@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import struct
 from pathlib import Path
 
 import pytest
 
 from xenkdump.errors import InputError, OperationError
-from xenkdump.selftest import dom0, plan, qemu, xenbin
+from xenkdump.selftest import dom0, dom0load, plan, qemu, xenbin
 from xenkdump.selftest.cpio import Initramfs
-from xenkdump.selftest.job import Job, Options
+from xenkdump.selftest.job import Job, Options, _holds_dump
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
 
@@ -409,3 +410,36 @@ def test_silence_after_xen_entered_the_image_names_the_purgatory() -> None:
     assert t.next_stage is Stage.CRASH_KERNEL_UP
     failed = t.tick(10_000.0)
     assert failed is not None and "the purgatory halts on an image" in failed.reason
+
+
+# ---- the dom0 side's loader and the scratch disk ----
+
+
+def test_dom0_loader_reports_a_refused_image_as_one_marker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "dom0load.json"
+    fields = {
+        "id": "abc123",
+        "kernel": str(tmp_path / "missing-vmlinuz"),
+        "initrd": "",
+        "cmdline": "console=ttyS0",
+        "state_dir": str(tmp_path),
+    }
+    spec.write_text(json.dumps(fields))
+    assert dom0load.main([str(spec)]) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("xenkdump-selftest: abc123 failed image-loaded ")
+    assert "missing-vmlinuz" in line
+
+
+def test_the_scratch_disk_must_hold_an_elf_dump_with_the_token(tmp_path: Path) -> None:
+    token = plan.token_for("abc123")
+    disk = tmp_path / "scratch.img"
+    # The token straddles two reads.
+    disk.write_bytes(b"\x7fELF" + bytes(1020 - 4) + token + bytes(100))
+    assert _holds_dump(disk, token, chunk=1024)
+    disk.write_bytes(b"\x7fELF" + bytes(4000))
+    assert not _holds_dump(disk, token, chunk=1024)
+    disk.write_bytes(bytes(100) + token)  # no dump, however the token got there
+    assert not _holds_dump(disk, token, chunk=1024)
