@@ -16,7 +16,7 @@ import pytest
 from xenkdump.errors import InputError, OperationError
 from xenkdump.selftest import dom0, dom0load, plan, qemu, xenbin
 from xenkdump.selftest.cpio import Initramfs
-from xenkdump.selftest.job import Job, Options, _holds_dump
+from xenkdump.selftest.job import Job, Options
 from xenkdump.selftest.stages import LEVEL_STAGES, Failed, Level, Reached, Stage, Tracker
 from xenkdump.units import MIB
 
@@ -412,7 +412,7 @@ def test_silence_after_xen_entered_the_image_names_the_purgatory() -> None:
     assert failed is not None and "the purgatory halts on an image" in failed.reason
 
 
-# ---- the dom0 side's loader and the scratch disk ----
+# ---- the dom0 side's loader ----
 
 
 def test_dom0_loader_reports_a_refused_image_as_one_marker(
@@ -431,15 +431,3 @@ def test_dom0_loader_reports_a_refused_image_as_one_marker(
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("xenkdump-selftest: abc123 failed image-loaded ")
     assert "missing-vmlinuz" in line
-
-
-def test_the_scratch_disk_must_hold_an_elf_dump_with_the_token(tmp_path: Path) -> None:
-    token = plan.token_for("abc123")
-    disk = tmp_path / "scratch.img"
-    # The token straddles two reads.
-    disk.write_bytes(b"\x7fELF" + bytes(1020 - 4) + token + bytes(100))
-    assert _holds_dump(disk, token, chunk=1024)
-    disk.write_bytes(b"\x7fELF" + bytes(4000))
-    assert not _holds_dump(disk, token, chunk=1024)
-    disk.write_bytes(bytes(100) + token)  # no dump, however the token got there
-    assert not _holds_dump(disk, token, chunk=1024)
