@@ -11,21 +11,19 @@ own, bound to xenkdumpd's unit (``BindsTo=``): when xenkdumpd stops, restarts or
 is killed, systemd stops the VM.  Anywhere else (the CLI, tests, a daemon not
 started by systemd) QEMU is a child under ``setpriv --pdeathsig`` (vm.py).
 
-``choose`` decides from facts gathered by ``detect``; ``transient_argv`` and
-``leftovers`` are the command line and the parser, all unit-tested
-(docs/selftest.md §4).
+``choose`` decides from facts gathered by ``detect`` (xenkdump/transient.py,
+shared with the crash initramfs build); ``transient_argv`` and ``leftovers`` are
+the command line and the parser, all unit-tested (docs/selftest.md §4).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from xenkdump import transient
 from xenkdump.paths import INITRD_DIR
 from xenkdump.selftest import DEFAULT_WORK_DIR
 
@@ -36,93 +34,24 @@ LAUNCH_ENV: Final = "XENKDUMP_SELFTEST_LAUNCH"
 STOP_TIMEOUT: Final = 10
 
 
-@dataclass(frozen=True)
-class Direct:
-    """QEMU is the owner's child (vm.py: death signal, own process group)."""
-
-    why: str
-
-
-@dataclass(frozen=True)
-class Transient:
-    """QEMU runs in a transient service of the system manager, bound to ``owner``."""
-
-    owner: str  # the owner's unit, e.g. xenkdumpd.service
-    systemd_run: str
-    systemctl: str
-
-
-Launch = Direct | Transient
-CHILD: Final = Direct("")  # the default: a child process, nothing to say why
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What ``choose`` decides from (``detect`` reads them from this process)."""
-
-    env: Mapping[str, str]
-    cgroup: str  # /proc/self/cgroup
-    booted: bool  # /run/systemd/system exists: systemd is the init system
-    euid: int
-    systemd_run: str | None
-    systemctl: str | None
-
-
-_SERVICE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
-
-
-def owner_unit(cgroup: str) -> str | None:
-    """The service whose cgroup this process is in (cgroup v2 or v1's name=systemd)."""
-    for line in cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if not (hierarchy == "0" and controllers == "") and controllers != "name=systemd":
-            continue
-        for part in reversed(path.strip().split("/")):
-            if _SERVICE.match(part):
-                return part
-    return None
+# The decision and systemd-run's command line are shared with the crash initramfs
+# build (xenkdump/transient.py); what is the self-test's own follows.
+Direct = transient.Direct
+Transient = transient.Transient
+Launch = transient.Launch
+Facts = transient.Facts
+CHILD: Final = transient.CHILD
+owner_unit = transient.owner_unit
 
 
 def choose(facts: Facts) -> Launch:
     """A transient unit when this process is a systemd service of a booted systemd."""
-    forced = facts.env.get(LAUNCH_ENV, "")
-    if forced == "direct":
-        return Direct(f"{LAUNCH_ENV}=direct")
-    owner = owner_unit(facts.cgroup)
-    why = ""
-    if not facts.booted:
-        why = "systemd is not the init system"
-    elif not facts.env.get("INVOCATION_ID") and forced != "systemd":
-        why = "not started by systemd as a service (no INVOCATION_ID)"
-    elif owner is None:
-        why = "no systemd service in /proc/self/cgroup"
-    elif facts.euid != 0:
-        why = "not root: only root may start system units"
-    elif not facts.systemd_run or not facts.systemctl:
-        why = "systemd-run or systemctl not found"
-    if why or owner is None or not facts.systemd_run or not facts.systemctl:
-        return Direct(why)
-    return Transient(owner, facts.systemd_run, facts.systemctl)
+    return transient.choose(facts, LAUNCH_ENV)
 
 
 def detect() -> Launch:
     """``choose`` for this process."""
-    try:
-        cgroup = Path("/proc/self/cgroup").read_text()
-    except OSError:
-        cgroup = ""
-    path = os.environ.get("PATH", "") + ":/usr/bin:/bin"
-    return choose(
-        Facts(
-            env=dict(os.environ),
-            cgroup=cgroup,
-            booted=os.path.isdir("/run/systemd/system"),
-            euid=os.geteuid(),
-            systemd_run=shutil.which("systemd-run", path=path),
-            systemctl=shutil.which("systemctl", path=path),
-        )
-    )
+    return transient.detect(LAUNCH_ENV)
 
 
 def work_dir(launch: Launch) -> Path:
@@ -164,9 +93,6 @@ def transient_argv(
     """
     props = [
         f"Description=xenkdump self-test staging VM ({unit})",
-        # Stopped with its owner (also on kill -9 of the owner: its unit goes down).
-        # Not PartOf=: that would restart the VM with the owner.
-        f"BindsTo={launch.owner}",
         "Nice=19",
         "IOSchedulingClass=idle",
         f"MemoryMax={memory_max}",
@@ -185,17 +111,7 @@ def transient_argv(
         "DevicePolicy=closed",
         "DeviceAllow=/dev/kvm rw",
     ]
-    return [
-        launch.systemd_run,
-        f"--unit={unit}",
-        "--service-type=exec",
-        "--wait",
-        "--collect",
-        "--quiet",
-        *(f"--property={p}" for p in props),
-        "--",
-        *argv,
-    ]
+    return transient.run_argv(launch, argv, unit=unit, properties=props)
 
 
 def stop_argv(launch: Transient, units: Sequence[str]) -> list[str]:
