@@ -408,4 +408,6 @@ def test_selftest_section() -> None:
         (2, "selftest.xen", "expected null or an absolute path, found string 'xen.gz'"),
         (3, "selftest.dom0_kernel", "expected null or an absolute path, found integer '7'"),
     ]
-    assert problems("selftest:\n  schedule: daily\n")[0][:2] == (2, "selftest.schedule")
+    # selftest.schedule: a calendar systemd-analyze accepts (tests/unit/test_selftest_schedule.py).
+    assert parse_settings("selftest:\n  schedule: daily\n", "f.yaml").selftest.schedule == "daily"
+    assert problems("selftest:\n  schedule: dayly\n")[0][:2] == (2, "selftest.schedule")

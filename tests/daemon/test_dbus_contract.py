@@ -78,6 +78,8 @@ def test_members_and_signatures_are_the_documented_api() -> None:
         "CrashAreaVerdict": "s",
         "CrashAreaAdvice": "s",
         "CrashAreaFix": "s",
+        "SelfTestSchedule": "s",
+        "NextSelfTest": "t",
     }
     assert all(p.access == "read" for p in SPEC.properties.values())
     const = {p.name for p in SPEC.properties.values() if not p.emits_changed}

@@ -137,8 +137,8 @@ def test_property_types_on_the_wire_follow_the_xml(serve_fake: Any) -> None:
     assert sigs["CrashRegion"] == "(tt)" and sigs["LoadedAt"] == "t"
     assert sigs["InterfaceRevision"] == "u" and sigs["UnloadedFirst"] == "b"
     assert sigs["LastSelfTest"] == sigs["CurrentSelfTest"] == sigs["LastDump"] == "a{sv}"
-    assert sigs["DumpTarget"] == "s"
-    assert len(sigs) == 26
+    assert sigs["DumpTarget"] == sigs["SelfTestSchedule"] == "s" and sigs["NextSelfTest"] == "t"
+    assert len(sigs) == 28
 
 
 def test_property_errors_are_named(serve_fake: Any) -> None:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 HALVES = ("lower", "upper", "whole")
 
 # Grows with every compatible addition to the interface (the InterfaceRevision property).
-INTERFACE_REVISION = 5
+INTERFACE_REVISION = 6
 
 
 # The LastSelfTest dictionary: key -> D-Bus type (xenkdump.selftest.job.Result.to_status).
@@ -114,6 +114,10 @@ class Status(NamedTuple):
     dump_target: str = ""
     # The newest dump at the target (DUMP_KEYS) as sorted pairs; () if none found.
     last_dump: tuple[tuple[str, Any], ...] = ()
+    # selftest.schedule as configured ("off", or a systemd calendar expression), and its
+    # next elapse in microseconds since the epoch (0: none).  "" without xenkdumpd.
+    self_test_schedule: str = ""
+    next_self_test: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Property name -> plain value (pairs as lists), in field order."""
@@ -154,19 +158,20 @@ def self_test_note(s: Status, now: float) -> str:
     last = dict(s.last_self_test)
     if not last:
         return "never run"
-    ago = _ago(now - int(last.get("Started", 0)) / 1e6)
+    since = ago(now - int(last.get("Started", 0)) / 1e6)
     if s.image_sha256 and last.get("ImageSha256") != s.image_sha256:
         return (
-            f"not tested since the last reload (the last self-test, {ago} ago, "
+            f"not tested since the last reload (the last self-test, {since} ago, "
             "was of another image)"
         )
     which = "for this image" if s.image_sha256 else "(no image armed now)"
     if last.get("Passed"):
-        return f"passed {ago} ago {which} ({last.get('Level', '')} level)"
-    return f"FAILED {ago} ago {which} at {last.get('FailedStage', '')}: {last.get('Reason', '')}"
+        return f"passed {since} ago {which} ({last.get('Level', '')} level)"
+    return f"FAILED {since} ago {which} at {last.get('FailedStage', '')}: {last.get('Reason', '')}"
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
+    """A duration for people: 2 d, 3 h, 5 min, 12 s."""
     seconds = max(0.0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -199,6 +204,8 @@ def build(
     current_self_test: tuple[tuple[str, Any], ...] = (),
     dump_target: str = "",
     last_dump: tuple[tuple[str, Any], ...] = (),
+    self_test_schedule: str = "",
+    next_self_test: int = 0,
 ) -> Status:
     """The status from the record of what is armed and the caller's own facts.
 
@@ -241,4 +248,6 @@ def build(
         crash_area_fix=advice.grub_line if advice else "",
         dump_target=dump_target,
         last_dump=last_dump,
+        self_test_schedule=self_test_schedule,
+        next_self_test=next_self_test,
     )

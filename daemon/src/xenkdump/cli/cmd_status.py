@@ -121,6 +121,17 @@ def _when(usec: int) -> str:
     return f"{stamp}, {max(0, int(time.time() - usec / 1e6))} s ago"
 
 
+def _next(s: Status) -> str:
+    """When the scheduled self-test runs next ("2026-12-03 03:00:00 UTC, in 6 h")."""
+    from xenkdump.status import ago
+
+    if s.next_self_test <= 0:
+        return "none (the schedule never elapses again)"
+    at = s.next_self_test / 1e6
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at))
+    return f"{stamp}, in {ago(at - time.time())}"
+
+
 def _part(s: Status) -> str:
     if s.whole_area:
         return "the whole crash area"
@@ -185,6 +196,8 @@ def render(s: Status) -> str:
         )
     if running:
         rows.append(("Self-test", self_test_note(s, time.time())))
+        if s.self_test_schedule and s.self_test_schedule != "off":
+            rows.append(("Scheduled", f"{s.self_test_schedule}: next run {_next(s)}"))
     xen = f"Xen {s.xen_version or 'unknown'}"
     if running:
         rows.append(("Versions", f"{xen}, xenkdumpd {s.daemon_version}"))

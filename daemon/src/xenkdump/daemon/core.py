@@ -10,6 +10,7 @@ loop; ``status()`` never blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -87,6 +88,8 @@ class DaemonCore:
         self.selftests = SelfTests(on_change=self._publish)
         # Under systemd a staging VM is a transient unit of its own (selftest/launch.py).
         self.selftest_launch = launch.detect()
+        self._next_self_test = 0.0  # selftest.schedule's next elapse (epoch s), 0: none
+        self._schedule_changed = asyncio.Event()
         self.counters = Counters()
         self._metrics_written: tuple[Path, str] | None = None
         self._snapshot = self._make_snapshot()
@@ -184,6 +187,54 @@ class DaemonCore:
 
     def cancel_self_test(self, test_id: str) -> None:
         self.selftests.cancel(test_id)
+
+    async def run_schedule(self) -> None:
+        """selftest.schedule: a self-test of the armed image at each elapse, skipped with a
+        log line while one runs or when nothing is armed (selftest/schedule.py decides)."""
+        from xenkdump.selftest import schedule as sch  # noqa: PLC0415
+
+        expression: str | None = None
+        next_at: float | None = None
+        while True:
+            now = time.time()
+            if self.settings.selftest.schedule != expression:
+                expression = self.settings.selftest.schedule
+                next_at = await self._next_elapse(expression, now)
+            decision = sch.decide(
+                now,
+                next_at,
+                running=self.selftests.running_id,
+                armed=bool(self._snapshot.crash_kernel),
+            )
+            if isinstance(decision, sch.Wait):
+                self._schedule_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._schedule_changed.wait(), decision.seconds)
+                continue
+            assert next_at is not None
+            if isinstance(decision, sch.Skip):
+                log.info("scheduled self-test (%s) skipped: %s", expression, decision.reason)
+            else:
+                try:
+                    test_id = await self.self_test(SelfTestOptions())
+                    log.info("self-test %s started (selftest.schedule: %s)", test_id, expression)
+                except XenkdumpError as exc:
+                    log.warning("scheduled self-test not started: %s", exc)
+            next_at = await self._next_elapse(expression, sch.base_after(next_at, now))
+
+    async def _next_elapse(self, expression: str, after: float) -> float | None:
+        """The schedule's next elapse after ``after`` (None: off, never, or not computable)."""
+        from xenkdump.selftest import schedule as sch  # noqa: PLC0415
+
+        found: float | None = None
+        if expression != sch.OFF:
+            try:
+                found = (await asyncio.to_thread(sch.calendar, expression, after)).next_at
+            except XenkdumpError as exc:
+                log.warning("selftest.schedule %r: no next run: %s", expression, exc)
+        self._next_self_test = found or 0.0
+        self._publish()
+        return found
 
     # ---- what the daemon's own watchers call ----
 
@@ -321,6 +372,7 @@ class DaemonCore:
         healed = self.engine.config_error is not None
         same = new.digest == self.settings.digest
         self.settings = new  # the same values may now come from other files
+        self._schedule_changed.set()
         if same:
             return healed
         self.executor.set_settings(new)
@@ -409,6 +461,8 @@ class DaemonCore:
             current_self_test=self.selftests.current_status(),
             dump_target=self.executor.dump_target,
             last_dump=self._last_dump,
+            self_test_schedule=self.settings.selftest.schedule,
+            next_self_test=int(self._next_self_test * 1_000_000),
         )
 
     def _count(self, event: ev.Event) -> None:

@@ -88,6 +88,7 @@ class Daemon:
         self._timers: list[PeriodicTimer] = []
         self._topology: PeriodicTimer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._schedule: asyncio.Task[None] | None = None
         self._starving = False
         self.abandoned = False  # stopped with a load or unload still running
 
@@ -208,6 +209,8 @@ class Daemon:
         self._topology = PeriodicTimer(
             loop, settings.topology_check_interval, lambda: self._spawn(self._periodic(core))
         )
+        # selftest.schedule: runs at its elapses until xenkdumpd stops (_shutdown).
+        self._schedule = loop.create_task(core.run_schedule())
         self.notifier.ready(core.status().status_line())
         try:
             if handle is None:
@@ -251,6 +254,8 @@ class Daemon:
             self.notifier.status("failed: lost the D-Bus connection")
 
     def _shutdown(self) -> None:
+        if self._schedule is not None:
+            self._schedule.cancel()
         for t in [*self._timers, self._topology]:
             if t is not None:
                 t.cancel()

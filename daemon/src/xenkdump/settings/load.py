@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +86,7 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
         st = value["selftest"] or {}
         fields["selftest"] = SelfTestSettings(
             after_reload=bool(st.get("after_reload", False)),
+            schedule=_schedule(st.get("schedule", "off")),
             level=str(st.get("level") or ""),
             xen=Path(st["xen"]) if st.get("xen") else None,
             dom0_kernel=Path(st["dom0_kernel"]) if st.get("dom0_kernel") else None,
@@ -101,6 +103,11 @@ def settings_from(value: dict[str, Any], base: Settings) -> Settings:
         textfile = (value["metrics"] or {}).get("textfile")
         fields["metrics_textfile"] = Path(textfile) if textfile else None
     return replace(base, **fields)
+
+
+def _schedule(value: object) -> str:
+    """selftest.schedule: YAML reads an unquoted ``off`` as false."""
+    return "off" if value is False else str(value)
 
 
 def dump_settings(value: dict[str, Any]) -> DumpSettings:
@@ -126,7 +133,18 @@ def dump_settings(value: dict[str, Any]) -> DumpSettings:
 
 
 def check_settings(value: Any) -> Iterator[tuple[KeyPath, str]]:
-    """Rules across keys that the schema does not state: a target's own keys."""
+    """Rules the schema does not state: a target's own keys, a calendar systemd knows."""
+    selftest = value.get("selftest") if isinstance(value, dict) else None
+    schedule = selftest.get("schedule") if isinstance(selftest, dict) else None
+    if schedule is True:
+        yield ("selftest", "schedule"), "expected a calendar expression or off, found true"
+    elif isinstance(schedule, str) and schedule != "off":
+        # Imported here: only a configuration with a schedule needs systemd-analyze.
+        from xenkdump.selftest.schedule import problem  # noqa: PLC0415
+
+        why = problem(schedule, time.time())
+        if why:
+            yield ("selftest", "schedule"), why
     dump = value.get("dump") if isinstance(value, dict) else None
     if not isinstance(dump, dict):
         return

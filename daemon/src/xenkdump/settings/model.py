@@ -98,6 +98,7 @@ class SelfTestSettings:
     """The ``selftest:`` section (docs/selftest.md)."""
 
     after_reload: bool = False  # self-test the armed image after every successful load
+    schedule: str = "off"  # a systemd calendar expression, or off (selftest/schedule.py)
     level: str = ""  # "": handoff when a Xen binary matches the running Xen, else boot
     xen: Path | None = None  # the handoff level's Xen binary (None: the matching one)
     dom0_kernel: Path | None = None  # its dom0 kernel (None: boot_dir/vmlinuz-$(uname -r))
