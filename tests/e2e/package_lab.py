@@ -39,13 +39,15 @@ INSTALL_ROOT_PACKAGES = ("systemd-sysv",)
 # Installed after the package's checks, so that the root boots as a real dom0: that
 # release's Xen with its toolstack (xen.service mounts xenfs) and kernel.
 # The contract suite runs there too, with that release's pytest and hypothesis.
-# qemu-system-x86 (the package's Suggests) for a self-test under the real unit.
+# qemu-system-x86 and e2fsprogs (the package's Suggests: the VM and its scratch disk)
+# for a self-test under the real unit; a minimal root has neither.
 DOM0_PACKAGES = (
     "xen-system-amd64",
     "linux-image-amd64",
     "python3-pytest",
     "python3-hypothesis",
     "qemu-system-x86",
+    "e2fsprogs",
 )
 
 
