@@ -10,7 +10,6 @@ and log instead of on the process's stderr.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import struct
 import threading
@@ -36,7 +35,13 @@ from xenkdump.hv.port import (
 )
 from xenkdump.safefile import Limit, read_file_if_exists
 
-log = logging.getLogger(__name__)
+
+def _warn(message: str, *args: object) -> None:
+    """Log a warning; logging is imported only then (``hv info`` start-up, bench/cli.py)."""
+    import logging  # noqa: PLC0415
+
+    logging.getLogger(__name__).warning(message, *args)
+
 
 ffi = xc.ffi
 
@@ -237,7 +242,7 @@ class XenHypervisor(ClosingContext):
             logged = self._log.take()
         if ok(result):
             if logged:
-                log.warning("libxenctrl (%s): %s", op, logged)
+                _warn("libxenctrl (%s): %s", op, logged)
             return result
         if err == errno.ENOSYS:
             raise HypervisorUnavailable(
@@ -416,4 +421,4 @@ class XenHypervisor(ClosingContext):
             # The logger must outlive the handle that logs into it.
             self._log.close()
         if rc != 0:
-            log.warning("xc_interface_close failed: errno %d %s", err, logged)
+            _warn("xc_interface_close failed: errno %d %s", err, logged)
