@@ -108,12 +108,14 @@ def print_lab() -> None:
     floor = lab["floor_ns"] / 1e9
     print(f"real Xen ({LAB.relative_to(REPO)}, {when}, best of {lab['rounds']} rounds):")
     print(f"  floor: /usr/bin/python3 -c pass in dom0 under QEMU TCG: {floor:.2f} s")
+    medians = lab.get("median_round_ratios", {})
     for name, ns in lab["commands_ns"].items():
         ratio = lab["ratios"][name]
         verdict = "within" if ratio <= GOAL else "OVER"
+        median = f", median of the rounds' ratios {medians[name]:.1f}x" if name in medians else ""
         print(
             f"  xenkdumpctl {name}: {ns / 1e9:.2f} s; ratio {ratio:.1f}x the floor "
-            f"({verdict} the goal of {GOAL:.0f}x)"
+            f"({verdict} the goal of {GOAL:.0f}x){median}"
         )
 
 
