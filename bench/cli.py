@@ -2,8 +2,9 @@
 
 What runs is what Debian installs: ``/usr/bin/python3`` running
 ``xenkdump.cli.ctl.main`` (pybuild's console-script wrapper), with the checkout's
-sources, byte-compiled first as Debian's package is, on PYTHONPATH (no venv, no
-editable-install finder).  The floor is ``/usr/bin/python3 -c pass``.  The runs are
+sources, byte-compiled first as Debian's package is, at the end of the module path
+where dist-packages is (no venv, no editable-install finder, no PYTHONPATH ahead of
+the standard library).  The floor is ``/usr/bin/python3 -c pass``.  The runs are
 interleaved (each round runs the floor and every command once), so that a busy
 machine slows all of them alike.  Printed: the best and the median wall time of
 ``--rounds`` rounds, and the ratio of the best times.  Goal: ``--help``, ``status``
@@ -32,10 +33,13 @@ import time
 from benchlib import REPO, running_daemon
 
 PYTHON = "/usr/bin/python3"
-# What Debian's /usr/bin/xenkdumpctl does (pybuild's console-script wrapper).
-CTL = "import sys; from xenkdump.cli.ctl import main; sys.exit(main())"
+# What Debian's xenkdumpctl does (pybuild's console-script wrapper), the package last.
 GOAL = 3.0
 SOURCES = (REPO / "daemon" / "src", REPO / "bindings")
+CTL = (
+    f"import sys; sys.path += {[str(s) for s in SOURCES]!r}; "
+    "from xenkdump.cli.ctl import main; sys.exit(main())"
+)
 LAB = REPO / "bench" / "out" / "e2e_cli.json"
 
 
@@ -64,11 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     for tree in SOURCES:  # as the package's postinst does (py3compile)
         compileall.compile_dir(tree, quiet=1)
-    env = dict(
-        os.environ,
-        PYTHONPATH=":".join(str(s) for s in SOURCES),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
     with running_daemon() as daemon:
         assert daemon.address is not None
         env["DBUS_SYSTEM_BUS_ADDRESS"] = daemon.address
