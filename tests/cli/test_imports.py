@@ -54,7 +54,7 @@ def test_help_imports_no_command_module() -> None:
     )
     assert "xenkdump.cli.ctl" in out
     assert [m for m in out if m.startswith("xenkdump.cli.cmd_")] == []
-    assert under(out, (*HEAVY, "dataclasses", "typing", "logging")) == []
+    assert under(out, (*HEAVY, "dataclasses", "typing", "logging", "shutil", "bz2")) == []
 
 
 def test_a_run_configures_only_its_command() -> None:
@@ -78,6 +78,14 @@ def test_the_named_command_is_found_past_the_global_options() -> None:
 )
 def test_in_doubt_every_command_is_built(argv: list[str]) -> None:
     assert named_command(argv) is None
+
+
+def test_help_is_wrapped_to_the_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    narrow = build_parser(["--help"]).format_help()
+    monkeypatch.setenv("COLUMNS", "200")
+    wide = build_parser(["--help"]).format_help()
+    assert max(map(len, narrow.splitlines())) <= 58 < max(map(len, wide.splitlines()))
 
 
 def test_the_scan_knows_every_global_option() -> None:
