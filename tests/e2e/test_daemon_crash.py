@@ -145,7 +145,8 @@ def cli_figures(run: sc.Run) -> str:
     ratios = {label: round(ns / floor, 2) for label, ns in best.items()}
     figures = {
         "what": "wall time of /usr/bin/python3 -c pass and of xenkdumpctl commands "
-        "(the checkout on PYTHONPATH, byte-compiled) in dom0 on Xen under QEMU TCG",
+        "(the checkout byte-compiled, at the end of the module path as dist-packages is) "
+        "in dom0 on Xen under QEMU TCG",
         "rounds": CLI_ROUNDS,
         "floor_ns": floor,
         "commands_ns": best,
