@@ -251,15 +251,17 @@ def test_crash_area_at_the_hosts_address_when_the_vm_holds_it(
 
 
 def test_a_bigger_dump_gets_more_time_to_scan_and_copy() -> None:
-    small = plan.handoff_timeouts(512 * MIB, 256 * MIB)
-    assert small == {Stage.TOKEN_FOUND: 240.0, Stage.DUMP_WRITTEN: 300.0}
-    big = plan.handoff_timeouts(2048 * MIB, 1024 * MIB)  # 1 GiB to read: four times
-    assert big == {Stage.TOKEN_FOUND: 960.0, Stage.DUMP_WRITTEN: 1200.0}
+    tiny = plan.handoff_timeouts(300 * MIB, 256 * MIB)  # never below the boot level's
+    assert tiny == {Stage.TOKEN_FOUND: 240.0, Stage.DUMP_WRITTEN: 300.0}
+    small = plan.handoff_timeouts(512 * MIB, 256 * MIB)  # 256 MiB to read: twice
+    assert small == {Stage.TOKEN_FOUND: 480.0, Stage.DUMP_WRITTEN: 600.0}
+    big = plan.handoff_timeouts(2048 * MIB, 1024 * MIB)
+    assert big == {Stage.TOKEN_FOUND: 1920.0, Stage.DUMP_WRITTEN: 2400.0}
     t = Tracker(SERIAL_ID, Level.HANDOFF, start=0.0, total_timeout=9000.0, timeouts=big)
     t.reach(Stage.CAPTURE_STARTED, 0.0)
-    assert t.tick(959.0) is None
-    failed = t.tick(960.0)
-    assert failed is not None and "not reached within 960 s" in failed.reason
+    assert t.tick(1919.0) is None
+    failed = t.tick(1920.0)
+    assert failed is not None and "not reached within 1920 s" in failed.reason
 
 
 # ---- the staging dom0's initramfs ----

@@ -206,7 +206,7 @@ def handoff_hints(cmdline: str) -> dict[Stage, str]:
 
 # The crash side reads the whole dump for the token and copies it: STAGE_TIMEOUTS
 # hold for this much dumped memory (the boot level's is 64 KiB), more for more.
-_SCANNED_PER_TIMEOUT: Final = 256 * MIB
+_SCANNED_PER_TIMEOUT: Final = 128 * MIB
 
 
 def handoff_timeouts(vm_bytes: int, crash_size: int) -> dict[Stage, float]:
