@@ -1,11 +1,11 @@
 """The self-test on real QEMU: with Debian's Xen 4.17 as "this host's Xen" and the
 Debian test kernel as dom0 and crash kernel, xenkdump's own crash initramfs passes the
-handoff level through the CLI and the good image through xenkdumpd over D-Bus; at the boot level it passes too, broken
-images fail at the right stage with a clear reason, and no QEMU outlives a cancel or
-a kill -9.
+handoff level through the CLI and the good image through xenkdumpd over D-Bus; at the
+boot level they pass too, broken images fail at the right stage with a clear reason,
+and no QEMU outlives a cancel or a kill -9.
 
 A boot-level case is one short direct boot (no Xen), about 15 s under TCG; a
-handoff case boots Xen, the staging dom0 and the crash kernel, a few minutes
+handoff case boots Xen, the staging dom0 and the crash kernel, one to four minutes
 (docs/selftest.md §6), so there is one per path.  XENKDUMP_SELFTEST_ACCEL=tcg skips
 the KVM probe, which on the project's machines opens /dev/kvm and then hangs
 (docs/lab.md §6).
@@ -376,14 +376,19 @@ def test_xenkdumps_own_crash_initramfs_passes_both_levels_through_the_cli(
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600, check=False,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
+
+    def passes(*level: str) -> tuple[dict[str, Any], str]:
+        proc = ctl(
+            [*level, "--kernel", str(assets.kernel), "--initrd", str(initrd),
+             "--cmdline", CRASH_CMDLINE, "--crash-size", "256", "--work-dir", str(work),
+             "--json"],
+            env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout), proc.stderr
+
     t0 = time.monotonic()
-    proc = ctl(
-        ["--kernel", str(assets.kernel), "--initrd", str(initrd), "--cmdline", CRASH_CMDLINE,
-         "--crash-size", "256", "--work-dir", str(work), "--json"],
-        env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)
+    result, _ = passes()
     # The capture agent itself ran in self-test mode: its dump directory on the scratch
     # disk, read back by xenkdump, with metadata.json's steps (makedumpfile cannot
     # filter the synthetic core: the fallback chain ends in the raw copy).
@@ -403,14 +408,7 @@ def test_xenkdumps_own_crash_initramfs_passes_both_levels_through_the_cli(
     )
     xen = debian_xen_boot_dir() / "xen-4.17-amd64.gz"
     t0 = time.monotonic()
-    proc = ctl(
-        ["--xen", str(xen), "--dom0-kernel", str(assets.kernel),
-         "--kernel", str(assets.kernel), "--initrd", str(initrd), "--cmdline", CRASH_CMDLINE,
-         "--crash-size", "256", "--work-dir", str(work), "--json"],
-        env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout)
+    result, progress = passes("--xen", str(xen), "--dom0-kernel", str(assets.kernel))
     assert result["passed"] is True and result["level"] == "handoff", result
     assert list(result["stages"]) == [s.value for s in LEVEL_STAGES[Level.HANDOFF]]
     assert result["xen"] == str(xen)
@@ -421,7 +419,7 @@ def test_xenkdumps_own_crash_initramfs_passes_both_levels_through_the_cli(
     steps = {s["name"]: s for s in result["dump_steps"]}
     assert steps["dmesg"]["exit_code"] == 0 and steps["vmcore -d 31"]["exit_code"] == 0, steps
     assert 0 < result["peak_memory"] < 256 * MIB
-    assert "selftest: purgatory" in proc.stderr and "selftest: dom0-up" in proc.stderr
+    assert "selftest: purgatory" in progress and "selftest: dom0-up" in progress
     assert list(work.iterdir()) == []  # the run's files are gone
     stages = " ".join(f"{k} {v:.0f}s" for k, v in result["stages"].items())
     print(
