@@ -201,3 +201,16 @@ def synthetic_core(
     data = head + bytes(data_off - len(head)) + body
     path.write_bytes(data)
     return data
+
+
+def systemd_run_standin(bin_dir: Path, record: Path) -> Path:
+    """A ``systemd-run`` that writes its arguments to ``record``, one a line, then runs
+    the command after "--" itself (the job's output is its own, as with --pipe)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / "systemd-run"
+    path.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nwhile [ "$1" != -- ]; do shift; done\n'
+        'shift\nexec "$@"\n'
+    )
+    path.chmod(0o755)
+    return path

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import systemd_run_standin
 
 from testkernel import with_kernel
+from xenkdump import transient
 from xenkdump.capture import initramfs
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.hv.port import AddressRange
@@ -140,3 +142,49 @@ def test_unpacked_size_counts_the_files(tmp_path: Path) -> None:
     img = tmp_path / "i.img"
     img.write_bytes(gzip.compress(archive))
     assert initramfs.unpacked_size(img) == 13
+
+
+def test_under_systemd_mkinitramfs_runs_in_a_unit_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xenkdumpd's sandbox cannot run mkinitramfs (docs/packaging.md): under systemd the
+    build goes through systemd-run, here a stand-in that records its options and runs
+    the command after "--"; mkinitramfs, a stand-in too, fails as a real one would."""
+    bin_dir = tmp_path / "bin"
+    record = tmp_path / "systemd-run.args"
+    systemd_run_standin(bin_dir, record)
+    # It sees its configuration directory (next to the image) and says why it fails.
+    (bin_dir / "mkinitramfs").write_text(
+        '#!/bin/sh\n[ -f "$2/initramfs.conf" ] && echo "conf $2" >&2\n'
+        'echo "E: /usr/lib/modules/$5 is missing" >&2\nexit 3\n'
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    out = tmp_path / "state" / "crash.img"
+    facts = CaptureFacts("h", "6.1.0-57-amd64", "4.17.7", "", AddressRange(0, 0))
+    launch = transient.Transient("xenkdumpd.service", str(bin_dir / "systemd-run"), "systemctl")
+    with pytest.raises(initramfs.InitramfsError) as err:
+        initramfs.ensure(DumpSettings(device="/dev/vda1"), facts, output=out, launch=launch)
+    assert str(err.value) == (
+        "crash initramfs: mkinitramfs failed (exit 3): "
+        "E: /usr/lib/modules/6.1.0-57-amd64 is missing"
+    )
+    args = record.read_text().splitlines()
+    assert "--pipe" in args and "--wait" in args
+    assert "--property=BindsTo=xenkdumpd.service" in args
+    assert f"--property=ReadWritePaths={out.parent}" in args
+    assert args[args.index("--") + 1 :][:2] == [str(bin_dir / "mkinitramfs"), "-d"]
+    conf = Path(args[args.index("-d") + 1])
+    assert conf.parent.parent == out.parent  # not the daemon's private /tmp
+    assert not conf.exists() and sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_anywhere_else_mkinitramfs_is_a_child() -> None:
+    argv = ["/usr/sbin/mkinitramfs", "-o", "/x"]
+    assert initramfs.build_argv(transient.Direct("no INVOCATION_ID"), argv, Path("/x")) == argv
+    unit = transient.Transient("xenkdumpd.service", "/usr/bin/systemd-run", "/usr/bin/systemctl")
+    opts = initramfs.build_argv(unit, argv, Path("/var/lib/xenkdump"))
+    assert opts[opts.index("--") + 1 :] == argv
+    # None of xenkdumpd's own filters that mkinitramfs cannot live with.
+    assert not [o for o in opts if "SystemCallFilter" in o or "ProtectKernelModules" in o]

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import systemd_run_standin
 
+from xenkdump import transient
 from xenkdump.capture import target
 from xenkdump.daemon.executor import Executor
 from xenkdump.hv.sim import SimulatedHypervisor
@@ -69,3 +71,35 @@ def test_device_and_nfs_targets_are_left_to_the_crash_side(tmp_path: Path) -> No
     assert target.preflight(nfs, 1 << 60).endswith(
         "(an NFS export is checked by the crash side only)"
     )
+
+
+def test_under_systemd_the_ssh_check_runs_in_a_unit_with_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xenkdumpd's unit has no network (docs/packaging.md): under systemd the SSH check
+    goes through systemd-run (a stand-in recording its options, then running the command
+    after "--") to ssh (a stand-in answering as the target's df would)."""
+    bin_dir = tmp_path / "bin"
+    record = tmp_path / "systemd-run.args"
+    systemd_run_standin(bin_dir, record)
+    (bin_dir / "ssh").write_text("#!/bin/sh\necho '/dev/vdb 9000000 1000 8000000 1% /srv'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    (tmp_path / "id").write_text("key")
+    (tmp_path / "k").write_text("host key")
+    dump = DumpSettings(
+        target=DumpTarget.SSH, ssh="u@h", ssh_key=tmp_path / "id", ssh_known_hosts=tmp_path / "k"
+    )
+    launch = transient.Transient("xenkdumpd.service", str(bin_dir / "systemd-run"), "systemctl")
+    assert target.preflight(dump, 1 << 20, launch) == (
+        "ssh u@h:/var/crash: reachable, writable, 7.6 GiB free"
+    )
+    args = record.read_text().splitlines()
+    opts, ssh = args[: args.index("--")], args[args.index("--") + 1 :]
+    assert ssh[0] == str(bin_dir / "ssh") and "u@h" in ssh
+    assert "--pipe" in opts and "--property=BindsTo=xenkdumpd.service" in opts
+    assert "--property=RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in opts
+    assert not [o for o in opts if "PrivateNetwork" in o or "IPAddressDeny" in o]
+    # Anywhere else ssh is a child, its command line untouched.
+    assert target.ssh_argv(transient.Direct(""), ssh) == ssh

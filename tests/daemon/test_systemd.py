@@ -31,6 +31,20 @@ def unit_settings() -> dict[str, list[str]]:
     return out
 
 
+# Settings that systemd lets one line append to (lists); any other key twice is a slip.
+_LISTS = {"Documentation", "After", "DeviceAllow", "SystemCallFilter", "ReadOnlyPaths"}
+
+
+def test_no_single_valued_setting_and_no_comment_is_written_twice() -> None:
+    twice = [k for k, v in unit_settings().items() if len(v) > 1 and k not in _LISTS]
+    assert twice == []
+    paragraphs = [p for p in UNIT.read_text().split("\n\n") if p.strip()]
+    comments = [ln for ln in UNIT.read_text().splitlines() if ln.startswith("# ")]
+    assert len(paragraphs) == len(set(paragraphs))
+    repeated = {ln for ln in comments if comments.count(ln) > 1}
+    assert repeated == set(), repeated
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     # verify insists the ExecStart binary exists: point it at the venv's entry point.

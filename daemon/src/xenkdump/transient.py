@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,29 @@ class Transient:
 
 Launch = Direct | Transient
 CHILD: Final = Direct("")  # the default: a child process, nothing to say why
+
+# The sandbox every short job starts from (then ReadWritePaths= and what it needs
+# beyond): a read-only system, private /tmp and devices, no new privileges, no
+# changes to the kernel, the clock, cgroups or namespaces.
+SANDBOX: Final = (
+    "ProtectSystem=strict",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "NoNewPrivileges=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "LockPersonality=yes",
+)
+
+
+def unit_name(prefix: str) -> str:
+    """A fresh unit name for one job: ``<prefix><8 hex digits>.service``."""
+    return f"{prefix}{secrets.token_hex(4)}.service"
 
 
 @dataclass(frozen=True)

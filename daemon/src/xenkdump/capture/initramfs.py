@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenkdump import transient
 from xenkdump.capture import AGENT_DIR, agentconf, target, xensyms
 from xenkdump.capture.agentconf import CaptureFacts
 from xenkdump.errors import InputError, OperationError
@@ -50,6 +51,9 @@ BOOT = Path("/boot")  # where the Xen binary is looked for by default (settings.
 DEFAULT_DIR = Path(os.environ.get(INITRD_DIR_ENV, INITRD_DIR))
 MKINITRAMFS = "mkinitramfs"
 BUILD_TIMEOUT = 600.0
+# Forces where mkinitramfs runs: "direct" or "systemd" (transient.choose).
+LAUNCH_ENV = "XENKDUMP_INITRAMFS_LAUNCH"
+UNIT_PREFIX = "xenkdump-initramfs-"
 # initramfs-tools' own settings for this image: busybox, only the listed modules.
 INITRAMFS_CONF = """\
 # xenkdump's crash initramfs (written by xenkdump; see docs/capture.md)
@@ -269,11 +273,13 @@ def ensure(
     *,
     output: Path | None = None,
     force: bool = False,
+    launch: transient.Launch | None = None,
 ) -> Built:
     """The crash initramfs for ``dump`` and the crash kernel ``facts.dom0_kernel``.
 
     Builds it (atomically replacing ``output``) when its content key changed or
     ``force``; InitramfsError (one line) when that fails, the old image left in place.
+    ``launch``: where mkinitramfs runs (None: ``transient.detect``, build_argv).
     """
     version = facts.dom0_kernel
     out = output or image_path(version)
@@ -285,10 +291,14 @@ def ensure(
         return old
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="xenkdump-initramfs.") as tmp:
+    # The configuration directory next to the image: a transient unit sees neither
+    # xenkdumpd's private /tmp nor anything it may write but the image's directory.
+    with tempfile.TemporaryDirectory(prefix=".xenkdump-initramfs.", dir=out.parent) as tmp:
         conf = _write_confdir(Path(tmp), stage)
         tmp_out = out.with_name(f".{out.name}.tmp")
-        _run_mkinitramfs([mkinitramfs, "-d", str(conf), "-o", str(tmp_out), version])
+        mkargv = [mkinitramfs, "-d", str(conf), "-o", str(tmp_out), version]
+        where = transient.detect(LAUNCH_ENV) if launch is None else launch
+        _run_mkinitramfs(build_argv(where, mkargv, out.parent))
         unpacked = unpacked_size(tmp_out)
         built = Built(
             path=out,
@@ -317,10 +327,41 @@ def ensure(
     return built
 
 
+def build_argv(launch: transient.Launch, argv: Sequence[str], writable: Path) -> list[str]:
+    """mkinitramfs's command line: as it is, or in a transient unit of its own.
+
+    xenkdumpd's sandbox hides /usr/lib/modules (ProtectKernelModules=) and refuses
+    ``fchown`` and ``chroot`` (``cp -p``, ``ldconfig -r``: SystemCallFilter=), all of
+    which mkinitramfs needs.  Under systemd it runs in ``xenkdump-initramfs-*.service``
+    instead: root's file access, but a read-only system except ``writable`` (the
+    image's directory), private /tmp, no network, no kernel or cgroup changes
+    (docs/packaging.md).  Its output comes back through systemd-run (``--pipe``).
+    """
+    if isinstance(launch, transient.Direct):
+        return list(argv)
+    properties = [
+        "Description=xenkdump crash initramfs build (mkinitramfs)",
+        f"RuntimeMaxSec={BUILD_TIMEOUT:.0f}",
+        "Nice=10",
+        *transient.SANDBOX,
+        f"ReadWritePaths={writable}",
+        "ProtectHome=yes",
+        "PrivateNetwork=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+    ]
+    unit = transient.unit_name(UNIT_PREFIX)
+    return transient.run_argv(launch, argv, unit=unit, properties=properties, pipe=True)
+
+
 def _run_mkinitramfs(argv: Sequence[str]) -> None:
     try:
         proc = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise InitramfsError(

@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenkdump import transient
 from xenkdump.capture.agentconf import LocalFilesystem, relative_to_mount
 from xenkdump.errors import OperationError
 from xenkdump.settings.model import DumpSettings, DumpTarget
@@ -30,6 +31,10 @@ VOLATILE_FS = frozenset(
     {"tmpfs", "ramfs", "overlay", "9p", "squashfs", "proc", "sysfs", "devtmpfs", "fuse"}
 )
 NFS_MODULES = ("sunrpc", "nfs", "nfsv3", "nfsv4")
+# Forces where the SSH preflight runs: "direct" or "systemd" (transient.choose).
+SSH_LAUNCH_ENV = "XENKDUMP_SSH_LAUNCH"
+SSH_UNIT_PREFIX = "xenkdump-preflight-"
+SSH_TIMEOUT = 30.0
 
 
 class DumpTargetError(OperationError):
@@ -154,8 +159,34 @@ def estimate_dump_bytes(ram_bytes: int, level: int) -> int:
     return ram_bytes // share + 64 * MIB
 
 
-def preflight(dump: DumpSettings, need_bytes: int) -> str:
-    """Check the target from dom0; DumpTargetError naming it, else a one-line summary."""
+def ssh_argv(launch: transient.Launch, argv: list[str]) -> list[str]:
+    """The SSH preflight's command line: as it is, or in a transient unit with network.
+
+    xenkdumpd's own unit has no network (PrivateNetwork=, IPAddressDeny=, AF_UNIX
+    only): under systemd, ssh runs in ``xenkdump-preflight-*.service``, which may
+    reach the network and read the key, and nothing else (docs/packaging.md).
+    """
+    if isinstance(launch, transient.Direct):
+        return argv
+    properties = [
+        "Description=xenkdump dump target check (ssh)",
+        f"RuntimeMaxSec={SSH_TIMEOUT:.0f}",
+        *transient.SANDBOX,
+        "ProtectHome=read-only",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "MemoryDenyWriteExecute=yes",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",
+    ]
+    unit = transient.unit_name(SSH_UNIT_PREFIX)
+    return transient.run_argv(launch, argv, unit=unit, properties=properties, pipe=True)
+
+
+def preflight(dump: DumpSettings, need_bytes: int, launch: transient.Launch | None = None) -> str:
+    """Check the target from dom0; DumpTargetError naming it, else a one-line summary.
+
+    ``launch``: where the SSH check runs (None: ``transient.detect``, ssh_argv)."""
     name = dump.describe_target()
     if dump.target is DumpTarget.LOCAL and not dump.device:
         path = dump.path
@@ -180,13 +211,13 @@ def preflight(dump: DumpSettings, need_bytes: int) -> str:
             if not f.is_file():
                 raise DumpTargetError(f"dump target {name}: {what} {f} missing")
         quoted = "'" + str(dump.path).replace("'", "'\\''") + "'"
+        ssh = shutil.which("ssh") or "ssh"  # systemd-run wants a path; _run says if missing
+        remote = f"mkdir -p {quoted} && test -w {quoted} && df -Pk {quoted} | tail -n 1"
+        where = transient.detect(SSH_LAUNCH_ENV) if launch is None else launch
         out = _run(
-            [
-                "ssh",
-                *ssh_options(dump),
-                f"mkdir -p {quoted} && test -w {quoted} && df -Pk {quoted} | tail -n 1",
-            ],
+            ssh_argv(where, [ssh, *ssh_options(dump), remote]),
             f"dump target {name}",
+            SSH_TIMEOUT,
         )
         fields = out.split()
         free = int(fields[3]) * 1024 if len(fields) >= 4 and fields[3].isdigit() else 0
