@@ -172,7 +172,7 @@ def boot(
     job: Job,
     qemu: Path,
     *,
-    timeout: float = 900.0,
+    timeout: float = 1500.0,
     memory_mib: int = MEMORY_MIB,
     dom0_mib: int = DOM0_MIB,
 ) -> tuple[Boot, str]:
