@@ -142,6 +142,10 @@ def test_unpacked_size_counts_the_files(tmp_path: Path) -> None:
     img = tmp_path / "i.img"
     img.write_bytes(gzip.compress(archive))
     assert initramfs.unpacked_size(img) == 13
+    # Debian 13: an uncompressed early archive first, padded, then the gzip'd one.
+    early = entry(b"e", b"z" * 5) + entry(b"TRAILER!!!", b"")
+    img.write_bytes(early + bytes(512 - len(early) % 512) + gzip.compress(archive))
+    assert initramfs.unpacked_size(img) == 18
 
 
 def test_under_systemd_mkinitramfs_runs_in_a_unit_of_its_own(

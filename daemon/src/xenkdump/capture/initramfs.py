@@ -220,24 +220,35 @@ def _write_confdir(root: Path, stage: _Stage) -> Path:
     return conf
 
 
-def unpacked_size(image: Path) -> int:
-    """Bytes of the files in a gzip'd newc cpio (what the crash kernel unpacks into RAM)."""
+def _cpio_files(data: bytes, pos: int) -> tuple[int, int]:
+    """Bytes of the files of the newc cpio at ``pos``, and where it ends (its trailer)."""
     total = 0
-    with gzip.open(image, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos + 110 <= len(data):
-        if data[pos : pos + 6] not in (b"070701", b"070702"):
-            break  # early (uncompressed) archives first are not used here
+    while pos + 110 <= len(data) and data[pos : pos + 6] in (b"070701", b"070702"):
         filesize = int(data[pos + 54 : pos + 62], 16)
         namesize = int(data[pos + 94 : pos + 102], 16)
         name_end = pos + 110 + namesize
         name = data[pos + 110 : name_end - 1]
+        pos = (name_end + 3) & ~3
+        pos = (pos + filesize + 3) & ~3
         if name == b"TRAILER!!!":
             break
         total += filesize
-        pos = (name_end + 3) & ~3
-        pos = (pos + filesize + 3) & ~3
+    return total, pos
+
+
+def unpacked_size(image: Path) -> int:
+    """Bytes of the files in an initramfs (what the crash kernel unpacks into RAM):
+    uncompressed newc archives first (Debian 13's mkinitramfs writes one), then the
+    gzip'd main archive."""
+    data = image.read_bytes()
+    total, pos = 0, 0
+    while data[pos : pos + 6] in (b"070701", b"070702"):
+        size, pos = _cpio_files(data, pos)
+        total += size
+        while pos < len(data) and data[pos] == 0:  # padding between archives
+            pos += 1
+    if pos < len(data):
+        total += _cpio_files(gzip.decompress(data[pos:]), 0)[0]
     return total
 
 
