@@ -4,9 +4,9 @@ rebuilds and loads the new image; a build that fails keeps the armed image, degr
 the state and says why in LastError.
 
 xenkdumpd's core runs in-process on a simulated host with Debian's kernel; mkinitramfs
-and makedumpfile are stand-ins first on PATH (the real build is tests/capture/
-test_initramfs.py's): the stand-in image carries the makedumpfile it was given, so a
-new makedumpfile gives a new image.
+and makedumpfile are stand-ins first on PATH (tests/standin_mkinitramfs.py): the
+stand-in image carries the makedumpfile it was given, so a new makedumpfile gives a
+new image.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import standin_mkinitramfs
 from xenkdump.capture import initramfs
 from xenkdump.daemon.core import DaemonCore, State
 from xenkdump.errors import OperationError
@@ -29,44 +31,54 @@ from xenkdump.settings.load import load_settings
 
 pytestmark = pytest.mark.kernel
 
-FAKE_MKINITRAMFS = r"""#!/bin/sh
-# mkinitramfs -d CONFDIR -o OUT VERSION: an image holding the programs it was given.
-while [ $# -gt 0 ]; do
-  case "$1" in -d) shift; conf=$1 ;; -o) shift; out=$1 ;; esac
-  shift
-done
-[ -e "$FAKE_FAIL" ] && { echo "E: fake mkinitramfs failure" >&2; exit 1; }
-cut -d' ' -f1 "$conf/xenkdump/programs" | xargs cat | gzip -n > "$out"
-"""
-
 
 def _exec(path: Path, text: str) -> None:
     path.write_text(text)
     path.chmod(0o755)
 
 
-def test_a_changed_tool_rebuilds_and_reloads_and_a_failed_build_keeps_the_image(
-    tmp_path: Path, debian_kernel: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass(frozen=True)
+class World:
+    config: Path  # initrd: xenkdump, Debian's kernel in a /boot of its own
+    image: Path  # the crash initramfs xenkdump builds
+    makedumpfile: Path  # a stand-in, first on PATH
+    fail: Path  # while it exists, the stand-in mkinitramfs fails
+    runs: Path  # one line per run of the stand-in mkinitramfs
+
+
+@pytest.fixture
+def world(tmp_path: Path, debian_kernel: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _exec(bin_dir / "mkinitramfs", FAKE_MKINITRAMFS)
+    standin_mkinitramfs.install(bin_dir)
     makedumpfile = bin_dir / "makedumpfile"
     _exec(makedumpfile, "#!/bin/sh\necho makedumpfile 1\n")
-    fail = tmp_path / "fail"
+    w = World(
+        config=tmp_path / "xenkdump.yaml",
+        image=initramfs.image_path("6.1.0-test", tmp_path / "lib"),
+        makedumpfile=makedumpfile,
+        fail=tmp_path / "fail",
+        runs=tmp_path / "runs",
+    )
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.setenv("FAKE_FAIL", str(fail))
+    monkeypatch.setenv("FAKE_FAIL", str(w.fail))
+    monkeypatch.setenv("FAKE_MKINITRAMFS_RUNS", str(w.runs))
     monkeypatch.setattr(initramfs, "DEFAULT_DIR", tmp_path / "lib")
     boot = tmp_path / "boot"
     boot.mkdir()
     kernel = boot / "vmlinuz-6.1.0-test"
     shutil.copyfile(debian_kernel, kernel)
-    config = tmp_path / "xenkdump.yaml"
-    config.write_text(
+    w.config.write_text(
         f"kernel: {kernel}\ninitrd: xenkdump\nstate_dir: {tmp_path / 'state'}\n"
         f"boot_dir: {boot}\ndump:\n  device: /dev/vda1\n  path: /crash\n"
     )
-    image = initramfs.image_path("6.1.0-test", tmp_path / "lib")
+    return w
+
+
+def test_a_changed_tool_rebuilds_and_reloads_and_a_failed_build_keeps_the_image(
+    tmp_path: Path, world: World
+) -> None:
+    config, image, makedumpfile, fail = world.config, world.image, world.makedumpfile, world.fail
 
     async def scenario() -> None:
         with SimulatedHypervisor.open(tmp_path / "host.yaml") as sim:
@@ -107,6 +119,38 @@ def test_a_changed_tool_rebuilds_and_reloads_and_a_failed_build_keeps_the_image(
             fail.unlink()
             await core.reload(ReloadOptions(reason="test: fixed"))
             assert core.status().state == State.LOADED and core.status().generation == 3
+            await core.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_build_that_fails_runs_once_per_load_while_nothing_is_armed(
+    tmp_path: Path, world: World
+) -> None:
+    """With nothing armed, the crash-area advice measures the configured image: that
+    must not build it a second time after the load's own build failed."""
+    world.fail.touch()
+
+    def runs() -> int:
+        return len(world.runs.read_text().splitlines()) if world.runs.exists() else 0
+
+    async def scenario() -> None:
+        with SimulatedHypervisor.open(tmp_path / "host.yaml") as sim:
+            core = DaemonCore(sim, load_settings(world.config), config_path=world.config)
+            await core.start()
+            snap = core.status()
+            assert snap.state == State.DEGRADED and not snap.crash_kernel, snap.state_reason
+            assert "fake mkinitramfs failure" in snap.last_error
+            assert runs() == 1
+            with pytest.raises(OperationError):
+                await core.reload(ReloadOptions(reason="test: still failing"))
+            assert runs() == 2
+            world.fail.unlink()
+            await core.reload(ReloadOptions(reason="test: fixed"))
+            snap = core.status()
+            assert snap.state == State.LOADED and snap.generation == 1
+            assert runs() == 3
+            assert snap.crash_area_verdict == "ok"
             await core.close()
 
     asyncio.run(scenario())

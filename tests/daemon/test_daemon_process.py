@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+import standin_mkinitramfs
 from xenkdump.daemon.core import DaemonCore, State
 from xenkdump.errors import FileWriteError, OperationError
 from xenkdump.hv.port import KEXEC_TYPE_CRASH, AddressRange
@@ -542,7 +543,7 @@ def test_stuck_load_starves_the_watchdog_and_sigterm_still_stops(
     stuck = Path(__file__).with_name("stuck_xenkdumpd.py")
     d = start(
         program=(sys.executable, str(stuck)),
-        env={"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": ""},
+        env={"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "", "STUCK_LOAD": "1"},
     )
     d.wait_for(lambda m: "WATCHDOG=1" in m, "a first keep-alive")
 
@@ -565,6 +566,45 @@ def test_stuck_load_starves_the_watchdog_and_sigterm_still_stops(
     assert d.proc.wait(20) == 0
     assert time.monotonic() - t0 < 10
     assert "still running" in d.stderr()
+
+
+def test_a_slow_crash_initramfs_build_is_progress_for_the_watchdog(
+    host: Host, start: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """mkinitramfs may take minutes (a slow host): while it runs within its own timeout,
+    the load waiting for it makes progress, and systemd's watchdog stays fed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    standin_mkinitramfs.install(bin_dir)
+    makedumpfile = bin_dir / "makedumpfile"
+    makedumpfile.write_text("#!/bin/sh\necho makedumpfile 1\n")
+    makedumpfile.chmod(0o755)
+    slow = tmp_path / "slow"
+    host.write_config(
+        host.config.read_text().replace(f"initrd: {host.initrd}", "initrd: xenkdump")
+        + "dump:\n  device: /dev/vda1\n  path: /crash\n"
+    )
+    stall2s = Path(__file__).with_name("stuck_xenkdumpd.py")
+    d = start(
+        program=(sys.executable, str(stall2s)),
+        env={
+            "WATCHDOG_USEC": "1000000",  # a keep-alive every 0.5 s
+            "WATCHDOG_PID": "",
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "FAKE_MKINITRAMFS_SLOW": str(slow),
+            "XENKDUMP_INITRD_DIR": str(tmp_path / "lib"),
+        },
+    )
+    ready = d.wait_for(lambda m: "READY=1" in m, "READY=1")
+    assert "loaded: crash kernel armed (generation 1)" in ready
+    slow.write_text("5")  # the next build takes 5 s, the stall limit is 2 s
+    makedumpfile.write_text("#!/bin/sh\necho makedumpfile 2\n")  # the image must change
+    d.proc.send_signal(signal.SIGHUP)
+    done = d.wait_status("loaded: crash kernel armed (generation 2)", timeout=30)
+    during = d.messages[d.messages.index(ready) + 1 : d.messages.index(done)]
+    assert "made no progress" not in d.stderr()
+    assert "crash initramfs rebuilt" in d.stderr()
+    assert sum("WATCHDOG=1" in m for m in during) >= 6, during  # about 10 in 5 s
 
 
 def test_status_names_every_config_file_and_judges_the_crash_area(host: Host) -> None:

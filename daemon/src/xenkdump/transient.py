@@ -16,11 +16,13 @@ line.  Both are pure and unit-tested (tests/unit/test_transient.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -44,6 +46,17 @@ class Transient:
 
 Launch = Direct | Transient
 CHILD: Final = Direct("")  # the default: a child process, nothing to say why
+
+# Told of a long job its caller waits for: entered with the job's own timeout (seconds)
+# just before the job starts, left once it has ended.  xenkdumpd counts such a job as
+# progress while it runs (its watchdog keep-alive, daemon/executor.py).
+JobWatch = Callable[[float], AbstractContextManager[object]]
+
+
+def unwatched(_timeout: float) -> AbstractContextManager[object]:
+    """The JobWatch of a caller that nobody watches."""
+    return contextlib.nullcontext()
+
 
 # The sandbox every short job starts from (then ReadWritePaths= and what it needs
 # beyond): a read-only system, private /tmp and devices, no new privileges, no

@@ -285,12 +285,14 @@ def ensure(
     output: Path | None = None,
     force: bool = False,
     launch: transient.Launch | None = None,
+    watch: transient.JobWatch = transient.unwatched,
 ) -> Built:
     """The crash initramfs for ``dump`` and the crash kernel ``facts.dom0_kernel``.
 
     Builds it (atomically replacing ``output``) when its content key changed or
     ``force``; InitramfsError (one line) when that fails, the old image left in place.
-    ``launch``: where mkinitramfs runs (None: ``transient.detect``, build_argv).
+    ``launch``: where mkinitramfs runs (None: ``transient.detect``, build_argv);
+    ``watch`` is told of the mkinitramfs run and its timeout.
     """
     version = facts.dom0_kernel
     out = output or image_path(version)
@@ -309,7 +311,8 @@ def ensure(
         tmp_out = out.with_name(f".{out.name}.tmp")
         mkargv = [mkinitramfs, "-d", str(conf), "-o", str(tmp_out), version]
         where = transient.detect(LAUNCH_ENV) if launch is None else launch
-        _run_mkinitramfs(build_argv(where, mkargv, out.parent))
+        with watch(BUILD_TIMEOUT):
+            _run_mkinitramfs(build_argv(where, mkargv, out.parent))
         unpacked = unpacked_size(tmp_out)
         built = Built(
             path=out,
@@ -430,9 +433,13 @@ def kernel_version_of(kernel: Path) -> str:
 
 
 def for_kernel(
-    dump: DumpSettings, hv: Hypervisor | None, kernel: Path, boot_dir: Path = BOOT
+    dump: DumpSettings,
+    hv: Hypervisor | None,
+    kernel: Path,
+    boot_dir: Path = BOOT,
+    watch: transient.JobWatch = transient.unwatched,
 ) -> Built:
     """The crash initramfs for the crash kernel file ``kernel`` on this host (``ensure``);
     ``boot_dir`` holds the Xen binary (settings.boot_dir)."""
     version = kernel_version_of(kernel)
-    return ensure(dump, capture_facts(hv, version, boot_dir=boot_dir))
+    return ensure(dump, capture_facts(hv, version, boot_dir=boot_dir), watch=watch)

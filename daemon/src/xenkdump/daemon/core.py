@@ -349,11 +349,12 @@ class DaemonCore:
         return True
 
     def progress_age(self) -> float:
-        """Seconds since the running load or unload last made progress (0.0 when idle)."""
+        """Seconds since the running load or unload last made progress (0.0 when idle or
+        while it waits for a child job within that job's timeout, executor.progress_at)."""
         started = self._work_started
         if started is None:
             return 0.0
-        return time.monotonic() - max(started, self.executor.progress_at)
+        return max(0.0, time.monotonic() - max(started, self.executor.progress_at))
 
     # ---- internals ----
 

@@ -6,8 +6,10 @@ worker thread (asyncio.to_thread), one at a time (the engine keeps one outstandi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from xenkdump.daemon.engine import Armed, Load, LoadDone, Outcome, RecordCheck, 
 from xenkdump.errors import InputError, XenkdumpError
 from xenkdump.hv.port import E820_RAM, Hypervisor
 from xenkdump.image import loader
-from xenkdump.image.planner import HostFacts, ImageInputs
+from xenkdump.image.planner import HostFacts, ImageInputs, required_bytes
 from xenkdump.safefile import Limit, read_file
 from xenkdump.settings.model import InitrdPolicy, KernelPolicy, Settings
 from xenkdump.state.record import Ledger, LoadRecord, RecordStore
@@ -52,9 +54,13 @@ class Executor:
         self.xen_version = f"{major}.{minor}{hv.xen_extraversion()}"
         self.advice: Advice | None = None  # crashkernel= advice, after each action
         self.dump_target = ""  # the dump target's last check, "ok: ..." or "failing: ..."
-        # time.monotonic() of the running action's last step (read, host, load): what the
-        # daemon's watchdog keep-alive checks (progress, not just a live event loop).
+        # time.monotonic() of the running action's last step (read, host, load) or, while
+        # it waits for a child job (mkinitramfs), when that job's own timeout ends: what
+        # the daemon's watchdog keep-alive checks (progress, not just a live event loop).
         self.progress_at = 0.0
+        # Crash-area bytes of the image the newest load read (0: it read none); the
+        # advice's measure while nothing is armed with initrd: xenkdump (refresh_advice).
+        self.measured = 0
 
     def set_settings(self, settings: Settings) -> None:
         # The state directory is where our record lives; moving it mid-run would orphan
@@ -182,7 +188,9 @@ class Executor:
         """
         from xenkdump.capture import initramfs  # noqa: PLC0415 (only with initrd: xenkdump)
 
-        built = initramfs.for_kernel(self.settings.dump, self.hv, kernel, self.settings.boot_dir)
+        built = initramfs.for_kernel(
+            self.settings.dump, self.hv, kernel, self.settings.boot_dir, watch=self._child_job
+        )
         if built.rebuilt:
             log.info(
                 "crash initramfs rebuilt: %s (%s, %.1f s)",
@@ -191,6 +199,16 @@ class Executor:
                 built.seconds,
             )
         return built.path
+
+    @contextlib.contextmanager
+    def _child_job(self, timeout: float) -> Iterator[None]:
+        """A child job the load waits for is progress while it runs, up to its timeout
+        (a crash initramfs build takes minutes on a slow host: docs/capture.md §8)."""
+        self.progress_at = time.monotonic() + timeout
+        try:
+            yield
+        finally:
+            self.progress_at = time.monotonic()
 
     def read_inputs(self, action: Load) -> ImageInputs:
         kernel, initrd = self.resolve(action)
@@ -207,6 +225,7 @@ class Executor:
     def load(self, action: Load) -> LoadDone:
         """Carry out ``action``; raise the project's errors when it fails."""
         started = self.progress_at = time.monotonic()
+        self.measured = 0
         ledger = self._ledger()
         current = ledger.knowledge.armed
         inputs = None
@@ -217,6 +236,8 @@ class Executor:
         self.progress_at = time.monotonic()
         host = self.gather_host()
         self.progress_at = time.monotonic()
+        with contextlib.suppress(XenkdumpError):  # the load itself says what is wrong
+            self.measured = required_bytes(inputs, host)
         if (
             action.scope is not Scope.FORCE
             and current is not None
@@ -280,7 +301,14 @@ class Executor:
     def refresh_advice(self) -> None:
         """Judge Xen's crash area against the armed image (or the configured one)."""
         rec = self.record
-        required = rec.required_bytes if rec is not None else measure(self.hv, self.settings)
+        if rec is not None:
+            required = rec.required_bytes
+        elif self.settings.initrd is InitrdPolicy.XENKDUMP:
+            # measure() would build the crash initramfs: again, after a load whose
+            # build failed.  What the newest load read, if anything.
+            required = self.measured
+        else:
+            required = measure(self.hv, self.settings)
         try:
             self.advice = host_advice(self.hv, required)
         except XenkdumpError as exc:

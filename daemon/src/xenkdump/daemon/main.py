@@ -36,6 +36,7 @@ log = logging.getLogger("xenkdump.daemon")
 
 # A load or unload that makes no progress for this long stops the watchdog keep-alive, so
 # that systemd restarts xenkdumpd (the record settles what happened, docs/record-safety.md).
+# A child job it waits for (mkinitramfs) is progress within its own timeout (executor.py).
 STALL_LIMIT = 60.0
 # SIGTERM waits this long for a running load or unload, then exits without it.
 STOP_GRACE = 5.0
