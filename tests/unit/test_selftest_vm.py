@@ -14,6 +14,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+from xenkdump.selftest import vm as vm_mod
 from xenkdump.selftest.vm import Vm
 
 OWNER = textwrap.dedent(
@@ -97,3 +100,53 @@ def test_kill_9_of_the_owner_leaves_no_vm_behind(tmp_path: Path) -> None:
     # so it is reaped here (QEMU starts no processes of its own).
     for p in group_members(pid):
         os.kill(p, signal.SIGKILL)
+
+
+class _Guest:
+    """Stands in for ``Vm`` in the KVM probe: records the argv and plays a guest that
+    prints ``console`` on its serial port, then runs on (or has exited, ``exits``)."""
+
+    def __init__(self, console: str, *, exits: bool = False) -> None:
+        self.console, self.exits = console, exits
+        self.argv: list[str] = []
+        self.stopped = False
+
+    def __call__(self, argv: list[str], serial: Path, stderr: Path, unit: object) -> _Guest:
+        self.argv, self.serial = argv, serial
+        serial.write_text(self.console)
+        stderr.write_text("")
+        return self
+
+    def read_new(self) -> str:
+        return self.serial.read_text()
+
+    def running(self) -> bool:
+        return not self.exits
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_kvm_probe_boots_the_kernel_under_kvm_with_the_shared_qemu_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest = _Guest("[    0.000000] Linux version 6.1.0 (debian)\n")
+    monkeypatch.setattr(vm_mod, "Vm", guest)
+    assert vm_mod._probe_kvm("/usr/bin/qemu-system-x86_64", "/boot/vmlinuz", tmp_path, None)
+    argv = guest.argv
+    pairs = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("-")}
+    assert argv[0] == "/usr/bin/qemu-system-x86_64"
+    assert pairs["-accel"] == "kvm" and pairs["-cpu"] == "host"
+    assert pairs["-kernel"] == "/boot/vmlinuz" and "-initrd" not in argv
+    assert pairs["-serial"] == f"file:{tmp_path / 'kvm-probe.serial'}"
+    assert "console=ttyS0" in pairs["-append"].split()
+    assert guest.stopped and not list(tmp_path.iterdir())  # the probe's files are gone
+
+
+def test_kvm_probe_says_no_when_the_guest_dies_before_its_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guest = _Guest("", exits=True)
+    monkeypatch.setattr(vm_mod, "Vm", guest)
+    assert not vm_mod._probe_kvm("qemu", "/boot/vmlinuz", tmp_path, None)
+    assert guest.stopped and not list(tmp_path.iterdir())

@@ -35,10 +35,12 @@ from pathlib import Path
 
 from xenkdump.errors import OperationError
 from xenkdump.selftest import launch as ln
+from xenkdump.selftest import qemu as qemu_mod
 
 log = logging.getLogger("xenkdump.selftest")
 
 QEMU = "qemu-system-x86_64"
+PROBE_MIB = 128  # the KVM probe boots only as far as the kernel's first line
 _WRAPPER = (
     "setpriv",
     "--pdeathsig",
@@ -265,12 +267,14 @@ def _probe_kvm(
     Some nested setups open /dev/kvm but hang or abort the guest: then TCG.
     """
     serial = workdir / "kvm-probe.serial"
-    argv = [
-        qemu, "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "1",
-        "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
-        "-serial", f"file:{serial}", "-kernel", kernel,
-        "-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
-    ]  # fmt: skip
+    argv = qemu_mod.direct_argv(
+        qemu,
+        accel="kvm",
+        memory_mib=PROBE_MIB,
+        serial=serial,
+        kernel=kernel,
+        cmdline="console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+    )
     vm = Vm(argv, serial, workdir / "kvm-probe.stderr", unit)
     try:
         end = time.monotonic() + limit
