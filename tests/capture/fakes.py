@@ -35,8 +35,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 set -- $args
-if [ $rearrange -eq 1 ]; then
-  [ -n "${FAKE_REMOTE_NO_MDF:-}" ] && exit 127
+if [ $rearrange -eq 1 ]; then  # the server's -R: FAKE_REMOTE_R=fail|spin (a corrupt stream)
+  case "${FAKE_REMOTE_R:-}" in
+    fail) echo "makedumpfile: not a flattened stream" >&2; exit 1 ;;
+    spin) while :; do :; done ;;
+  esac
   sed 's/^FLAT://' > "$1"; exit 0
 fi
 [ -r "$1" ] || { echo "cannot read $1" >&2; exit 1; }
@@ -81,6 +84,8 @@ done
 [ $strict -eq 1 ] && [ -f "$known" ] || { echo "ssh: host key not pinned" >&2; exit 255; }
 [ -n "${FAKE_SSH_DOWN:-}" ] && { echo "ssh: connect: Connection refused" >&2; exit 255; }
 shift  # the destination
+# FAKE_REMOTE_PATH: the server's PATH (without this bin: no makedumpfile there)
+[ -n "${FAKE_REMOTE_PATH:-}" ] && PATH=$FAKE_REMOTE_PATH && export PATH
 exec sh -c "$*"
 """
 

@@ -303,12 +303,24 @@ def test_retention_by_size_stops_when_under_the_limit(agent: Agent) -> None:
     assert [p.exists() for p in old] == [False, True, True]
 
 
-@pytest.mark.parametrize("remote_mdf", [True, False], ids=["rearranged", "flattened"])
+SERVER_REARRANGE = [
+    pytest.param("", "", id="rearranged"),
+    pytest.param("no-mdf", "the server has no makedumpfile", id="no-mdf"),
+    pytest.param("fail", "makedumpfile -R on the server failed (exit 1)", id="fails"),
+    # A corrupt stream that keeps -R busy: the server's timeout(1) ends it.
+    pytest.param("spin", "makedumpfile -R on the server ran out of its 1 s", id="spins"),
+]
+
+
+@pytest.mark.parametrize(("server", "why"), SERVER_REARRANGE)
 def test_ssh_target_pipes_flattened_dump_with_a_pinned_host_key(
-    agent: Agent, remote_mdf: bool
+    agent: Agent, server: str, why: str
 ) -> None:
-    if not remote_mdf:
-        agent.env["FAKE_REMOTE_NO_MDF"] = "1"
+    if server == "no-mdf":  # a server whose commands are busybox's: no makedumpfile
+        bb = busybox_bin(agent.tmp / "server-bin", shutil.which("busybox") or "busybox")
+        agent.env["FAKE_REMOTE_PATH"] = str(bb)
+    elif server:
+        agent.env.update(FAKE_REMOTE_R=server, XK_REARRANGE_SECONDS="1")
     conf = base_conf(
         agent,
         XK_TARGET_KIND="ssh",
@@ -330,13 +342,22 @@ def test_ssh_target_pipes_flattened_dump_with_a_pinned_host_key(
     assert "-o ControlMaster=yes -f -N" in ssh_lines[1], ssh_lines[:2]
     assert all("-o ControlMaster=no" in ln for ln in ssh_lines[2:-1])
     assert "-O exit" in ssh_lines[-1]
-    if remote_mdf:
+    rearrange = [(n, rc) for n, rc in steps(meta) if n == "vmcore -R"]
+    assert meta["result"] == "complete"
+    if not why:
         assert (d / "vmcore").read_text() == "KDUMP level=31\n"
+        assert not (d / "vmcore.flat").exists()
         assert meta["vmcore"]["format"] == "kdump-compressed"  # type: ignore[index]
+        assert rearrange == [("vmcore -R", 0)]
     else:
+        # The stream stays, whole; metadata.json says why and how to rebuild it.
         assert (d / "vmcore.flat").read_text() == "FLAT:KDUMP level=31\n"
         assert not (d / "vmcore").exists()
-        assert "flattened" in meta["vmcore"]["format"]  # type: ignore[index]
+        assert meta["vmcore"]["format"] == (  # type: ignore[index]
+            f"flattened: {why} (makedumpfile -R vmcore < vmcore.flat)"
+        )
+        assert f"vmcore.flat kept: {why}" in proc.stderr
+        assert [rc != 0 for _, rc in rearrange] == ([] if server == "no-mdf" else [True])
     assert agent.actions() == ["reboot"]
 
 

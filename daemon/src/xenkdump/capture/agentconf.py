@@ -4,7 +4,7 @@ Pure: the ``dump:`` settings and the facts of this host in, ``KEY='value'`` line
 (POSIX sh single quoting, so the agent can source it).  The keys are the agent's
 (``initramfs-tools/xenkdump-capture.sh``); tests also set its hooks (``XK_VMCORE``,
 ``XK_MAKEDUMPFILE``, ``XK_SSH``, ``XK_DF``, ``XK_ACTION_CMD``, ``XK_UPTIME``,
-``XK_SCRATCH``) through the environment.
+``XK_SCRATCH``, ``XK_REARRANGE_SECONDS``) through the environment.
 """
 
 from __future__ import annotations

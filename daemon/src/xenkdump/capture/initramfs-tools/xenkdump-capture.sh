@@ -58,6 +58,7 @@ XK_CONF=${XK_CONF:-/etc/xenkdump/capture.conf}
 : "${XK_COMPRESS:=zlib}"
 : "${XK_KEEP:=0}"
 : "${XK_MAX_TOTAL:=0}"
+: "${XK_REARRANGE_SECONDS:=300}"
 : "${XK_FAILURE_ACTION:=reboot}"
 : "${XK_FINAL_ACTION:=reboot}"
 : "${XK_HOST:=$(hostname 2>/dev/null || echo host)}"
@@ -441,19 +442,40 @@ try_makedumpfile() {  # name, then makedumpfile options; sets VMCORE_OK/VMCORE_H
 	if [ "$rc" -eq 0 ]; then
 		VMCORE_OK=true
 		VMCORE_HOW="makedumpfile $*"
-		if [ "$XK_TARGET_KIND" = ssh ]; then
-			# The server turns it back into a normal dump file when it has makedumpfile.
-			if t_sh "command -v makedumpfile >/dev/null && makedumpfile -R $(q "$WORK/vmcore") < $(q "$WORK/vmcore.flat") >/dev/null 2>&1 && rm -f $(q "$WORK/vmcore.flat")"; then
-				:
-			else
-				t_sh "rm -f $(q "$WORK/vmcore")"
-				VMCORE_FORMAT="flattened (makedumpfile -R vmcore < vmcore.flat)"
-			fi
-		fi
+		[ "$XK_TARGET_KIND" = ssh ] && rearrange_on_server
 		return 0
 	fi
 	t_sh "rm -f $(q "$out")"
 	return 1
+}
+
+rearrange_on_server() {  # vmcore.flat -> vmcore by the server's makedumpfile -R, bounded
+	# A corrupt stream can keep makedumpfile -R busy forever: it runs under the
+	# server's timeout(1) (coreutils or busybox), allowed XK_REARRANGE_SECONDS plus a
+	# second per 8 MiB of the stream.  Without makedumpfile or timeout there, or when it
+	# fails or runs out of time, vmcore.flat stays and metadata.json says why.
+	flat=$WORK/vmcore.flat
+	size=$(t_size "$flat")
+	case $size in '' | *[!0-9]*) size=0 ;; esac
+	limit=$((XK_REARRANGE_SECONDS + size / 8388608))
+	cmd="timeout $limit makedumpfile -R vmcore < vmcore.flat (on the server)"
+	t0=$(now_cs)
+	t_sh "command -v makedumpfile >/dev/null || exit 90
+command -v timeout >/dev/null || exit 91
+timeout $limit makedumpfile -R $(q "$WORK/vmcore") < $(q "$flat") >/dev/null 2>&1 || exit
+rm -f $(q "$flat")"
+	rc=$?
+	case $rc in
+	0) record_step "vmcore -R" 0 "$t0" "$(t_size "$WORK/vmcore")" "$cmd"; return 0 ;;
+	90) why="the server has no makedumpfile" ;;
+	91) why="the server has no timeout command to bound makedumpfile -R" ;;
+	124 | 143) why="makedumpfile -R on the server ran out of its $limit s" ;;
+	*) why="makedumpfile -R on the server failed (exit $rc)" ;;
+	esac
+	case $rc in 90 | 91) ;; *) record_step "vmcore -R" "$rc" "$t0" 0 "$cmd" ;; esac
+	say "vmcore.flat kept: $why"
+	t_sh "rm -f $(q "$WORK/vmcore")"
+	VMCORE_FORMAT="flattened: $why (makedumpfile -R vmcore < vmcore.flat)"
 }
 
 step_vmcore() {
