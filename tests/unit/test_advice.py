@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from xenkdump.advice.crashkernel import (
@@ -139,3 +142,16 @@ def test_json_shape() -> None:
     out = run(AddressRange(0, 0)).as_json()
     assert out["verdict"] == "missing" and isinstance(out["details"], list)
     assert set(out) >= {"reserved", "required", "recommended", "crashkernel", "grub_line"}
+
+
+def test_the_readme_recommends_what_advise_computes_for_the_default_image() -> None:
+    """README's install line names the size `advise` gives the default crash image, whose
+    per-half need docs/capture.md §8 states (measured); the two must not drift apart."""
+    repo = Path(__file__).resolve().parents[2]
+    capture = (repo / "docs" / "capture.md").read_text()
+    need = re.search(r"kernel plus this initramfs need (\d+) MiB", capture)
+    assert need, "docs/capture.md no longer states the default image's need"
+    readme = " ".join((repo / "README.md").read_text().split())
+    said = re.findall(r"(\d+)M is what `xenkdumpctl advise` \(below\) recommends", readme)
+    assert said == [str(recommended_size(int(need.group(1)) * MIB) // MIB)]
+    assert f'GRUB_CMDLINE_XEN_DEFAULT="... crashkernel={said[0]}M"' in readme
