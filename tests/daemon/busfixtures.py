@@ -329,7 +329,7 @@ async def listen(c: DaemonClient, member: str) -> list[Message]:
     return got
 
 
-async def settle(got: list[Message], count: int = 1, timeout: float = 5.0) -> None:
+async def settle(got: list[Message], count: int = 1, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while len(got) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.02)

@@ -188,7 +188,8 @@ done
 while [ "$1" != "--" ]; do shift; done
 shift
 "$@" &
-echo $! > "$d/$unit.pid"
+# written whole, then renamed: the tests read the pid as soon as the file exists
+echo $! > "$d/$unit.pid.new" && mv "$d/$unit.pid.new" "$d/$unit.pid"
 wait $!
 rc=$?
 rm -f "$d/$unit.pid"
