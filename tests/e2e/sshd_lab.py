@@ -98,30 +98,38 @@ def _keygen(path: Path) -> str:
     return path.with_name(path.name + ".pub").read_text().strip()
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """True once this sshd says it listens on ``port`` (then a connection reaches it:
+    nothing else can hold the port); False when it could not bind it (another process
+    took the free port meanwhile)."""
+    listening = f"Server listening on 127.0.0.1 port {port}."
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
         if proc.poll() is not None:
-            raise HarnessError(f"sshd exited ({proc.returncode}): {log.read_text()[-1500:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
+            if "Address already in use" in text:
+                return False
+            raise HarnessError(f"sshd exited ({proc.returncode}): {text[-1500:]}")
+        if listening in text:
+            with socket.create_connection(("127.0.0.1", port), 10):
+                return True
         time.sleep(0.2)
     raise HarnessError(f"sshd did not listen on 127.0.0.1:{port}: {log.read_text()[-1500:]}")
 
 
 @contextlib.contextmanager
 def sshd(work: Path) -> Iterator[SshServer]:
-    """sshd on 127.0.0.1:<free port>, its files under ``work``; stopped and reaped at exit."""
+    """sshd on 127.0.0.1:<free port>, its files under ``work``; stopped and reaped at exit.
+
+    The port is free when chosen but not held until sshd binds it: when another process
+    takes it meanwhile, sshd is started again on another one.
+    """
     sshd_bin = _sshd_binary()
     work.mkdir(parents=True, exist_ok=True)
     host_pub = _keygen(work / "host_key")
     client_pub = _keygen(work / "id_capture")
     # restrict: no pty, no forwarding; commands only (the agent needs nothing else).
     (work / "authorized_keys").write_text(f"restrict {client_pub}\n")
-    port = _free_port()
-    known = work / "known_hosts"
-    known.write_text(f"[{USER_NET_HOST}]:{port} {host_pub.rsplit(' ', 1)[0]}\n")
-    (work / "sshd_config").write_text(SSHD_CONFIG.format(port=port, dir=work))
     passwd = work / "passwd"
     shutil.copy("/etc/passwd", passwd)
     with passwd.open("a") as f:
@@ -131,16 +139,29 @@ def sshd(work: Path) -> Iterator[SshServer]:
         f"mkdir -m 755 /run/sshd && exec {sshd_bin} -D -e -f {work / 'sshd_config'}"
     )
     log = work / "sshd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    for _ in range(5):
+        port = _free_port()
+        (work / "sshd_config").write_text(SSHD_CONFIG.format(port=port, dir=work))
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        try:
+            if _wait_listening(port, proc, log):
+                break
+        except BaseException:
+            _kill_group(proc)
+            raise
+        _kill_group(proc)
+    else:
+        raise HarnessError(f"sshd: no free loopback port in 5 tries: {log.read_text()[-1500:]}")
+    known = work / "known_hosts"
+    known.write_text(f"[{USER_NET_HOST}]:{port} {host_pub.rsplit(' ', 1)[0]}\n")
     try:
-        _wait_listening(port, proc, log)
         yield SshServer(port, "root", work / "id_capture", known, log)
     finally:
         # Each session is a new session (setsid): its processes are not in sshd's group.

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import scenarios as sc
 import selftest_images as si
-from e2e_harness import CRASH_CMDLINE, REPO, Assets, unpacked_package
+from e2e_harness import CRASH_CMDLINE, REPO, Assets, _one_qemu_at_a_time, unpacked_package
 
 import privatebus
 from testkernel import with_kernel
@@ -42,6 +42,15 @@ from xenkdump.units import MIB
 
 pytestmark = pytest.mark.e2e
 NO_CONSOLE = "irqpoll nr_cpus=1 reset_devices panic=-1"
+
+
+@pytest.fixture(autouse=True)
+def one_vm_at_a_time() -> Iterator[None]:
+    """Every test here boots QEMU (through xenkdump, not the lab's boot()): it takes the
+    lab's QEMU lock too, so that a parallel run's boot does not starve its VM (which
+    runs at nice 19) on the two shared cores."""
+    with _one_qemu_at_a_time():
+        yield
 
 
 @pytest.fixture
@@ -183,7 +192,7 @@ def test_kill_9_of_the_cli_leaves_no_qemu(
     assert qemus_in(work)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    end = time.monotonic() + 10
+    end = time.monotonic() + 60
     while qemus_in(work) and time.monotonic() < end:
         time.sleep(0.1)
     assert qemus_in(work) == []
@@ -222,14 +231,14 @@ def daemon(
             stdout=log, stderr=log, env=env, cwd=REPO,
         )  # fmt: skip
         try:
-            for _ in range(120):
+            deadline = time.monotonic() + 180
+            while True:
                 status = cmd_daemon.optional(lambda c: c.get_status())
                 if status is not None and status["State"] == "loaded":
                     break
                 assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
                 time.sleep(0.5)
-            else:
-                raise AssertionError((tmp_path / "daemon.log").read_text())
             yield proc
         finally:
             if proc.poll() is None:
@@ -281,14 +290,17 @@ def test_the_daemon_passes_the_handoff_level_by_default_over_dbus(
 
 
 def first_self_test() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The status and LastSelfTest once xenkdumpd has finished a self-test (2 min at most)."""
+    """The status and LastSelfTest once xenkdumpd has finished a self-test (a boot-level
+    run takes about 15 s; waited for up to 5 minutes on a loaded machine)."""
     status: dict[str, Any] = {}
-    for _ in range(240):
+    deadline = time.monotonic() + 300
+    while True:
         status = cmd_daemon.optional(lambda c: c.get_status()) or {}
         assert status, "xenkdumpd does not answer"
-        if status["LastSelfTest"]:
+        if status["LastSelfTest"] or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    assert status["LastSelfTest"], "no self-test finished within 5 minutes"
     return status, dict(status["LastSelfTest"])
 
 
@@ -312,9 +324,21 @@ def test_schedule_self_tests_the_armed_image_at_each_elapse(
     status, last = first_self_test()
     assert last.get("Passed") is True, last
     assert status["SelfTestSchedule"] == "*:*:*"
-    # The next elapse is at most a second ahead (or a moment behind, while xenkdumpd
-    # computes the one after it).
-    assert -1 < int(status["NextSelfTest"]) / 1e6 - time.time() <= 2
+    # NextSelfTest is the next elapse: at most a second ahead.  Right after an elapse it
+    # names the one just passed until xenkdumpd has computed the one after it (seconds,
+    # on a loaded machine), so it is polled until it lies ahead; a value that is never
+    # brought up to date never does.
+    ahead: list[float] = []
+    deadline = time.monotonic() + 30
+    while not ahead and time.monotonic() < deadline:
+        status = cmd_daemon.optional(lambda c: c.get_status()) or {}
+        now = time.time()  # after xenkdumpd computed the value it answered with
+        at = int(status.get("NextSelfTest", 0)) / 1e6
+        if now < at:
+            ahead.append(at - now)
+        else:
+            time.sleep(0.1)
+    assert ahead and ahead[0] <= 2, (ahead, status.get("NextSelfTest"))
     log_file = tmp_path / "daemon.log"
     skipped = r"scheduled self-test \(\*:\*:\*\) skipped: self-test \w+ is still running"
     deadline = time.monotonic() + 30
@@ -336,15 +360,15 @@ def test_kill_9_of_the_daemon_leaves_no_qemu(
     test_id = cmd_daemon.optional(lambda c: c.self_test({}))
     assert test_id
     qemus: list[int] = []
-    for _ in range(100):
+    end = time.monotonic() + 120  # the run's scratch disk and memory image come first
+    while not qemus and time.monotonic() < end:
         qemus = [p for p in qemus_in(Path("/var/tmp")) if test_id in _cmdline(p)]
-        if qemus:
-            break
-        time.sleep(0.1)
+        if not qemus:
+            time.sleep(0.1)
     assert qemus, "the self-test's QEMU never started"
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
-    end = time.monotonic() + 10
+    end = time.monotonic() + 60
     while any(_alive(p) for p in qemus) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(_alive(p) for p in qemus)
