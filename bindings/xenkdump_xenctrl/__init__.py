@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenkdump_xenctrl._ffi import ffi as _generated
 
@@ -50,8 +49,7 @@ _NEWEST_MINOR = 40
 _OLDEST_MINOR = 17
 
 
-@dataclass(frozen=True)
-class _Decl:
+class _Decl(NamedTuple):
     file: str
     # Which handle resolves its functions: "xenctrl" (libxenctrl and, through
     # dlsym's search of its dependency tree, the very libxentoollog and
@@ -103,10 +101,9 @@ def _strip_comments(text: str) -> str:
 
 
 # A prototype starts at column 0 with its return type; typedefs, struct
-# bodies and #defines do not declare functions.
-_PROTO = re.compile(
-    r"^(?!typedef\b|struct\b|union\b|enum\b|#|\})[A-Za-z_][\w\s\*]*?\b(\w+)\s*\(", re.M
-)
+# bodies and #defines do not declare functions.  Compiled when first used (re caches
+# it), not at import: a command opening the library never needs it.
+_PROTO = r"^(?!typedef\b|struct\b|union\b|enum\b|#|\})[A-Za-z_][\w\s\*]*?\b(\w+)\s*\("
 
 
 def declared_functions(library: str | None = None) -> tuple[str, ...]:
@@ -114,7 +111,7 @@ def declared_functions(library: str | None = None) -> tuple[str, ...]:
     names: list[str] = []
     for decl in DECLS:
         if library is None or decl.library == library:
-            names += _PROTO.findall(_strip_comments(_decl_text(decl.file)))
+            names += re.findall(_PROTO, _strip_comments(_decl_text(decl.file)), re.M)
     return tuple(names)
 
 
@@ -138,8 +135,7 @@ assert ffi.sizeof("xc_hypercall_buffer_t") == 40
 assert ffi.sizeof("struct e820entry") == 20
 
 
-@dataclass(frozen=True)
-class Library:
+class Library(NamedTuple):
     """A loaded libxenctrl: ``ctrl`` resolves the Xen functions, ``c`` libc's."""
 
     ctrl: Any
@@ -191,18 +187,16 @@ def open_library(path: str | None = None) -> Library:
                 f"cannot load libxenctrl from {override!r} (set by {source}): {_dl_reason(e)}"
             ) from None
         return Library(ctrl=ctrl, c=ffi.dlopen(None), path=override)
-    import ctypes  # noqa: PLC0415 (only to open the library)
-
     tried = soname_candidates()
     for name in tried:
-        # Probe with a plain dlopen first: a failing ffi.dlopen() falls back to
-        # ctypes.util.find_library(), which runs ldconfig and gcc for every miss
-        # (seconds each on a dom0 under emulation, measured in tests/e2e).
+        # The out-of-line ffi's dlopen is dlopen(3) only: a miss costs one search of the
+        # library directories, never cffi's in-line fallback to ctypes.util.find_library
+        # (ldconfig and gcc per miss: seconds each on a dom0 under emulation).
         try:
-            ctypes.CDLL(name)
+            ctrl = ffi.dlopen(name)
         except OSError:
             continue
-        return Library(ctrl=ffi.dlopen(name), c=ffi.dlopen(None), path=name)
+        return Library(ctrl=ctrl, c=ffi.dlopen(None), path=name)
     import ctypes.util  # noqa: PLC0415 (runs ldconfig: only when no soname loads)
 
     found = ctypes.util.find_library("xenctrl")

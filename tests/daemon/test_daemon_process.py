@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -391,8 +391,7 @@ def test_topology_change_rebuilds_only_the_core_header(host: Host) -> None:
 
     def one_more_cpu(sim: SimulatedHypervisor) -> None:
         last = sim.host.cpu_notes[-1]
-        sim.host = replace(
-            sim.host,
+        sim.host = sim.host._replace(
             cpu_notes=(*sim.host.cpu_notes, AddressRange(last.start + 0x1000, last.size)),
         )
 

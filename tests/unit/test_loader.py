@@ -218,7 +218,7 @@ def test_dom0_vmcoreinfo_changes_the_fingerprint_and_absence_is_logged(
 ) -> None:
     hv = sim_host(tmp_path)
     with_note = loader.gather_host(hv)
-    hv.host = replace(hv.host, dom0_vmcoreinfo=AddressRange(0, 0))
+    hv.host = hv.host._replace(dom0_vmcoreinfo=AddressRange(0, 0))
     without = loader.gather_host(hv)
     assert without.dom0_vmcoreinfo is None
     assert without.fingerprint() != with_note.fingerprint()
@@ -248,7 +248,7 @@ def test_bad_dom0_vmcoreinfo_is_refused_and_the_armed_image_stays(
     record_bytes = store.path.read_bytes()
     crash = hv.host.crash_range
     bad = AddressRange(crash.start + 0x10000 if where == "crash" else 0xA0000, 0x1024)
-    hv.host = replace(hv.host, dom0_vmcoreinfo=bad)
+    hv.host = hv.host._replace(dom0_vmcoreinfo=bad)
     with pytest.raises(PlanError, match="dom0 vmcoreinfo: expected a range") as err:
         loader.gather_host(hv)
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
@@ -262,7 +262,7 @@ def test_bad_dom0_vmcoreinfo_is_refused_and_the_armed_image_stays(
 
 
 def replace_note(hv: SimulatedHypervisor, note: AddressRange) -> SimulatedHypervisor:
-    hv.host = replace(hv.host, dom0_vmcoreinfo=note)
+    hv.host = hv.host._replace(dom0_vmcoreinfo=note)
     return hv
 
 

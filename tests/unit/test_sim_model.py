@@ -4,6 +4,7 @@ get_range ids, ABI field limits, and what happens to its state files."""
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,14 +168,14 @@ def test_editing_the_host_file_reboots_the_host(tmp_path: Path) -> None:
 def test_corrupt_state_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "host.yaml"
     hv = SimulatedHypervisor.open(path)
-    hv.state_path.write_text("{not json")
+    Path(hv.state_path).write_text("{not json")
     with pytest.raises(ConfigError, match=r"host.state.json: simulator state is corrupt"):
         SimulatedHypervisor.open(path)
 
 
 def test_state_survives_a_deleted_state_file_as_a_fresh_host(tmp_path: Path) -> None:
     hv = SimulatedHypervisor.open(tmp_path / "host.yaml")
-    hv.state_path.unlink()
+    os.unlink(hv.state_path)
     assert hv.kexec_status(C) == 0
     hv.kexec_unload(C)
     assert hv.kexec_status(C) == 1 and hv.call_counts(C) == (0, 1)

@@ -27,10 +27,13 @@ import enum
 import os
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 from xenkdump.errors import FileWriteError, InputError
 from xenkdump.units import KIB, MIB
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from pathlib import Path  # not imported: xenkdumpctl hv info (bench/cli.py)
 
 
 class Limit(enum.IntEnum):
@@ -91,7 +94,7 @@ def _size(n: int) -> str:
 
 
 def read_file(
-    path: Path,
+    path: Path | str,
     what: str,
     limit: Limit | int,
     *,
@@ -109,7 +112,7 @@ def read_file(
 
 
 def open_regular(
-    path: Path,
+    path: Path | str,
     what: str,
     limit: Limit | int,
     *,
@@ -141,7 +144,7 @@ def open_regular(
 
 
 def chunks(
-    path: Path,
+    path: Path | str,
     what: str,
     limit: Limit | int,
     *,
@@ -156,7 +159,7 @@ def chunks(
 
 
 def _chunks_of(
-    fd: int, path: Path, what: str, limit: int, error: type[InputError]
+    fd: int, path: Path | str, what: str, limit: int, error: type[InputError]
 ) -> Iterator[bytes]:
     """Read ``fd`` to EOF (st_size is only a hint: /proc files say 0), bounded; close it."""
     try:
@@ -176,7 +179,7 @@ def _chunks_of(
         os.close(fd)
 
 
-def check_readable(path: Path, what: str, limit: Limit | int) -> str:
+def check_readable(path: Path | str, what: str, limit: Limit | int) -> str:
     """ "" if ``path`` is a regular file xenkdump could read, else why not (one line)."""
     try:
         fd = open_regular(path, what, limit)
@@ -189,7 +192,7 @@ def check_readable(path: Path, what: str, limit: Limit | int) -> str:
 
 
 def read_file_if_exists(
-    path: Path,
+    path: Path | str,
     what: str,
     limit: Limit | int,
     *,
@@ -202,12 +205,13 @@ def read_file_if_exists(
     return b"".join(_chunks_of(fd, path, what, limit, error))
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
-    directory = path.parent
+    directory, name = os.path.split(path)
+    directory = directory or "."
     import secrets  # noqa: PLC0415 (hashlib, OpenSSL: writers only)
 
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags, 0o600)

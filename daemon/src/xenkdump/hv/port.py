@@ -6,21 +6,27 @@ cffi) and ``xenkdump.hv.sim.SimulatedHypervisor`` (a faithful model of Xen's
 kexec_op).  Everything else in xenkdump depends only on this module.
 
 Values and names follow Xen's public/kexec.h and docs/xen-kexec-contract.md §2.
+
+``xenkdumpctl hv info`` imports this module and an adapter only (bench/cli.py), so it
+stays light: its values are NamedTuples (immutable, compared and ordered by value, not
+dataclasses, whose import costs more than the rest of the command) and pathlib is not
+imported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, runtime_checkable
 
 from xenkdump.errors import InputError
 from xenkdump.safefile import Limit, read_file
 
 # The page size of every address and size the port speaks of (re-exported).
 from xenkdump.units import PAGE_SIZE as PAGE_SIZE  # noqa: PLC0414
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
 
 # public/kexec.h: image types.
 KEXEC_TYPE_DEFAULT = 0
@@ -67,10 +73,12 @@ def e820_type_name(type_: int) -> str:
 
 
 # dom0's own command line on a real dom0.
-PROC_CMDLINE = Path("/proc/cmdline")
+PROC_CMDLINE = "/proc/cmdline"
 
 
-def read_dom0_cmdline(path: Path = PROC_CMDLINE, *, error: type[InputError] = InputError) -> str:
+def read_dom0_cmdline(
+    path: Path | str = PROC_CMDLINE, *, error: type[InputError] = InputError
+) -> str:
     """dom0's own command line (``error`` naming the file when it cannot be read)."""
     raw = read_file(path, "dom0 command line", Limit.PROC, error=error)
     return raw.decode("utf-8", errors="replace").strip()
@@ -80,8 +88,7 @@ def read_dom0_cmdline(path: Path = PROC_CMDLINE, *, error: type[InputError] = In
 MIN_XEN_VERSION = (4, 4)
 
 
-@dataclass(frozen=True, order=True)
-class AddressRange:
+class AddressRange(NamedTuple):
     """A machine-address range [start, start + size)."""
 
     start: int
@@ -99,8 +106,7 @@ class AddressRange:
         return start < self.end and self.start < start + size
 
 
-@dataclass(frozen=True, order=True)
-class E820Entry:
+class E820Entry(NamedTuple):
     """One entry of Xen's machine memory map (libxenctrl's packed e820entry)."""
 
     addr: int
@@ -112,8 +118,7 @@ class E820Entry:
         return self.addr + self.size
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """One kexec segment (xen_kexec_segment_t).
 
     ``buf`` None is a NULL-buffer segment: Xen maps it but never writes it.
@@ -133,8 +138,7 @@ class Segment:
         return self.dest + self.memsz
 
 
-@dataclass(frozen=True)
-class PhysInfo:
+class PhysInfo(NamedTuple):
     """The stable leading fields of xen_sysctl_physinfo (offsets 0-28, §2.9)."""
 
     threads_per_core: int

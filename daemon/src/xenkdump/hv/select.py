@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from xenkdump.errors import InputError
-from xenkdump.hv.port import Hypervisor
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from xenkdump.hv.port import Hypervisor
 
 # Where a simulated host lives when `sim` is given without a file.
-DEFAULT_SIM_HOST = Path(os.environ.get("XENKDUMP_SIM_HOST", "/var/lib/xenkdump/sim/host.yaml"))
+DEFAULT_SIM_HOST = os.environ.get("XENKDUMP_SIM_HOST", "/var/lib/xenkdump/sim/host.yaml")
+XEN_INTERFACES = ("/proc/xen", "/dev/xen/privcmd")
 
 
 def xen_present() -> bool:
     """True on a Xen domain with the privcmd interface (dom0 or a driver domain)."""
-    return Path("/proc/xen").exists() or Path("/dev/xen/privcmd").exists()
+    return any(os.path.exists(p) for p in XEN_INTERFACES)
 
 
 def default_spec() -> str:
@@ -38,5 +41,5 @@ def open_hypervisor(spec: str | None) -> Hypervisor:
     if kind == "sim":
         from xenkdump.hv.sim import SimulatedHypervisor  # noqa: PLC0415
 
-        return SimulatedHypervisor.open(Path(arg) if arg else DEFAULT_SIM_HOST)
+        return SimulatedHypervisor.open(arg or DEFAULT_SIM_HOST)
     raise InputError(f"--hypervisor: expected 'xen' or 'sim[:FILE]', got {spec!r}")

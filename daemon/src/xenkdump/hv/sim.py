@@ -57,15 +57,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenkdump.errors import ConfigError, HypervisorError, InputError
 from xenkdump.hv.port import (
@@ -85,8 +82,11 @@ from xenkdump.hv.port import (
     PhysInfo,
     Segment,
 )
-from xenkdump.hv.simhost import SimHost, default_host, load_host, render_host
+from xenkdump.hv.simhost import SimHost, default_host, load_host, render_host, sibling
 from xenkdump.safefile import Limit, atomic_write, read_file_if_exists, shown
+
+if TYPE_CHECKING:
+    from os import PathLike
 
 STATE_FORMAT = 1
 U64_MASK = (1 << 64) - 1
@@ -104,13 +104,12 @@ IND_DONE = 0x4
 # Stand-in for Xen's kexec_reloc code (< 1 page, copied into the control code
 # page by machine_kexec_load, §3.2 step 3).  Not Xen's bytes: a fixed pattern,
 # so that a damaged code page is detectable.
-KEXEC_RELOC_CODE = b"".join(hashlib.sha256(b"sim kexec_reloc %d" % i).digest() for i in range(24))
+KEXEC_RELOC_CODE = bytes(range(256)) * 3
 
 _ZEROS = bytes(1 << 20)
 
 
-@dataclass(frozen=True)
-class ImageSegment:
+class ImageSegment(NamedTuple):
     """A segment of a loaded image: where it went and a digest of what Xen wrote."""
 
     dest: int
@@ -119,8 +118,7 @@ class ImageSegment:
     sha256: str | None  # of buf + zero fill to memsz; None for a NULL-buf (map-only) segment
 
 
-@dataclass(frozen=True)
-class ControlPage:
+class ControlPage(NamedTuple):
     """A page Xen took from the crash area for the image: code, indirection, L4..L1."""
 
     addr: int
@@ -128,8 +126,7 @@ class ControlPage:
     sha256: str  # of the page as it stood when the image was armed
 
 
-@dataclass(frozen=True)
-class ArmedImage:
+class ArmedImage(NamedTuple):
     """The image in the current slot of one type."""
 
     type: int
@@ -272,6 +269,8 @@ class _CrashLoad:
         self.map_pages(self.reloc_va, code, 1)
 
     def control_pages(self) -> list[dict[str, Any]]:
+        import hashlib  # noqa: PLC0415 (OpenSSL: loads and checks only, not queries)
+
         return [
             {"addr": addr, "role": role, "sha256": hashlib.sha256(self.pages[addr]).hexdigest()}
             for addr, role in self.roles
@@ -281,6 +280,8 @@ class _CrashLoad:
 def _segment_digest(seg: Segment) -> str | None:
     if seg.buf is None:
         return None
+    import hashlib  # noqa: PLC0415 (OpenSSL: loads and checks only, not queries)
+
     h = hashlib.sha256(seg.buf)
     left = seg.memsz - len(seg.buf)
     while left > 0:
@@ -290,18 +291,12 @@ def _segment_digest(seg: Segment) -> str | None:
     return h.hexdigest()
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _stamp(path: str) -> tuple[int, int]:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return (0, 0)
     return (st.st_mtime_ns, st.st_size)
-
-
-def _boot_identity(host: SimHost) -> str:
-    """Digest of the facts fixed at boot: a change is a reboot of the simulated host."""
-    fixed = replace(host, nr_cpus=0, memory_map=())
-    return hashlib.sha256(repr(fixed).encode()).hexdigest()
 
 
 class SimulatedHypervisor(ClosingContext):
@@ -309,27 +304,26 @@ class SimulatedHypervisor(ClosingContext):
 
     name = "sim"
 
-    def __init__(self, host_path: Path, host: SimHost, host_sha256: str) -> None:
+    def __init__(self, host_path: str, host: SimHost, host_sha256: str) -> None:
         self.host_path = host_path
         self.host = host
         self._host_sha256 = host_sha256
         self._host_stamp = _stamp(host_path)
-        self.state_path = host_path.with_suffix(".state.json")
-        self.crash_image_path = host_path.with_suffix(".crash.img")
-        self.lock_path = host_path.with_suffix(".lock")
+        self.state_path = sibling(host_path, ".state.json")
+        self.crash_image_path = sibling(host_path, ".crash.img")
+        self.lock_path = sibling(host_path, ".lock")
 
     # -- opening and state -------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path) -> SimulatedHypervisor:
-        """Open the host described by ``path``, creating it with the defaults if absent."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(path.with_suffix(".lock")):
-            if not path.exists():
+    def open(cls, host_file: str | PathLike[str]) -> SimulatedHypervisor:
+        """Open the host described by ``host_file``, creating it with the defaults if absent."""
+        path = os.fspath(host_file)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with _flock(sibling(path, ".lock")):
+            if not os.path.exists(path):
                 atomic_write(path, render_host(default_host()).encode())
-            host = load_host(path)
-            sim = cls(path, host, _boot_identity(host))
+            sim = cls(path, *load_host(path))
             state = sim._read_state(allow_missing=True)
             if state is None or state.get("host_sha256") != sim._host_sha256:
                 # A new host file, or one whose boot-time facts changed (crash range, Xen
@@ -463,10 +457,10 @@ class SimulatedHypervisor(ClosingContext):
         if stamp != self._host_stamp:
             self._host_stamp = stamp
             try:
-                fresh = load_host(self.host_path)
+                fresh, boot = load_host(self.host_path)
             except ConfigError:
                 return self.host  # a half-written edit: keep what we had
-            if _boot_identity(fresh) == self._host_sha256:
+            if boot == self._host_sha256:
                 self.host = fresh
         return self.host
 
@@ -668,6 +662,8 @@ def _armed_from_state(state: dict[str, Any], type: int) -> ArmedImage | None:
 
 
 def _digest_range(fd: int, offset: int, size: int) -> str:
+    import hashlib  # noqa: PLC0415 (OpenSSL: loads and checks only, not queries)
+
     h = hashlib.sha256()
     while size > 0:
         chunk = os.pread(fd, min(size, 1 << 20), offset)
@@ -696,7 +692,7 @@ def _check_abi_fields(type: int, arch: int, entry: int, segs: list[Segment]) -> 
 
 
 @contextmanager
-def _flock(path: Path) -> Iterator[None]:
+def _flock(path: str) -> Iterator[None]:
     """An exclusive flock on ``path``: one operation at a time across processes."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -40,21 +40,20 @@ The keys and their types are ``schema/sim-host-v1.json``, read by the project's 
 YAML-and-schema mechanism (``xenkdump.schema``): every problem is reported in one
 ConfigError as ``file:line: key: expected ..., found ...``.
 
-``load_host`` keeps the value a file validated to next to it (``NAME.validated.json``,
-with the sha256 of the file's bytes and xenkdump's version): opening the same bytes
-again skips YAML and the JSON Schema, which cost more than the rest of a command
-(bench/cli.py).  Any other bytes, version or an unreadable cache are validated again.
+``load_host`` keeps what a file validated to next to it (``NAME.validated.json``: the
+file's text, xenkdump's version, the value and the host's ``boot_identity``): opening
+the same bytes again skips YAML, the JSON Schema and hashing, which cost more than the
+rest of a command (bench/cli.py).  Any other bytes, version or an unreadable cache are
+validated again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenkdump import __version__
 from xenkdump.errors import ConfigError, FileWriteError
@@ -73,15 +72,17 @@ from xenkdump.safefile import Limit, atomic_write, read_file, read_file_if_exist
 from xenkdump.units import MIB
 
 if TYPE_CHECKING:
+    from os import PathLike
+    from pathlib import Path
+
     from xenkdump.schema import KeyPath
 
 # The cache of a validated host file (see the module docstring).
 VALIDATED_SUFFIX = ".validated.json"
-VALIDATED_FORMAT = 1
+VALIDATED_FORMAT = 2
 
 
-@dataclass(frozen=True)
-class SimHost:
+class SimHost(NamedTuple):
     """What a simulated host looks like to the hypervisor port."""
 
     xen_version: tuple[int, int]
@@ -288,7 +289,7 @@ def _apply(host: SimHost, top: dict[str, Any]) -> SimHost:
             )
             for e in top["memory_map"]
         )
-    return replace(host, **fields)
+    return host._replace(**fields)
 
 
 def _check(top: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
@@ -337,29 +338,51 @@ def _covered_by_ram(mm: tuple[E820Entry, ...], rng: AddressRange) -> bool:
     return False
 
 
-def load_host(path: Path) -> SimHost:
-    """Read and parse the host file at ``path``; ConfigError naming it when it is bad."""
+def boot_identity(host: SimHost) -> str:
+    """Digest of the facts fixed at boot: a change is a reboot of the simulated host.
+
+    CPU and memory hot-plug (``cpus.online``, ``memory_map``) are not part of it.
+    """
+    import hashlib  # noqa: PLC0415 (OpenSSL: only when a host file is validated)
+
+    fixed = host._replace(nr_cpus=0, memory_map=())
+    return hashlib.sha256(repr(fixed).encode()).hexdigest()
+
+
+def sibling(path: str, suffix: str) -> str:
+    """The file next to the host file ``path`` named with ``suffix`` for its last suffix
+    (``host.yaml``: ``host.state.json``)."""
+    return os.path.splitext(path)[0] + suffix
+
+
+def load_host(host_file: str | PathLike[str]) -> tuple[SimHost, str]:
+    """The host the file describes, and its ``boot_identity``; ConfigError naming the
+    file when it is bad."""
+    path = os.fspath(host_file)
     raw = read_file(path, "simulated host", Limit.CONFIG, error=ConfigError)
     key = {
         "format": VALIDATED_FORMAT,
-        "sha256": hashlib.sha256(raw).hexdigest(),
+        # The bytes as JSON text; undecodable ones are kept (and refused by the schema).
+        "source": raw.decode("utf-8", errors="surrogateescape"),
         "xenkdump": __version__,
     }
-    cache = path.with_name(path.stem + VALIDATED_SUFFIX)
-    value = _cached(cache, key)
-    if value is not None:
+    cache = sibling(path, VALIDATED_SUFFIX)
+    stored = _cached(cache, key)
+    if stored is not None:
         try:
-            return _apply(default_host(), value)
+            return _apply(default_host(), stored["value"]), stored["boot"]
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # not what load_host wrote: validate the file again
     value = _validated(raw, shown(path))
+    host = _apply(default_host(), value)
+    boot = boot_identity(host)
     with contextlib.suppress(FileWriteError):  # a read-only directory: validate each time
-        atomic_write(cache, json.dumps({**key, "value": value}).encode())
-    return _apply(default_host(), value)
+        atomic_write(cache, json.dumps({**key, "value": value, "boot": boot}).encode())
+    return host, boot
 
 
-def _cached(cache: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The value validated for ``key`` (the same bytes, the same xenkdump), else None."""
+def _cached(cache: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """What was stored for ``key`` (the same bytes, the same xenkdump), else None."""
     try:
         raw = read_file_if_exists(cache, "validated host", Limit.CONFIG, error=ConfigError)
         stored = json.loads(raw) if raw is not None else None
@@ -367,5 +390,6 @@ def _cached(cache: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in key.items()):
         return None
-    value = stored.get("value")
-    return value if isinstance(value, dict) else None
+    if not (isinstance(stored.get("value"), dict) and isinstance(stored.get("boot"), str)):
+        return None
+    return stored

@@ -14,8 +14,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xenkdump_xenctrl as xc
 from xenkdump.errors import HypervisorError, HypervisorUnavailable, InputError, PlanError
@@ -35,6 +34,9 @@ from xenkdump.hv.port import (
 )
 from xenkdump.safefile import Limit, read_file_if_exists
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 def _warn(message: str, *args: object) -> None:
     """Log a warning; logging is imported only then (``hv info`` start-up, bench/cli.py)."""
@@ -45,10 +47,10 @@ def _warn(message: str, *args: object) -> None:
 
 ffi = xc.ffi
 
-PRIVCMD_PATHS = (Path("/dev/xen/privcmd"), Path("/proc/xen/privcmd"))
+PRIVCMD_PATHS = ("/dev/xen/privcmd", "/proc/xen/privcmd")
 # dom0's "ADDRESS SIZE" (hex) of its VMCOREINFO note; a machine address on a PV dom0.
 # $XENKDUMP_SYS_VMCOREINFO names another file (like $XENKDUMP_LIBXENCTRL, for tests).
-SYS_VMCOREINFO = Path("/sys/kernel/vmcoreinfo")
+SYS_VMCOREINFO = "/sys/kernel/vmcoreinfo"
 ENV_VMCOREINFO = "XENKDUMP_SYS_VMCOREINFO"
 
 # xen/version.h sub-commands of xc_version.
@@ -75,7 +77,7 @@ PV_HINT = (
 
 _PHYSINFO = struct.Struct("<" + "I" * len(xc.PHYSINFO_FIELDS))
 assert [off for _, off in xc.PHYSINFO_FIELDS] == list(range(0, _PHYSINFO.size, 4))
-assert tuple(name for name, _ in xc.PHYSINFO_FIELDS) == tuple(PhysInfo.__dataclass_fields__)
+assert tuple(name for name, _ in xc.PHYSINFO_FIELDS) == PhysInfo._fields
 
 
 class _CapturedLog:
@@ -124,7 +126,7 @@ class _CapturedLog:
         self._close_stream()
 
 
-def read_dom0_vmcoreinfo(path: Path = SYS_VMCOREINFO) -> AddressRange:
+def read_dom0_vmcoreinfo(path: Path | str = SYS_VMCOREINFO) -> AddressRange:
     """dom0's VMCOREINFO note range from ``path``; size 0 when the kernel exports none.
 
     Linux writes ``"%pa %x"``: the address (a machine address on a PV dom0) and the
@@ -145,7 +147,7 @@ def read_dom0_vmcoreinfo(path: Path = SYS_VMCOREINFO) -> AddressRange:
 
 
 def _privcmd_present() -> bool:
-    return any(p.exists() for p in PRIVCMD_PATHS)
+    return any(os.path.exists(p) for p in PRIVCMD_PATHS)
 
 
 def _open_failure(err: int, logged: str) -> HypervisorUnavailable:
@@ -306,7 +308,7 @@ class XenHypervisor(ClosingContext):
 
     def dom0_vmcoreinfo_range(self) -> AddressRange:
         override = os.environ.get(ENV_VMCOREINFO)
-        return read_dom0_vmcoreinfo(Path(override) if override else SYS_VMCOREINFO)
+        return read_dom0_vmcoreinfo(override or SYS_VMCOREINFO)
 
     def cpu_note_range(self, cpu: int) -> AddressRange:
         if not -(2**31) <= cpu < 2**31:
