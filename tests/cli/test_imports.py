@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,9 @@ from xenkdump.cli.ctl import (
     build_parser,
     named_command,
 )
+
+# What makes a quick command slow to start (bench/cli.py), besides the stacks above.
+SLOW_STDLIB = ("dataclasses", "inspect", "pathlib", "hashlib", "_hashlib", "ctypes", "logging")
 
 HEAVY = (
     "asyncio",
@@ -158,5 +162,27 @@ def test_hv_info_on_xen_loads_nothing_of_the_simulator() -> None:
     out, modules = run_and_list(_XEN_STANDIN)
     assert "Crash range" in out and "ram" in out
     assert under(modules, ("xenkdump.hv.sim", "xenkdump.hv.simhost", "xenkdump.schema")) == []
-    heavy = ("yaml", "jsonschema", "pycparser", "dbus", "asyncio", "logging")
+    heavy = ("yaml", "jsonschema", "pycparser", "dbus", "asyncio", *SLOW_STDLIB)
     assert under(modules, heavy) == []
+
+
+def test_the_library_opens_without_ctypes() -> None:
+    """The sonames are tried with the out-of-line ffi's plain dlopen (no find_library)."""
+    _, modules = run_and_list("import xenkdump_xenctrl as xc\nprint(xc.open_library().path)")
+    assert "xenkdump_xenctrl" in modules
+    assert under(modules, ("ctypes", "cffi", "pycparser")) == []
+
+
+def test_hv_info_on_a_simulated_host_loads_only_the_simulator(tmp_path: Path) -> None:
+    """``xenkdumpctl hv info`` once its host file was validated (bench/cli.py's run)."""
+    run = (
+        "from xenkdump.cli.ctl import main\n"
+        f"assert main(['--hypervisor', 'sim:{tmp_path / 'host.yaml'}', 'hv', 'info']) == 0"
+    )
+    _, first = run_and_list(run)  # creates the host file and validates it
+    assert "yaml" in first
+    out, modules = run_and_list(run)
+    assert "Crash range" in out
+    assert {"xenkdump.cli.cmd_hv", "xenkdump.hv.sim"} <= modules
+    slow = (*HEAVY, *SLOW_STDLIB, "xenkdump.hv.xen", "xenkdump.schema", "xenkdump.image")
+    assert under(modules, (m for m in slow if m != "xenkdump.hv.sim")) == []

@@ -241,12 +241,19 @@ def test_other_bytes_or_a_damaged_cache_are_validated_again(tmp_path: Path) -> N
     assert simhost.load_host(path)[0] == default_host()
 
 
-def test_a_validated_host_opens_without_yaml_or_schema(tmp_path: Path) -> None:
-    """``hv info`` on a simulated host (bench/cli.py): YAML and JSON Schema once only."""
+def test_a_validated_host_opens_without_yaml_schema_or_hashing(tmp_path: Path) -> None:
+    """``hv info`` on a simulated host (bench/cli.py): YAML, JSON Schema and the boot
+    identity's SHA-256 once only."""
     path = tmp_path / "host.yaml"
     SimulatedHypervisor.open(path).close()
     _, modules = run_and_list(
         f"from xenkdump.hv.sim import SimulatedHypervisor\nSimulatedHypervisor.open({str(path)!r})"
     )
     assert "xenkdump.hv.sim" in modules
-    assert under(modules, ("yaml", "jsonschema", "xenkdump.schema")) == []
+    assert under(modules, ("yaml", "jsonschema", "xenkdump.schema", "hashlib", "_hashlib")) == []
+
+
+def test_the_host_files_siblings_replace_its_last_suffix() -> None:
+    assert simhost.sibling("/a/b.c/host.yaml", ".lock") == "/a/b.c/host.lock"
+    assert simhost.sibling("host.v2.yaml", ".state.json") == "host.v2.state.json"
+    assert simhost.sibling("/a/host", ".crash.img") == "/a/host.crash.img"
