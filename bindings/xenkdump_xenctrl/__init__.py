@@ -11,9 +11,9 @@ fails when it is stale), and loading it costs about a millisecond.
 
 This module only loads and describes the library.  Calling it, checking
 errors and owning handles is ``xenkdump.hv.xen.XenHypervisor``'s job.
+``xenkdumpctl hv info`` imports it, so it stays light: NamedTuples, annotations
+evaluated, not postponed, no ctypes (docs/architecture.md §6).
 """
-
-from __future__ import annotations
 
 import os
 import re
@@ -115,7 +115,7 @@ def declared_functions(library: str | None = None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def build_ffi() -> cffi.FFI:
+def build_ffi() -> "cffi.FFI":
     """The declarations parsed by cffi (what ``_ffi.py`` is generated from)."""
     import cffi  # noqa: PLC0415 (pycparser: only to generate and check _ffi.py)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
+import xenkdump_xenctrl as xc
 from importcheck import run_and_list, under
+from xenkdump import status
 from xenkdump.cli.ctl import (
     COMMANDS,
     GLOBAL_EXITS,
@@ -23,8 +26,9 @@ from xenkdump.cli.ctl import (
     build_parser,
     named_command,
 )
+from xenkdump.hv import port, sim, simhost
 
-# What makes a quick command slow to start (bench/cli.py), besides the stacks above.
+# What makes a quick command slow to start (bench/cli.py), besides the stacks in HEAVY.
 SLOW_STDLIB = ("dataclasses", "inspect", "pathlib", "hashlib", "_hashlib", "ctypes", "logging")
 
 HEAVY = (
@@ -186,3 +190,23 @@ def test_hv_info_on_a_simulated_host_loads_only_the_simulator(tmp_path: Path) ->
     assert {"xenkdump.cli.cmd_hv", "xenkdump.hv.sim"} <= modules
     slow = (*HEAVY, *SLOW_STDLIB, "xenkdump.hv.xen", "xenkdump.schema", "xenkdump.image")
     assert under(modules, (m for m in slow if m != "xenkdump.hv.sim")) == []
+
+
+def test_the_quick_paths_namedtuples_have_evaluated_annotations() -> None:
+    """A postponed annotation becomes a typing.ForwardRef, whose compile() costs about a
+    millisecond the first time (docs/architecture.md §6)."""
+    records = [
+        port.AddressRange,
+        port.E820Entry,
+        port.Segment,
+        port.PhysInfo,
+        simhost.SimHost,
+        sim.ImageSegment,
+        sim.ControlPage,
+        sim.ArmedImage,
+        status.Status,
+        xc.Library,
+    ]
+    for record in records:
+        hints = record.__annotations__.values()
+        assert not [h for h in hints if isinstance(h, typing.ForwardRef)], record

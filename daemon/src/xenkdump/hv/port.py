@@ -5,17 +5,15 @@ Two adapters implement it and pass the same contract tests
 cffi) and ``xenkdump.hv.sim.SimulatedHypervisor`` (a faithful model of Xen's
 kexec_op).  Everything else in xenkdump depends only on this module.
 
-Values and names follow Xen's public/kexec.h and docs/xen-kexec-contract.md §2.
+``xenkdumpctl hv info`` imports this module and an adapter only, so it stays light
+(docs/architecture.md §6): its values are NamedTuples (immutable, compared and ordered
+by value), its annotations are evaluated, not postponed, and pathlib is not imported.
 
-``xenkdumpctl hv info`` imports this module and an adapter only (bench/cli.py), so it
-stays light: its values are NamedTuples (immutable, compared and ordered by value, not
-dataclasses, whose import costs more than the rest of the command) and pathlib is not
-imported.
+Values and names follow Xen's public/kexec.h and docs/xen-kexec-contract.md §2.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, runtime_checkable
 
 from xenkdump.errors import InputError
@@ -26,7 +24,6 @@ from xenkdump.units import PAGE_SIZE as PAGE_SIZE  # noqa: PLC0414
 
 if TYPE_CHECKING:
     from pathlib import Path
-    from types import TracebackType
 
 # public/kexec.h: image types.
 KEXEC_TYPE_DEFAULT = 0
@@ -77,7 +74,7 @@ PROC_CMDLINE = "/proc/cmdline"
 
 
 def read_dom0_cmdline(
-    path: Path | str = PROC_CMDLINE, *, error: type[InputError] = InputError
+    path: "Path | str" = PROC_CMDLINE, *, error: type[InputError] = InputError
 ) -> str:
     """dom0's own command line (``error`` naming the file when it cannot be read)."""
     raw = read_file(path, "dom0 command line", Limit.PROC, error=error)

@@ -1,5 +1,8 @@
 """The description of a simulated Xen host: a small YAML (or JSON) file.
 
+(``xenkdumpctl hv info`` imports this module: its annotations are evaluated, not
+postponed, docs/architecture.md §6.)
+
 ``SimulatedHypervisor`` (hv/sim.py) answers every query of the hypervisor
 port from this description: Xen's version and command line, its machine
 memory map (as XENMEM_machine_memory_map returns it: the crash area still
@@ -47,8 +50,6 @@ rest of a command (bench/cli.py).  Any other bytes, version or an unreadable cac
 validated again.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
@@ -72,7 +73,6 @@ from xenkdump.safefile import Limit, atomic_write, read_file, read_file_if_exist
 from xenkdump.units import MIB
 
 if TYPE_CHECKING:
-    from os import PathLike
     from pathlib import Path
 
     from xenkdump.schema import KeyPath
@@ -226,13 +226,13 @@ def _yaml_str(text: str) -> str:
 # (an unsorted memory map, a crash area outside RAM) is ``_check``'s.
 
 
-def parse_host(text: str | bytes, source: Path | str = "<sim-host>") -> SimHost:
+def parse_host(text: str | bytes, source: "Path | str" = "<sim-host>") -> SimHost:
     """Parse a simulated-host description; ConfigProblems ``source:line: key: message``."""
     raw = text.encode() if isinstance(text, str) else text
     return _apply(default_host(), _validated(raw, source))
 
 
-def _validated(raw: bytes, source: Path | str) -> dict[str, Any]:
+def _validated(raw: bytes, source: "Path | str") -> dict[str, Any]:
     """The file's value, checked by the schema and ``_check``."""
     from xenkdump.schema import SIM_HOST_SCHEMA, load  # noqa: PLC0415 (YAML, JSON Schema)
 
@@ -292,7 +292,7 @@ def _apply(host: SimHost, top: dict[str, Any]) -> SimHost:
     return host._replace(**fields)
 
 
-def _check(top: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
+def _check(top: dict[str, Any]) -> Iterator[tuple["KeyPath", str]]:
     """Cross-field rules: what a real Xen could never report is refused."""
     host = _apply(default_host(), top)
     mm = host.memory_map
@@ -355,7 +355,7 @@ def sibling(path: str, suffix: str) -> str:
     return os.path.splitext(path)[0] + suffix
 
 
-def load_host(host_file: str | PathLike[str]) -> tuple[SimHost, str]:
+def load_host(host_file: str | os.PathLike[str]) -> tuple[SimHost, str]:
     """The host the file describes, and its ``boot_identity``; ConfigError naming the
     file when it is bad."""
     path = os.fspath(host_file)
