@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from benchlib import XENKDUMPD, test_kernel
@@ -126,7 +125,7 @@ def header_only_reload(rounds: int) -> list[tuple[float, float]]:
                 # (one CPU more, then back), as a CPU hot-plug would change Xen's.
                 extra = AddressRange(base[-1].start + 0x1000, base[-1].size)
                 notes = (*base, extra) if n % 2 == 0 else base
-                real.host = replace(real.host, cpu_notes=notes)  # type: ignore[attr-defined]
+                real.host = real.host._replace(cpu_notes=notes)  # type: ignore[attr-defined]
                 generation = ex.record.generation if ex.record else 0
                 hv.load_seconds = 0.0
                 t0 = time.perf_counter()
