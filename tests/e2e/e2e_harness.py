@@ -116,15 +116,33 @@ def _apt_env() -> dict[str, str]:
     return {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
 
+# apt-get fails at once when another apt holds its locks: the harness's own calls (from
+# parallel runs) take turns, and an install waits for any other dpkg.
+_APT_WAIT = ("-o", "DPkg::Lock::Timeout=600")
+
+
+@contextlib.contextmanager
+def _cache_lock(name: str) -> Iterator[None]:
+    """An exclusive lock file in the cache, shared by every run on this machine."""
+    E2E_CACHE.mkdir(parents=True, exist_ok=True)
+    with (E2E_CACHE / name).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_apt_packages(packages: Iterable[str] = APT_PACKAGES) -> list[str]:
     """Install whatever is missing; returns what was installed (missing is never a skip)."""
-    missing = [p for p in packages if not _installed(p)]
-    if missing:
-        _run(["apt-get", "update", "-qq"], env=_apt_env())
-        _run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            env=_apt_env(),
-        )
+    if all(_installed(p) for p in packages):
+        return []
+    with _cache_lock("apt.lock"):
+        missing = [p for p in packages if not _installed(p)]
+        if missing:
+            _run(["apt-get", "update", "-qq"], env=_apt_env())
+            _run(
+                ["apt-get", *_APT_WAIT, "install", "-y", "-qq", "--no-install-recommends",
+                 *missing],
+                env=_apt_env(),
+            )  # fmt: skip
     return missing
 
 
@@ -132,7 +150,8 @@ def _candidate_version(pkg: str) -> str:
     out = _run(["apt-cache", "policy", pkg]).stdout
     m = re.search(r"Candidate:\s*(\S+)", out)
     if not m or m.group(1) == "(none)":
-        _run(["apt-get", "update", "-qq"], env=_apt_env())
+        with _cache_lock("apt.lock"):
+            _run(["apt-get", "update", "-qq"], env=_apt_env())
         out = _run(["apt-cache", "policy", pkg]).stdout
         m = re.search(r"Candidate:\s*(\S+)", out)
     if not m or m.group(1) == "(none)":
@@ -147,6 +166,15 @@ def unpacked_package(pkg: str) -> Path:
     if (root / ".complete").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
+    # One unpacker at a time: a parallel run's rmtree of a root another run already
+    # uses (sshd, Xen's binary), or its rename onto a fresh one, would fail either.
+    with _cache_lock("pkgs/.unpack.lock"):
+        if not (root / ".complete").exists():
+            _unpack(pkg, version, root)
+    return root
+
+
+def _unpack(pkg: str, version: str, root: Path) -> None:
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
         _run(["apt-get", "download", "-qq", f"{pkg}={version}"], cwd=tmp)
         debs = list(Path(tmp).glob("*.deb"))
@@ -156,9 +184,8 @@ def unpacked_package(pkg: str) -> Path:
         _run(["dpkg-deb", "-x", str(debs[0]), str(staging)])
         (staging / ".complete").write_text(version + "\n")
         if root.exists():
-            shutil.rmtree(root)
+            shutil.rmtree(root)  # an unpack that never completed
         staging.rename(root)
-    return root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,9 +473,7 @@ def boot(
 @contextlib.contextmanager
 def _one_qemu_at_a_time() -> Iterator[None]:
     """The machine has two shared cores: boots from parallel runs wait their turn."""
-    E2E_CACHE.mkdir(parents=True, exist_ok=True)
-    with (E2E_CACHE / "qemu.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _cache_lock("qemu.lock"):
         yield
 
 
