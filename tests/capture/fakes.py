@@ -50,9 +50,16 @@ if [ $dmesg -eq 1 ]; then
 fi
 [ -n "$workdir" ] && [ -d "$workdir" ] || { echo "no --work-dir" >&2; exit 3; }
 if [ -n "${FAKE_MEMINFO:-}" ]; then  # the dump's buffers: MemAvailable dips, then recovers
-  printf 'MemTotal: 100000 kB\nMemAvailable: 30000 kB\n' > "$FAKE_MEMINFO"
-  sleep 0.5
-  printf 'MemTotal: 100000 kB\nMemAvailable: 70000 kB\n' > "$FAKE_MEMINFO"
+  # The dip lasts until the agent's sampler has recorded it (at most 30 s): a fixed
+  # half second could pass unsampled on a loaded machine.
+  printf 'MemTotal: 100000 kB\nMemAvailable: 30000 kB\n' > "$FAKE_MEMINFO.new"
+  mv "$FAKE_MEMINFO.new" "$FAKE_MEMINFO"
+  i=0
+  while [ "$(cat "$XK_SCRATCH/mem.min" 2>/dev/null)" != 30000 ] && [ $i -lt 600 ]; do
+    sleep 0.05; i=$((i + 1))
+  done
+  printf 'MemTotal: 100000 kB\nMemAvailable: 70000 kB\n' > "$FAKE_MEMINFO.new"
+  mv "$FAKE_MEMINFO.new" "$FAKE_MEMINFO"
 fi
 ls "$workdir" >> "$FAKE_LOG" 2>/dev/null
 for f in ${FAKE_MDF_FAIL:-}; do
