@@ -11,17 +11,21 @@ fails when it is stale), and loading it costs about a millisecond.
 
 This module only loads and describes the library.  Calling it, checking
 errors and owning handles is ``xenkdump.hv.xen.XenHypervisor``'s job.
-``xenkdumpctl hv info`` imports it, so it stays light: NamedTuples, annotations
-evaluated, not postponed, no ctypes (docs/architecture.md §6).
+``xenkdumpctl hv info`` imports it, so it stays light: no typing, dataclasses or
+ctypes (docs/architecture.md §6).
 """
+
+from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenkdump_xenctrl._ffi import ffi as _generated
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     import cffi
 
 __all__ = [
@@ -49,13 +53,18 @@ _NEWEST_MINOR = 40
 _OLDEST_MINOR = 17
 
 
-class _Decl(NamedTuple):
-    file: str
-    # Which handle resolves its functions: "xenctrl" (libxenctrl and, through
-    # dlsym's search of its dependency tree, the very libxentoollog and
-    # libxencall it uses) or "c" (the C library).
-    library: str
-    packed: bool = False
+class _Decl:
+    """One file of decl/ and how it is declared."""
+
+    __slots__ = ("file", "library", "packed")
+
+    def __init__(self, file: str, library: str, *, packed: bool = False) -> None:
+        self.file = file
+        # Which handle resolves its functions: "xenctrl" (libxenctrl and, through
+        # dlsym's search of its dependency tree, the very libxentoollog and
+        # libxencall it uses) or "c" (the C library).
+        self.library = library
+        self.packed = packed
 
 
 # Order matters: later files use types declared by earlier ones.
@@ -115,7 +124,7 @@ def declared_functions(library: str | None = None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def build_ffi() -> "cffi.FFI":
+def build_ffi() -> cffi.FFI:
     """The declarations parsed by cffi (what ``_ffi.py`` is generated from)."""
     import cffi  # noqa: PLC0415 (pycparser: only to generate and check _ffi.py)
 
@@ -135,12 +144,15 @@ assert ffi.sizeof("xc_hypercall_buffer_t") == 40
 assert ffi.sizeof("struct e820entry") == 20
 
 
-class Library(NamedTuple):
+class Library:
     """A loaded libxenctrl: ``ctrl`` resolves the Xen functions, ``c`` libc's."""
 
-    ctrl: Any
-    c: Any
-    path: str
+    __slots__ = ("c", "ctrl", "path")
+
+    def __init__(self, ctrl: Any, c: Any, path: str) -> None:
+        self.ctrl = ctrl
+        self.c = c
+        self.path = path
 
 
 def soname_candidates(sys_hypervisor: str = SYS_HYPERVISOR) -> list[str]:

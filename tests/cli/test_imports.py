@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
 
-import xenkdump_xenctrl as xc
 from importcheck import run_and_list, under
-from xenkdump import status
 from xenkdump.cli.ctl import (
     COMMANDS,
     GLOBAL_EXITS,
@@ -26,10 +23,18 @@ from xenkdump.cli.ctl import (
     build_parser,
     named_command,
 )
-from xenkdump.hv import port, sim, simhost
 
 # What makes a quick command slow to start (bench/cli.py), besides the stacks in HEAVY.
-SLOW_STDLIB = ("dataclasses", "inspect", "pathlib", "hashlib", "_hashlib", "ctypes", "logging")
+SLOW_STDLIB = (
+    "typing",
+    "dataclasses",
+    "inspect",
+    "pathlib",
+    "hashlib",
+    "_hashlib",
+    "ctypes",
+    "logging",
+)
 
 HEAVY = (
     "asyncio",
@@ -142,7 +147,7 @@ def test_logging_is_configured_when_something_first_imports_it(
 _XEN_STANDIN = """
 import xenkdump.hv.xen
 from xenkdump.cli import cmd_hv
-from xenkdump.hv.port import AddressRange, E820Entry, PhysInfo
+from xenkdump.hv.values import AddressRange, E820Entry, PhysInfo
 
 class Xen:
     name = "xen"
@@ -190,23 +195,3 @@ def test_hv_info_on_a_simulated_host_loads_only_the_simulator(tmp_path: Path) ->
     assert {"xenkdump.cli.cmd_hv", "xenkdump.hv.sim"} <= modules
     slow = (*HEAVY, *SLOW_STDLIB, "xenkdump.hv.xen", "xenkdump.schema", "xenkdump.image")
     assert under(modules, (m for m in slow if m != "xenkdump.hv.sim")) == []
-
-
-def test_the_quick_paths_namedtuples_have_evaluated_annotations() -> None:
-    """A postponed annotation becomes a typing.ForwardRef, whose compile() costs about a
-    millisecond the first time (docs/architecture.md §6)."""
-    records = [
-        port.AddressRange,
-        port.E820Entry,
-        port.Segment,
-        port.PhysInfo,
-        simhost.SimHost,
-        sim.ImageSegment,
-        sim.ControlPage,
-        sim.ArmedImage,
-        status.Status,
-        xc.Library,
-    ]
-    for record in records:
-        hints = record.__annotations__.values()
-        assert not [h for h in hints if isinstance(h, typing.ForwardRef)], record

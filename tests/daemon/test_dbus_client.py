@@ -84,5 +84,5 @@ def test_a_status_read_imports_only_what_it_needs(serve_fake: Serve) -> None:
         "xenkdump.cli.cmd_daemon",
         "xenkdump.cli.cmd_status",
     ]
-    heavy = ("dbus", "logging", "dataclasses", "pathlib", "asyncio", "dbus_fast", "yaml")
+    heavy = ("dbus", "logging", "dataclasses", "typing", "pathlib", "asyncio", "dbus_fast", "yaml")
     assert under(modules, heavy) == []

@@ -22,7 +22,6 @@ that are not UTF-8 are escaped (``\\xff``), so that no message is invalid text.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import stat
@@ -228,6 +227,8 @@ def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
+        import contextlib  # noqa: PLC0415 (a failed write only: readers load no contextlib)
+
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise FileWriteError(path, exc) from None

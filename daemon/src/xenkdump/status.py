@@ -11,16 +11,22 @@ Adding a property takes three edits: its ``<property>`` in
 dbus/org.xenkdump.Kdump1.xml, a field here (with its value in ``build``), and the
 golden introspection file of the tests (tests/daemon/data).
 
-This module stays light (no dbus_fast, no image builder, not even dataclasses at
-import): the CLI's status command imports it (bench/cli.py).  ``Status`` is a
-NamedTuple: immutable, compared by value, ``_replace`` for a changed copy.  Its
-annotations are evaluated, not postponed (docs/architecture.md §6).
+This module stays light (no dbus_fast, no image builder, not even dataclasses or
+typing at import): the CLI's status command imports it (docs/architecture.md §6).
+``Status`` is a NamedTuple: immutable, compared by value, ``_replace`` for a changed
+copy.
 """
 
-import enum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from __future__ import annotations
 
+import enum
+
+from xenkdump.tuples import NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     from xenkdump.advice.crashkernel import Advice
     from xenkdump.hv.port import AddressRange
     from xenkdump.state.record import LoadRecord
@@ -123,7 +129,7 @@ class Status(NamedTuple):
         return {property_name(name): _plain(name, value) for name, value in self._asdict().items()}
 
     @classmethod
-    def from_json(cls, values: dict[str, object]) -> "Status":
+    def from_json(cls, values: dict[str, object]) -> Status:
         """From a GetStatus reply or ``to_json``; unknown names are ignored (a newer
         daemon), missing ones keep their defaults (an older daemon)."""
         fields: dict[str, Any] = {}
@@ -190,13 +196,13 @@ def build(
     *,
     state: str,
     state_reason: str,
-    record: "LoadRecord | None",
-    crash: "AddressRange | None",
+    record: LoadRecord | None,
+    crash: AddressRange | None,
     xen_version: str,
     daemon_version: str,
     config_digest: str = "",
     config_files: tuple[str, ...] = (),
-    advice: "Advice | None" = None,
+    advice: Advice | None = None,
     last_error: str = "",
     last_reason: str = "",
     last_self_test: tuple[tuple[str, Any], ...] = (),

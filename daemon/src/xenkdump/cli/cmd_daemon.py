@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
 
 from xenkdump.exits import EXIT_OK
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import TypeVar
+
     from xenkdump.dbus.client import DaemonClient
 
-T = TypeVar("T")
+    T = TypeVar("T")
 
 
 def configure(command: str, p: argparse.ArgumentParser) -> None:

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-from typing import TYPE_CHECKING, Any
 
 from xenkdump.errors import HypervisorError
 from xenkdump.units import MIB, size_text
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     from xenkdump.hv.port import AddressRange, Hypervisor
 
 STATUS_NOTE = "parity of load/unload calls, not whether an image is loaded"
@@ -76,7 +78,7 @@ def _status(hv: Hypervisor, type_: int) -> int | None:
 
 def collect(hv: Hypervisor) -> dict[str, Any]:
     """Everything ``hv info`` shows, as the documented JSON structure."""
-    from xenkdump.hv.port import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, e820_type_name
+    from xenkdump.hv.values import KEXEC_TYPE_CRASH, KEXEC_TYPE_DEFAULT, e820_type_name
 
     major, minor = hv.xen_version()
     crash = hv.crash_range()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING
 
 from xenkdump.cli.options import no_daemon_option, state_option, store
 from xenkdump.units import MIB, mib_up, size_text
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from xenkdump.status import Status
 

@@ -15,12 +15,15 @@ owning org.xenkdump.Kdump1, becomes ``DaemonNotRunningError``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import _dbus_bindings as libdbus
 
 from xenkdump.dbus import names
 from xenkdump.errors import InputError, OperationError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Reload may wait for a running load (seconds on real hardware, more under emulation).
 CALL_TIMEOUT = 600.0

@@ -1,8 +1,7 @@
 """SimulatedHypervisor: a faithful model of Xen's kexec_op, as Xen really behaves.
 
-``xenkdumpctl hv info`` on a simulated host imports this module: its annotations are
-evaluated, not postponed, and hashlib is imported by loads and checks only
-(docs/architecture.md §6).
+``xenkdumpctl hv info`` on a simulated host imports this module: it loads no typing,
+and hashlib only for loads and checks (docs/architecture.md §6).
 
 It implements ``xenkdump.hv.port.Hypervisor`` and passes the same contract
 tests as the real adapter (tests/contract/).  What it models, with the
@@ -57,6 +56,8 @@ crash area still hold exactly the bytes the armed image was loaded with --
 its segments and Xen's control pages?) and ``get_range`` (raw range ids).
 """
 
+from __future__ import annotations
+
 import errno
 import fcntl
 import json
@@ -64,10 +65,10 @@ import os
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
 
 from xenkdump.errors import ConfigError, HypervisorError, InputError
-from xenkdump.hv.port import (
+from xenkdump.hv.simhost import SimHost, default_host, load_host, render_host, sibling
+from xenkdump.hv.values import (
     EM_386,
     EM_X86_64,
     KEXEC_RANGE_MA_CPU,
@@ -84,8 +85,12 @@ from xenkdump.hv.port import (
     PhysInfo,
     Segment,
 )
-from xenkdump.hv.simhost import SimHost, default_host, load_host, render_host, sibling
 from xenkdump.safefile import Limit, atomic_write, read_file_if_exists, shown
+from xenkdump.tuples import NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 STATE_FORMAT = 1
 U64_MASK = (1 << 64) - 1
@@ -315,7 +320,7 @@ class SimulatedHypervisor(ClosingContext):
     # -- opening and state -------------------------------------------------
 
     @classmethod
-    def open(cls, host_file: str | os.PathLike[str]) -> "SimulatedHypervisor":
+    def open(cls, host_file: str | os.PathLike[str]) -> SimulatedHypervisor:
         """Open the host described by ``host_file``, creating it with the defaults if absent."""
         path = os.fspath(host_file)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

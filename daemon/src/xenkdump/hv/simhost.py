@@ -1,8 +1,5 @@
 """The description of a simulated Xen host: a small YAML (or JSON) file.
 
-(``xenkdumpctl hv info`` imports this module: its annotations are evaluated, not
-postponed, docs/architecture.md §6.)
-
 ``SimulatedHypervisor`` (hv/sim.py) answers every query of the hypervisor
 port from this description: Xen's version and command line, its machine
 memory map (as XENMEM_machine_memory_map returns it: the crash area still
@@ -50,15 +47,16 @@ rest of a command (bench/cli.py).  Any other bytes, version or an unreadable cac
 validated again.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenkdump import __version__
 from xenkdump.errors import ConfigError, FileWriteError
-from xenkdump.hv.port import (
+from xenkdump.hv.values import (
     E820_ACPI,
     E820_NAMES,
     E820_NVS,
@@ -70,10 +68,13 @@ from xenkdump.hv.port import (
     E820Entry,
 )
 from xenkdump.safefile import Limit, atomic_write, read_file, read_file_if_exists, shown
+from xenkdump.tuples import NamedTuple
 from xenkdump.units import MIB
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
     from xenkdump.schema import KeyPath
 
@@ -226,13 +227,13 @@ def _yaml_str(text: str) -> str:
 # (an unsorted memory map, a crash area outside RAM) is ``_check``'s.
 
 
-def parse_host(text: str | bytes, source: "Path | str" = "<sim-host>") -> SimHost:
+def parse_host(text: str | bytes, source: Path | str = "<sim-host>") -> SimHost:
     """Parse a simulated-host description; ConfigProblems ``source:line: key: message``."""
     raw = text.encode() if isinstance(text, str) else text
     return _apply(default_host(), _validated(raw, source))
 
 
-def _validated(raw: bytes, source: "Path | str") -> dict[str, Any]:
+def _validated(raw: bytes, source: Path | str) -> dict[str, Any]:
     """The file's value, checked by the schema and ``_check``."""
     from xenkdump.schema import SIM_HOST_SCHEMA, load  # noqa: PLC0415 (YAML, JSON Schema)
 
@@ -292,7 +293,7 @@ def _apply(host: SimHost, top: dict[str, Any]) -> SimHost:
     return host._replace(**fields)
 
 
-def _check(top: dict[str, Any]) -> Iterator[tuple["KeyPath", str]]:
+def _check(top: dict[str, Any]) -> Iterator[tuple[KeyPath, str]]:
     """Cross-field rules: what a real Xen could never report is refused."""
     host = _apply(default_host(), top)
     mm = host.memory_map

@@ -14,11 +14,10 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 import xenkdump_xenctrl as xc
 from xenkdump.errors import HypervisorError, HypervisorUnavailable, InputError, PlanError
-from xenkdump.hv.port import (
+from xenkdump.hv.values import (
     KEXEC_RANGE_MA_CPU,
     KEXEC_RANGE_MA_CRASH,
     KEXEC_RANGE_MA_VMCOREINFO,
@@ -34,8 +33,10 @@ from xenkdump.hv.port import (
 )
 from xenkdump.safefile import Limit, read_file_if_exists
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 
 def _warn(message: str, *args: object) -> None:
