@@ -1,9 +1,11 @@
 #!/bin/sh
 # Runs in a real Debian dom0 booted with systemd (tests/e2e/dom0_root.py installs it
-# as xk-e2e.service): waits for xenkdumpd.service, which the package enabled, reports
-# what systemd, busctl and xenkdumpctl show (as root and as an unprivileged user),
-# then panics dom0 so that the crash image xenkdumpd armed boots.  Every line goes to
-# the console as "XK-SCEN: ...".  XK_USER and the token come from scenario.env.
+# as xk-e2e.service): waits for xenkdumpd.service, which the package enabled, to arm
+# the crash kernel with the shipped configuration (its first load builds xenkdump's
+# crash initramfs in dom0), reports what systemd, busctl and xenkdumpctl show (as
+# root and as an unprivileged user), then panics dom0 so that the crash image
+# xenkdumpd armed boots and its capture agent saves a dump.  Every line goes to the
+# console as "XK-SCEN: ...".  XK_USER and the kmsg token come from scenario.env.
 set -u
 . /var/lib/xk-e2e/scenario.env
 say() { echo "XK-SCEN: $*"; }
@@ -18,6 +20,25 @@ while [ $i -lt 400 ]; do
   i=$((i + 1))
 done
 say "unit ActiveState=$state SubState=$(show SubState) Result=$(show Result) waited=${i}s"
+# Until xenkdumpd's State is "loaded" (at most 15 minutes, its TimeoutStartSec): a
+# first load includes the crash initramfs build (minutes in this nested dom0), and a
+# restarted xenkdumpd adopts the armed image.  $1 names the wait.
+wait_loaded() {
+  j=0
+  while [ $j -lt 900 ]; do
+    loaded=$(busctl get-property $BUS State 2>/dev/null | cut -d'"' -f2)
+    [ "$loaded" = loaded ] && break
+    sleep 2
+    j=$((j + 2))
+  done
+  say "loaded-$1 State=${loaded:-none} waited=${j}s NRestarts=$(show NRestarts) uptime=$(cut -d' ' -f1 /proc/uptime)s"
+}
+[ "$state" = active ] && wait_loaded start
+# The crash initramfs xenkdumpd built (its record) and how the build went.
+say "initramfs $(tr -d '\n' </var/lib/xenkdump/crash-initrd.img-"$(uname -r)".json 2>&1)"
+journalctl -b --no-pager -o short-monotonic -u xenkdumpd -u 'xenkdump-initramfs-*' 2>&1 |
+  grep -iE 'initramfs|watchdog|no progress|loaded generation|load failed|main process exited' |
+  tail -n 12 | sed 's/^/XK-SCEN: journal| /'
 say "status-text $(show StatusText)"
 systemctl status --no-pager -n 15 xenkdumpd 2>&1 | sed 's/^/XK-SCEN: systemctl| /'
 say "busctl State $(busctl get-property $BUS State 2>&1)"
@@ -114,10 +135,8 @@ if [ "$state" = active ]; then
   selftest kill
 fi
 if [ "$state" = active ]; then
-  /usr/bin/python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes.fromhex(sys.argv[2]))' \
-    "$XK_TOKEN_FILE" "$XK_TOKEN_HEX"
-  say "token written $(stat -c %s "$XK_TOKEN_FILE") bytes"
-  # dom0's last words: the crash side must find this line in dom0's dmesg.
+  wait_loaded crash
+  # dom0's last words: the saved dmesg.txt must end with this line.
   echo "$XK_KMSG" >/dev/kmsg
   say "crashing"
   sync

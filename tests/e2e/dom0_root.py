@@ -3,15 +3,18 @@ the root on a virtio disk, systemd as init.
 
 The root comes from package_lab.install_root (a fresh mmdebstrap root where apt
 installed the package, plus ``xen-system-amd64`` and ``linux-image-amd64`` of the same
-release).  This module adds what the test needs and an administrator would do: a
-configuration for xenkdumpd, an unprivileged user, and a oneshot unit,
-``xk-e2e.service``, that waits for xenkdumpd.service, reports what systemd, busctl
-and xenkdumpctl show, and panics dom0.  The crash image xenkdumpd armed then boots
-the lab's crash initramfs (crash-init.sh), which prints ``XK-CRASH:`` lines.
+release).  This module adds what the test needs and an administrator would do: the
+shipped /etc/xenkdump/xenkdump.yaml left as it is (``initrd: xenkdump``: xenkdumpd
+builds its own crash initramfs in dom0 with initramfs-tools) but for the dump target,
+set by a drop-in to a disk of its own; an unprivileged user; and a oneshot unit,
+``xk-e2e.service``, that waits for xenkdumpd's first load, reports what systemd,
+busctl and xenkdumpctl show, and panics dom0.  The crash image xenkdumpd armed then
+boots, and its capture agent saves the dump to that disk and reboots (QEMU exits).
 
 The root becomes an ext4 image (``mke2fs -d``, no loop device, no mount); QEMU
 boots Xen's ELF (decompressed from the root's /boot/xen-*.gz) with the root's
-vmlinuz and initrd.img as multiboot modules, and the disk in snapshot mode.
+vmlinuz and initrd.img as multiboot modules, the root disk in snapshot mode and the
+dump disk (capture_lab.make_disk) writable.
 """
 
 from __future__ import annotations
@@ -21,30 +24,37 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from capture_lab import AGENT_END, LABEL
 from e2e_harness import (
-    CRASH_CMDLINE,
-    CRASH_END,
     CRASHKERNEL,
     DOM0_MIB,
     HERE,
     MEMORY_MIB,
     REPO,
-    Assets,
     Boot,
     HarnessError,
     Job,
     _one_qemu_at_a_time,
     _run_qemu,
-    build_crash_initramfs,
 )
-from scenarios import TOKEN_FILE, kmsg_token
+from scenarios import kmsg_token
 
 from xenkdump.selftest import xenbin
 from xenkdump.selftest.qemu import Disk, XenMachine, xen_argv, xen_cmdline
 
 XK_USER = "xkuser"
 XK_UID = 1500
-LAB_DIR = "/var/lib/xk-e2e"  # in the root: the crash initramfs and the scenario
+LAB_DIR = "/var/lib/xk-e2e"  # in the root: the scenario and the contract suite
+SHIPPED_CONFIG = "etc/xenkdump/xenkdump.yaml"  # in the root, as the package installed it
+DUMP_DROPIN = "etc/xenkdump/xenkdump.yaml.d/50-dump-disk.yaml"
+DUMP_DIR = "/dumps"  # on the dump disk
+# What the administrator changes: the dump goes to a disk of its own, found by its label.
+DUMP_CONFIG = f"""\
+# tests/e2e/dom0_root.py: dumps go to the ext4 filesystem labelled {LABEL}
+dump:
+  device: LABEL={LABEL}
+  path: {DUMP_DIR}
+"""
 
 UNIT = f"""[Unit]
 Description=xenkdump e2e scenario (tests/e2e/dom0_root.py)
@@ -77,28 +87,18 @@ WantedBy=multi-user.target
 """
 
 
-def xenkdump_config(initrd: str) -> str:
-    """What the test's administrator writes: the running kernel, the lab's crash initrd."""
-    return (
-        "# tests/e2e/dom0_root.py: the running dom0 kernel with the lab's crash initramfs\n"
-        "kernel: running\n"
-        f"initrd: {initrd}\n"
-        "cmdline:\n"
-        f'  base: "{CRASH_CMDLINE}"\n'
-    )
-
-
-def prepare(root: Path, assets: Assets, marker: str, token: bytes) -> None:
-    """Add the test's configuration, user, crash initramfs and scenario unit to ``root``."""
+def prepare(root: Path, token: bytes) -> None:
+    """Add the test's dump target, user and scenario unit to ``root``."""
+    shipped = REPO / "config" / "xenkdump.yaml"
+    if (root / SHIPPED_CONFIG).read_bytes() != shipped.read_bytes():
+        raise HarnessError(f"{root}/{SHIPPED_CONFIG} is not the shipped {shipped}")
+    dropin = root / DUMP_DROPIN
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(DUMP_CONFIG)
     lab = root / LAB_DIR.lstrip("/")
     lab.mkdir(parents=True, exist_ok=True)
-    build_crash_initramfs(assets, lab / "crash.cpio.gz", marker=marker, token=token)
-    (root / "etc/xenkdump/xenkdump.yaml").write_text(xenkdump_config(f"{LAB_DIR}/crash.cpio.gz"))
     shutil.copy(HERE / "dom0-systemd-scenario.sh", lab / "scenario.sh")
-    (lab / "scenario.env").write_text(
-        f"XK_USER={XK_USER}\nXK_TOKEN_FILE={TOKEN_FILE}\nXK_TOKEN_HEX={token.hex()}\n"
-        f"XK_KMSG={kmsg_token(token)}\n"
-    )
+    (lab / "scenario.env").write_text(f"XK_USER={XK_USER}\nXK_KMSG={kmsg_token(token)}\n")
     shutil.copy(HERE / "dom0-contract.sh", lab / "contract.sh")
     # The contract suite with the helpers its conftest files import (it tests the
     # installed package: no checkout code on sys.path but tests/).
@@ -171,12 +171,14 @@ def boot(
     root: Path,
     job: Job,
     qemu: Path,
+    dump_disk: Path,
     *,
-    timeout: float = 1500.0,
+    timeout: float = 1800.0,
     memory_mib: int = MEMORY_MIB,
     dom0_mib: int = DOM0_MIB,
 ) -> tuple[Boot, str]:
-    """Boot the root as dom0 under its own Xen; stop at the crash kernel's end marker."""
+    """Boot the root as dom0 under its own Xen, ``dump_disk`` as its second disk; stop
+    when the capture agent ends (its final or failure action)."""
     kernel = _one(root, "vmlinuz-*")
     initrd = _one(root, "initrd.img-*")
     elf, xen_version = xen_elf(root, job.dir / "xen.elf")
@@ -192,12 +194,12 @@ def boot(
         dom0_initrd=initrd,
         memory_mib=memory_mib,
         serial=serial,
-        disks=(Disk(disk, snapshot=True),),
+        disks=(Disk(disk, snapshot=True), Disk(dump_disk)),
     )
     cmd = xen_argv(str(qemu), machine)
     (job.dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
     with _one_qemu_at_a_time():
         result = _run_qemu(
-            cmd, job, serial, timeout=timeout, end_markers=(CRASH_END,), grace=2.0, stall=120.0
+            cmd, job, serial, timeout=timeout, end_markers=AGENT_END, grace=60.0, stall=300.0
         )
     return result, xen_version

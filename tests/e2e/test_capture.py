@@ -24,70 +24,26 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import scenarios as sc
 import sshd_lab
-from e2e_harness import (
-    CRASHKERNEL,
-    DOM0_END,
-    MEMORY_MIB,
-    REPO,
-    Assets,
-    Job,
-    boot,
-    unpacked_package,
+from capture_lab import (
+    AGENT,
+    AGENT_END,
+    DUMP_FILES,
+    LABEL,
+    check_dump,
+    figures,
+    make_disk,
+    read_dump,
+    record,
 )
+from e2e_harness import DOM0_END, Assets, Job, boot, unpacked_package
 
 from testkernel import with_kernel
-
-LABEL = "xkdump"
-BENCH_OUT = REPO / "bench" / "out" / "e2e_capture.json"  # untracked; bench/capture.py prints it
-AGENT = "xenkdump-capture:"
-
-
-def make_disk(path: Path, mib: int = 192) -> Path:
-    with path.open("wb") as f:
-        f.truncate(mib << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", LABEL, str(path)], check=True, timeout=60)
-    return path
-
-
-def debugfs(disk: Path, request: str) -> str:
-    return subprocess.run(
-        ["debugfs", "-R", request, str(disk)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout
-
-
-def fetch(disk: Path, src: str, dest: Path) -> Path:
-    subprocess.run(
-        ["debugfs", "-R", f"dump {src} {dest}", str(disk)],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    return dest
-
-
-def reopen_dmesg(vmcore: Path, work: Path) -> Path:
-    """dom0's log read again from the saved vmcore (format elf), as an administrator would."""
-    out = work / "again.txt"
-    proc = subprocess.run(
-        ["makedumpfile", "--dump-dmesg", str(vmcore), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
 
 
 def build_initrd(job: Job, assets: Assets, config: Path) -> tuple[Path, dict[str, Any]]:
@@ -143,7 +99,7 @@ def arm_and_crash(
         assets,
         job,
         timeout=900,
-        end_markers=(f"{AGENT} final_action", f"{AGENT} failure_action", DOM0_END),
+        end_markers=(*AGENT_END, DOM0_END),
         grace=60,
         **boot_options,
     )
@@ -170,78 +126,9 @@ def test_crash_with_xenkdumps_initramfs_saves_a_dump_on_a_virtio_disk(
     )
     image, info = build_initrd(job, assets, config)
     arm_and_crash(assets, job, image, token, sc.crash(), disks=(disk,))
-
-    names = re.findall(r"\s(\S+-\d{8}T\d{6}Z)\s*$", debugfs(disk, "ls -l /"), re.M)
-    assert len(names) == 1, debugfs(disk, "ls -l /")
-    dump = names[0]
-    files = debugfs(disk, f"ls -l /{dump}")
-    for name in ("vmcore", "dmesg.txt", "xen-console.txt", "metadata.json"):
-        assert name in files, files
-    assert "incomplete" not in files
-    meta = json.loads(fetch(disk, f"/{dump}/metadata.json", job.dir / "metadata.json").read_text())
-    fetch(disk, f"/{dump}/dmesg.txt", job.dir / "dmesg.txt")
-    vmcore = fetch(disk, f"/{dump}/vmcore", job.dir / "vmcore")
-    check_dump(meta, job.dir / "dmesg.txt", vmcore, token, job.dir)
-    record("local disk, dom0 panic", figures(info, meta, vmcore))
-
-
-def check_dump(meta: dict[str, Any], dmesg: Path, vmcore: Path, token: str, work: Path) -> None:
-    """A complete dump: dom0's log with its last line, a vmcore that opens again."""
-    assert meta["result"] == "complete" and meta["vmcore"]["saved"] is True, meta
-    assert [s["exit_code"] for s in meta["steps"]][:1] == [0]  # dmesg
-    assert token in dmesg.read_text(errors="replace")
-    assert meta["files"]["vmcore"]["bytes"] == vmcore.stat().st_size
-    opened = reopen_dmesg(vmcore, work)
-    assert token in opened.read_text(errors="replace")
-
-
-def figures(info: dict[str, Any], meta: dict[str, Any], vmcore: Path) -> dict[str, Any]:
-    """One capture's figures: the image, the dump against the host's RAM, the time from
-    the crash to the saved dump, the crash kernel's peak memory against the crash area."""
-    mem = meta.get("memory", {})
-    return {
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "initramfs_bytes": info["bytes"],
-        "initramfs_unpacked_bytes": info["unpacked_bytes"],
-        "initramfs_build_seconds": info["build_seconds"],
-        "image_required_bytes": info["image_required_bytes"],
-        "vmcore_bytes": vmcore.stat().st_size,
-        "host_ram_bytes": MEMORY_MIB << 20,
-        "crash_area_bytes": int(CRASHKERNEL.removesuffix("M")) << 20,
-        # the crash kernel's uptime when metadata.json was written: Xen's jump to the
-        # crash image takes milliseconds, so this is the crash-to-dump time
-        "crash_to_dump_seconds": meta.get("uptime", {}).get("metadata"),
-        "crash_kernel_ram_kib": mem.get("total_kib"),
-        "crash_kernel_peak_used_kib": mem.get("peak_used_kib"),
-        "crash_kernel_min_available_kib": mem.get("min_available_kib"),
-        "steps": {
-            s["name"]: {"exit_code": s["exit_code"], "seconds": s["seconds"]} for s in meta["steps"]
-        },
-        "xen_console": meta["xen_console"]["how"],
-    }
-
-
-def record(scenario: str, fig: dict[str, Any]) -> None:
-    """Print the figures and keep them in bench/out/e2e_capture.json (bench/capture.py)."""
-    try:
-        doc = json.loads(BENCH_OUT.read_text())
-    except (OSError, ValueError):
-        doc = {}
-    doc[scenario] = fig
-    BENCH_OUT.parent.mkdir(parents=True, exist_ok=True)
-    BENCH_OUT.write_text(json.dumps(doc, indent=2) + "\n")
-    mib = 1 << 20
-    peak = fig["crash_kernel_peak_used_kib"]
-    print(
-        f"\n[e2e capture, {scenario}] initramfs {fig['initramfs_bytes'] / mib:.1f} MiB built in "
-        f"{fig['initramfs_build_seconds']} s; vmcore {fig['vmcore_bytes'] / mib:.1f} MiB vs "
-        f"host RAM {fig['host_ram_bytes'] / mib:.0f} MiB "
-        f"(ratio {fig['vmcore_bytes'] / fig['host_ram_bytes']:.3f}); crash to dump "
-        f"{fig['crash_to_dump_seconds']} s; crash kernel peak "
-        + (f"{peak / 1024:.0f} MiB" if isinstance(peak, int) else "not recorded")
-        + f" of a {fig['crash_area_bytes'] / mib:.0f} MiB crash area; steps {fig['steps']}; "
-        f"xen console: {fig['xen_console']}"
-    )
+    dump = read_dump(disk, "/", job.dir)
+    check_dump(dump.meta, dump.dmesg, dump.vmcore, token, job.dir)
+    record("local disk, dom0 panic", figures(info, dump.meta, dump.vmcore))
 
 
 @pytest.mark.e2e
@@ -277,7 +164,7 @@ def test_xen_crash_saves_a_dump_over_ssh(assets: Assets, job: Job) -> None:
     dump = found[0]
     names = sorted(p.name for p in dump.iterdir())
     # the flattened stream was turned back into a vmcore by the server's makedumpfile -R
-    assert names == ["dmesg.txt", "metadata.json", "vmcore", "xen-console.txt"], names
+    assert names == sorted(DUMP_FILES), names
     meta = json.loads((dump / "metadata.json").read_text())
     assert meta["vmcore"]["format"] == "elf", meta["vmcore"]
     assert "-F" in " ".join(s["command"] for s in meta["steps"])

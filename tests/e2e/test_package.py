@@ -1,18 +1,24 @@
 """The Debian package from a clean clone: lintian-clean, built in and installed into a
 fresh root of each release (Debian 12 bookworm, 13 trixie) with apt resolving the
-dependencies, and purged without a trace.  Prints the lintian summary and timings."""
+dependencies, and purged without a trace; then that root boots as a dom0 with the
+shipped configuration (the dump target aside), xenkdumpd arms its own crash
+initramfs, dom0 panics and the capture agent saves the dump to a disk.  Prints the
+lintian summary, timings and the capture's figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dom0_root
 import pytest
 import scenarios as sc
+from capture_lab import check_dump, figures, make_disk, read_dump, record
 from e2e_harness import Assets, Job
 from package_lab import (
     RELEASES,
@@ -106,14 +112,18 @@ def test_apt_install_then_purge_leaves_nothing(
 def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
     installed: dict[str, Installed], assets: Assets, job: Job, release: str
 ) -> None:
-    """That release's Xen and kernel boot the installed root with systemd as init."""
+    """That release's Xen and kernel boot the installed root with systemd as init and the
+    shipped configuration but for the dump target (a disk of its own): xenkdumpd builds
+    and arms its own crash initramfs, and after a panic the dump is on that disk."""
     root = installed[release].root
     token = os.urandom(32)
-    dom0_root.prepare(root, assets, marker=release, token=token)
+    dom0_root.prepare(root, token=token)
+    disk = make_disk(job.dir / "dump.img", mib=1024)
     boot, xen_version = dom0_root.boot(
         root,
         job,
         assets.qemu,
+        disk,
         memory_mib=dom0_root.SELFTEST_MEMORY_MIB,
         dom0_mib=dom0_root.SELFTEST_DOM0_MIB,
     )
@@ -129,6 +139,20 @@ def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
         unit[0].get("ActiveState") == "active" and unit[0].get("SubState") == "running",
         f"xenkdumpd.service did not start by itself: {unit}",
         "XK-SCEN:",
+    )
+    # The first load built xenkdump's crash initramfs in dom0 (mkinitramfs in a
+    # transient unit) and xenkdumpd was never restarted meanwhile (its watchdog).
+    loaded = run.values("loaded-start")
+    run.expect(
+        loaded and loaded[0].get("State") == "loaded" and loaded[0].get("NRestarts") == "0",
+        f"xenkdumpd's first load did not arm the crash kernel, or it restarted: {loaded}",
+        "XK-SCEN: loaded-start",
+    )
+    info = initramfs_record(run)
+    run.expect(
+        info.get("rebuilt") is True and "makedumpfile" in " ".join(info.get("programs", [])),
+        f"the crash initramfs is not xenkdump's, built in dom0: {info}",
+        "XK-SCEN: initramfs",
     )
     text = "\n".join(run.scen)
     run.expect("status-text loaded" in text, "systemd's StatusText is not 'loaded'", "XK-SCEN:")
@@ -168,10 +192,44 @@ def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
         "XK-SCEN: contract",
     )
     expect_selftest_under_the_unit(run)
-    # dom0 panicked and the image xenkdumpd armed booted (the crash initramfs of this
-    # release's configuration, marker = release).
-    result = run.expect_crash_dump(release)
-    print(f"  crash: {result}")
+    crashed = run.values("loaded-crash")
+    run.expect(
+        crashed and crashed[0].get("State") == "loaded",
+        f"xenkdumpd was not loaded when dom0 panicked: {crashed}",
+        "XK-SCEN: loaded-crash",
+    )
+    # dom0 panicked, Xen ran the image xenkdumpd armed, and its capture agent saved the
+    # dump to the disk and rebooted.
+    run.expect(run.has("Executing kexec image"), "Xen did not run the crash image", "crashing")
+    run.expect(
+        run.has("xenkdump-capture: final_action: reboot"),
+        "the capture agent saved no dump",
+        "xenkdump-capture:",
+    )
+    dump = read_dump(disk, dom0_root.DUMP_DIR, job.dir)
+    check_dump(dump.meta, dump.dmesg, dump.vmcore, sc.kmsg_token(token), job.dir)
+    steps = dump.meta["steps"]
+    assert steps and all(isinstance(s["exit_code"], int) for s in steps), steps
+    print(
+        f"  dump {dom0_root.DUMP_DIR}/{dump.name}: steps "
+        + ", ".join(f"{s['name']} exit {s['exit_code']} in {s['seconds']} s" for s in steps)
+    )
+    record(
+        f"package dom0 {release}, shipped config, local disk",
+        figures(info, dump.meta, dump.vmcore, host_ram_mib=dom0_root.SELFTEST_MEMORY_MIB),
+    )
+
+
+def initramfs_record(run: sc.Run) -> dict[str, Any]:
+    """The record xenkdumpd wrote beside the crash initramfs it built (scenario line)."""
+    line = next((x for x in run.scen if x.startswith("initramfs ")), "")
+    try:
+        doc = json.loads(line.removeprefix("initramfs "))
+    except ValueError:
+        run.fail(f"no record of the crash initramfs: {line!r}", "XK-SCEN: initramfs")
+    if not isinstance(doc, dict):
+        run.fail(f"the crash initramfs record is not an object: {line!r}", "XK-SCEN: initramfs")
+    return doc
 
 
 def expect_selftest_under_the_unit(run: sc.Run) -> None:
