@@ -36,6 +36,15 @@ wait_loaded() {
 [ "$state" = active ] && wait_loaded start
 # The crash initramfs xenkdumpd built (its record) and how the build went.
 say "initramfs $(tr -d '\n' </var/lib/xenkdump/crash-initrd.img-"$(uname -r)".json 2>&1)"
+# Which programs and libraries of the packages installed only for this boot's other
+# steps (XK_TEST_ONLY) the crash initramfs holds: none may be.
+img=/var/lib/xenkdump/crash-initrd.img-$(uname -r)
+lsinitramfs "$img" 2>/dev/null | sed 's,.*/,,' | sort -u >/run/xk-img-names.txt
+for p in $XK_TEST_ONLY; do
+  dpkg -L "$p" 2>/dev/null | grep -E '/s?bin/[^/]+$|\.so(\.[0-9]+)*$' | sed 's,.*/,,' | sort -u >/run/xk-pkg-names.txt
+  say "initramfs-from $p files=$(comm -12 /run/xk-img-names.txt /run/xk-pkg-names.txt | wc -l) of=$(wc -l </run/xk-pkg-names.txt) $(comm -12 /run/xk-img-names.txt /run/xk-pkg-names.txt | head -n 5 | tr '\n' ' ')"
+done
+say "initramfs-names $(wc -l </run/xk-img-names.txt)"
 journalctl -b --no-pager -o short-monotonic -u xenkdumpd -u 'xenkdump-initramfs-*' 2>&1 |
   grep -iE 'initramfs|watchdog|no progress|loaded generation|load failed|main process exited' |
   tail -n 12 | sed 's/^/XK-SCEN: journal| /'

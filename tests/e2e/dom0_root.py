@@ -37,6 +37,7 @@ from e2e_harness import (
     _one_qemu_at_a_time,
     _run_qemu,
 )
+from package_lab import TEST_ONLY_PACKAGES
 from scenarios import kmsg_token
 
 from xenkdump.selftest import xenbin
@@ -98,7 +99,10 @@ def prepare(root: Path, token: bytes) -> None:
     lab = root / LAB_DIR.lstrip("/")
     lab.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "dom0-systemd-scenario.sh", lab / "scenario.sh")
-    (lab / "scenario.env").write_text(f"XK_USER={XK_USER}\nXK_KMSG={kmsg_token(token)}\n")
+    (lab / "scenario.env").write_text(
+        f"XK_USER={XK_USER}\nXK_KMSG={kmsg_token(token)}\n"
+        f"XK_TEST_ONLY='{' '.join(TEST_ONLY_PACKAGES)}'\n"
+    )
     shutil.copy(HERE / "dom0-contract.sh", lab / "contract.sh")
     # The contract suite with the helpers its conftest files import (it tests the
     # installed package: no checkout code on sys.path but tests/).

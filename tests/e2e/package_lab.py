@@ -38,17 +38,13 @@ CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 INSTALL_ROOT_PACKAGES = ("systemd-sysv",)
 # Installed after the package's checks, so that the root boots as a real dom0: that
 # release's Xen with its toolstack (xen.service mounts xenfs) and kernel.
-# The contract suite runs there too, with that release's pytest and hypothesis.
+DOM0_SYSTEM = ("xen-system-amd64", "linux-image-amd64")
+# For the boot's other steps, not for xenkdump (its capture must not use them): the
+# contract suite runs there with that release's pytest and hypothesis;
 # qemu-system-x86 and e2fsprogs (the package's Suggests: the VM and its scratch disk)
 # for a self-test under the real unit; a minimal root has neither.
-DOM0_PACKAGES = (
-    "xen-system-amd64",
-    "linux-image-amd64",
-    "python3-pytest",
-    "python3-hypothesis",
-    "qemu-system-x86",
-    "e2fsprogs",
-)
+TEST_ONLY_PACKAGES = ("python3-pytest", "python3-hypothesis", "qemu-system-x86", "e2fsprogs")
+DOM0_PACKAGES = (*DOM0_SYSTEM, *TEST_ONLY_PACKAGES)
 
 
 class PackageLabError(RuntimeError):

@@ -22,6 +22,7 @@ from capture_lab import check_dump, figures, make_disk, read_dump, record
 from e2e_harness import Assets, Job
 from package_lab import (
     RELEASES,
+    TEST_ONLY_PACKAGES,
     WORK_PARENT,
     Built,
     Installed,
@@ -153,6 +154,18 @@ def test_dom0_boot_starts_the_service_which_arms_the_crash_kernel(
         info.get("rebuilt") is True and "makedumpfile" in " ".join(info.get("programs", [])),
         f"the crash initramfs is not xenkdump's, built in dom0: {info}",
         "XK-SCEN: initramfs",
+    )
+    # Nothing in it comes from the packages this boot installed for its other steps.
+    extra = run.values("initramfs-from")
+    names = run.values("initramfs-names")
+    run.expect(
+        names
+        and int(names[0].get("_0", "0")) > 100  # lsinitramfs listed the image
+        and len(extra) == len(TEST_ONLY_PACKAGES)
+        and all(e.get("files") == "0" for e in extra)
+        and sum(int(e.get("of", "0")) for e in extra) > 0,
+        f"the crash initramfs holds files of packages xenkdump does not depend on: {extra}",
+        "XK-SCEN: initramfs-from",
     )
     text = "\n".join(run.scen)
     run.expect("status-text loaded" in text, "systemd's StatusText is not 'loaded'", "XK-SCEN:")
